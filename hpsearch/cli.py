@@ -1,0 +1,128 @@
+"""The ``hpsearch`` command line: parses options and calls into the package, nothing more."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from hpsearch import __version__
+from hpsearch.errors import HpsearchError
+from hpsearch.studies import SpecError, load_builtin_spec, load_spec
+
+
+@click.group()
+@click.version_option(__version__, prog_name="hpsearch")
+def main() -> None:
+    """MLflow-tracked hyperparameter search for image classifiers."""
+
+
+@main.command()
+@click.option("--dataset", default=None,
+              help="Built-in study: fashion_mnist (default), mnist or cifar10.")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False), default=None,
+              help="Your own study spec (YAML); see hpsearch/studies/*.yaml.")
+@click.option("--trials", type=int, default=50, show_default=True,
+              help="Target number of finished (complete or pruned) trials in the study; "
+                   "running the same command again resumes and runs only what is missing.")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Start no new trial after this many seconds.")
+@click.option("--epochs", type=int, default=None, help="Most epochs per trial (spec default).")
+@click.option("--train-subset", type=int, default=None, metavar="N",
+              help="Train on only N training images (quick runs).")
+@click.option("--study-name", default=None, help="Optuna study / MLflow experiment name "
+                                                  "(default: the data set's name).")
+@click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
+              help="Optuna storage URL.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              envvar="HPSEARCH_DATA_DIR", help="Where the data set's files are or go "
+                                               "[env: HPSEARCH_DATA_DIR].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Training device; auto picks CUDA when present.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the sampler, the validation split and every trial.")
+@click.option("--register-name", default=None,
+              help="Registered model name for the champion (default: hpsearch-STUDY).")
+@click.option("--quiet", is_flag=True, help="One line per trial instead of per epoch.")
+def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name, storage,
+        tracking_uri, data_dir, device, seed, register_name, quiet) -> None:
+    """Search hyperparameters, track every trial in MLflow, register the best model."""
+    from hpsearch.search.progress import Reporter
+    from hpsearch.search.study import RunConfig, run_study
+
+    try:
+        spec = _resolve_spec(dataset, spec_path, epochs)
+        if trials < 1:
+            raise HpsearchError(f"--trials must be >= 1, got {trials}")
+        if train_subset is not None and train_subset < 1:
+            raise HpsearchError(f"--train-subset must be >= 1, got {train_subset}")
+        if timeout_s is not None and timeout_s <= 0:
+            raise HpsearchError(f"--timeout must be > 0 seconds, got {timeout_s:g}")
+        study_name = study_name or spec.dataset
+        config = RunConfig(
+            spec=spec, trials=trials, study_name=study_name,
+            register_name=register_name or f"hpsearch-{study_name}", storage=storage,
+            tracking_uri=tracking_uri, timeout_s=timeout_s, train_subset=train_subset,
+            data_dir=data_dir, device=device, seed=seed)
+        summary = run_study(config, Reporter(spec.metric, verbose=not quiet))
+    except (HpsearchError, SpecError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted; finished trials are kept: run the same command to resume",
+                   err=True)
+        sys.exit(130)
+    _print_summary(summary, config)
+
+
+def _resolve_spec(dataset: str | None, spec_path: str | None, epochs: int | None):
+    if spec_path is not None:
+        spec = load_spec(spec_path)
+        if dataset is not None and dataset != spec.dataset:
+            raise HpsearchError(f"--dataset {dataset} disagrees with {spec_path}, which says "
+                                f"dataset: {spec.dataset}")
+    else:
+        try:
+            spec = load_builtin_spec(dataset or "fashion_mnist")
+        except ValueError as exc:
+            raise HpsearchError(f"--dataset: {exc}") from None
+    if epochs is not None:
+        if epochs < 1:
+            raise HpsearchError(f"--epochs must be >= 1, got {epochs}")
+        spec = spec.replace(epochs=epochs)
+    return spec
+
+
+def _fail(message: str) -> None:
+    click.echo(f"hpsearch: error: {message}", err=True)
+    sys.exit(2)
+
+
+def _print_summary(summary, config) -> None:
+    from hpsearch.search.progress import format_params
+
+    echo = click.echo
+    echo(f"\nstudy {summary.study_name!r}: {summary.n_complete} complete, {summary.n_pruned} "
+         f"pruned, {summary.n_failed} failed  ({summary.wall_seconds:.1f} s)")
+    if summary.stop_reason:
+        echo(f"stopped early: {summary.stop_reason}")
+    if summary.best_value is None:
+        echo("no trial completed, so no model was registered")
+        return
+    echo(f"best {config.spec.metric} {summary.best_value:.4f} (trial {summary.best_trial}): "
+         f"{format_params(summary.best_params)}")
+    reg = summary.registration
+    if reg is not None:
+        echo(f"test accuracy {reg.test_accuracy:.4f}")
+        what = "registered" if reg.newly_registered else "already registered"
+        echo(f"{what}: {reg.name} version {reg.version} (alias champion)")
+        uri = summary.tracking_uri
+        echo("\nnext:")
+        echo(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        echo(f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{reg.name}@champion "
+             f"--env-manager local --host 127.0.0.1 --port 5001")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""A data loader that keeps the whole split on the device, in the style of airbench's CifarLoader.
+
+The images stay uint8 on the device (a quarter of the float32 memory); each batch is picked by
+indexing with a device-side ``randperm``, augmented and normalised with batched tensor ops, so
+an epoch involves no per-sample Python work, no host-to-device copy and no host sync.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hpsearch.data_utils.augment import random_crop, random_hflip
+from hpsearch.data_utils.datasets import ArraySplit, DatasetInfo
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_stats(
+    info: DatasetInfo, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Per-channel (1/(255*std), -mean/std) of shape (1, C, 1, 1), built once per device/dtype."""
+    mean = torch.tensor(info.mean, dtype=torch.float64)
+    std = torch.tensor(info.std, dtype=torch.float64)
+    # Folding 1/255 and the division into one scale and shift makes normalising one fused
+    # multiply-add per pixel.
+    scale = (1.0 / (255.0 * std)).to(device=device, dtype=dtype).view(1, -1, 1, 1)
+    shift = (-mean / std).to(device=device, dtype=dtype).view(1, -1, 1, 1)
+    return scale, shift
+
+
+def normalize(
+    images_uint8: Tensor, info: DatasetInfo, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Convert uint8 pixels to ``(pixel / 255 - mean) / std`` per channel.
+
+    Args:
+        images_uint8: uint8 tensor (B, C, H, W) with C == ``info.in_channels``, on any device.
+        info: Supplies the per-channel ``mean`` and ``std`` (0-1 pixel scale).
+        dtype: Floating dtype of the result.
+
+    Returns:
+        Tensor (B, C, H, W) of ``dtype`` on ``images_uint8.device``, zero mean and unit
+        variance per channel over the training set.
+
+    Raises:
+        TypeError: If ``images_uint8`` is not uint8 or ``dtype`` is not floating point.
+        ValueError: If the channel count does not match ``info.in_channels``.
+    """
+    if images_uint8.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating point type, got {dtype}")
+    if images_uint8.ndim != 4 or images_uint8.shape[1] != info.in_channels:
+        raise ValueError(
+            f"expected images (B, {info.in_channels}, H, W) for {info.name}, "
+            f"got {tuple(images_uint8.shape)}"
+        )
+    # Compute in at least float32 so half/bfloat16 results are rounded once, not per op.
+    compute = torch.promote_types(dtype, torch.float32)
+    scale, shift = _channel_stats(info, images_uint8.device, compute)
+    return torch.addcmul(shift, images_uint8.to(compute), scale).to(dtype)
+
+
+class DeviceLoader:
+    """Iterate over an :class:`ArraySplit` held entirely on ``device``.
+
+    Each iteration is one epoch yielding ``(x, y)``: ``x`` of shape (B, C, H, W) and ``dtype``,
+    normalised per ``info``; ``y`` int64 of shape (B,). When ``shuffle`` is set a new
+    ``torch.randperm`` order is drawn on the device every epoch from a generator seeded with
+    ``seed``, so the sequence of epochs is reproducible for a given seed and device.
+
+    Args:
+        split: Host images uint8 (N, C, H, W) and labels int64 (N,); copied to the device once.
+        info: Data set metadata: normalisation constants and augmentation settings.
+        batch_size: Samples per batch; the last batch may be smaller unless ``drop_last``.
+        device: Where data lives and batches are produced, e.g. ``"cuda"`` or ``"cpu"``.
+        dtype: Floating dtype of the yielded images.
+        shuffle: Draw a new random order every epoch; otherwise iterate in stored order.
+        augment: Apply random crop (``info.crop_padding``) and, when ``info.hflip``, random
+            horizontal flips on the uint8 images before normalising.
+        drop_last: Skip the final incomplete batch.
+        seed: Seed of the device generator used for shuffling and augmentation.
+        channels_last: Yield ``x`` in ``torch.channels_last`` memory format.
+
+    Raises:
+        ValueError: If ``batch_size < 1``, the split is empty, or its image shape does not
+            match ``info``.
+    """
+
+    def __init__(
+        self,
+        split: ArraySplit,
+        *,
+        info: DatasetInfo,
+        batch_size: int,
+        device: torch.device | str,
+        dtype: torch.dtype = torch.float32,
+        shuffle: bool = False,
+        augment: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        _check_split(split, info, batch_size)
+        self.info = info
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.shuffle = shuffle
+        self.augment = augment
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        self._images = _to_device(split.images, self.device)
+        self._labels = _to_device(split.labels, self.device)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed)
+        _channel_stats(info, self.device, torch.promote_types(dtype, torch.float32))  # pre-build
+
+    @property
+    def images(self) -> Tensor:
+        """All images, uint8 (N, C, H, W) on the device, unnormalised and unaugmented."""
+        return self._images
+
+    @property
+    def labels(self) -> Tensor:
+        """All labels, int64 (N,) on the device."""
+        return self._labels
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples N in the split (including any dropped by ``drop_last``)."""
+        return len(self._labels)
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = None
+        if self.shuffle:
+            order = torch.randperm(
+                self.num_samples, device=self.device, generator=self._generator
+            )
+        for i in range(len(self)):
+            start = i * self.batch_size
+            stop = min(start + self.batch_size, self.num_samples)
+            # Python-int bounds: slicing never reads a device value back to the host.
+            idx: Tensor | slice = order[start:stop] if order is not None else slice(start, stop)
+            yield self._make_batch(self._images[idx]), self._labels[idx]
+
+    def _make_batch(self, x: Tensor) -> Tensor:
+        if self.augment:
+            x = random_crop(x, self.info.crop_padding, generator=self._generator)
+            if self.info.hflip:
+                x = random_hflip(x, generator=self._generator)
+        x = normalize(x, self.info, self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def _check_split(split: ArraySplit, info: DatasetInfo, batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(split) == 0:
+        raise ValueError("cannot load an empty split")
+    if split.images.shape[1] != info.in_channels:
+        raise ValueError(
+            f"split has {split.images.shape[1]} channels, {info.name} has {info.in_channels}"
+        )
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> Tensor:
+    # from_numpy needs a writable, contiguous array; np.require copies only when it is not.
+    host = torch.from_numpy(np.require(array, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
+    return host.to(device)

@@ -1,0 +1,149 @@
+"""The Optuna objective: sample hyperparameters, train with ``fit()``, report, prune, track.
+
+This is the only module where a trial, the training loop and the MLflow run meet: the loop's
+``on_epoch`` callback becomes ``trial.report`` / ``trial.should_prune`` /
+``raise optuna.TrialPruned()`` and one ``log_batch`` per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from hpsearch.data_utils import ArraySplit, DatasetInfo, DeviceLoader
+from hpsearch.models import build_model
+from hpsearch.search.progress import Reporter
+from hpsearch.search.tracking import StudyTracker, TrialRun
+from hpsearch.search.train import EpochResult, build_optimizer, fit
+from hpsearch.studies import StudySpec
+
+__all__ = ["Objective", "TrialData", "build_network", "make_loader"]
+
+# Validation and test batches: large, since no gradients are kept.
+EVAL_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """The splits every trial of a study trains and validates on (uint8, (N, C, H, W))."""
+
+    info: DatasetInfo
+    train: ArraySplit
+    val: ArraySplit
+
+
+def build_network(params: dict[str, Any], info: DatasetInfo) -> torch.nn.Module:
+    """The architecture ``params`` describe, shaped for data set ``info``."""
+    return build_model(
+        params["arch"],
+        in_channels=info.in_channels,
+        image_size=info.image_size,
+        num_classes=info.num_classes,
+        depth=params["depth"],
+        width=params["width"],
+        dropout=params["dropout"],
+    )
+
+
+def make_loader(split: ArraySplit, info: DatasetInfo, device: torch.device, *,
+                batch_size: int = EVAL_BATCH_SIZE, train: bool = False, augment: bool = False,
+                seed: int = 0) -> DeviceLoader:
+    """A device-resident loader; training loaders shuffle and drop the last partial batch
+    (a batch of one breaks batch norm), unless the split is smaller than one batch."""
+    return DeviceLoader(split, info=info, batch_size=batch_size, device=device,
+                        shuffle=train, augment=train and augment,
+                        drop_last=train and len(split) >= batch_size, seed=seed)
+
+
+class Objective:
+    """Callable objective for ``study.optimize``.
+
+    Args:
+        spec: the study spec (search space, epochs, metric).
+        data: training and validation splits.
+        device: where trials train.
+        tracker: the study's MLflow tracker with an open parent run.
+        reporter: progress display.
+        seed: base seed; trial ``n`` seeds torch with ``seed + n``.
+    """
+
+    def __init__(self, *, spec: StudySpec, data: TrialData, device: torch.device,
+                 tracker: StudyTracker, reporter: Reporter, seed: int) -> None:
+        self.spec, self.data, self.device = spec, data, device
+        self.tracker, self.reporter, self.seed = tracker, reporter, seed
+        # bf16 autocast on CUDA only: on CPU it is slower than fp32 for these small models.
+        self.amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = {p.name: p.suggest(trial) for p in self.spec.search_space}
+        trial.set_user_attr("hyperparameters", params)
+        run = self.tracker.trial_run(trial.number, params)
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        history: list[EpochResult] = []
+        names = self.data.info.class_names
+        try:
+            model, value = self._train(trial, params, run, history)
+        except optuna.TrialPruned as exc:
+            run.finish("PRUNED", history, names, reason=str(exc))
+            raise
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            trial.set_user_attr("fail_reason", reason)
+            run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
+            run.finish("FAIL", history, names, reason=reason)
+            raise
+        if self._is_best_so_far(trial.study, value):
+            run.log_checkpoint(model)
+            trial.set_user_attr("checkpoint", True)
+        run.finish("COMPLETE", history, names, value=value)
+        return value
+
+    def _train(self, trial: optuna.Trial, params: dict[str, Any], run: TrialRun,
+               history: list[EpochResult]) -> tuple[torch.nn.Module, float]:
+        seed = self.seed + trial.number
+        torch.manual_seed(seed)
+        info, device = self.data.info, self.device
+        model = build_network(params, info).to(device)
+        train = make_loader(self.data.train, info, device, batch_size=params["batch_size"],
+                            train=True, augment=self.spec.augment, seed=seed)
+        val = make_loader(self.data.val, info, device)
+        optimizer = build_optimizer(model, name=params["optimizer"], lr=params["lr"],
+                                    weight_decay=params["weight_decay"])
+        # One-cycle schedule over the most epochs a trial may run (Smith & Topin 2017), so a
+        # trial Hyperband keeps running sees the same schedule as one that started fresh.
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=params["lr"], total_steps=self.spec.epochs * len(train),
+            pct_start=0.25)
+
+        def on_epoch(result: EpochResult) -> None:
+            history.append(result)
+            run.log_epoch(result)
+            self.reporter.epoch(trial.number, result, self.spec.epochs)
+            value = result.metrics()[self.spec.metric]
+            trial.report(value, result.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"pruned at epoch {result.epoch}: {self.spec.metric} {value:.4f}")
+
+        fit(model, train, val, epochs=self.spec.epochs, optimizer=optimizer,
+            scheduler=scheduler, num_classes=info.num_classes, device=device,
+            label_smoothing=params["label_smoothing"], amp_dtype=self.amp_dtype,
+            on_epoch=on_epoch)
+        value = history[-1].metrics()[self.spec.metric]
+        if not math.isfinite(value):
+            raise ValueError(f"{self.spec.metric} is {value} after the last epoch")
+        return model, value
+
+    def _is_best_so_far(self, study: optuna.Study, value: float) -> bool:
+        """Whether ``value`` ties or beats every finished trial: only such a trial can end
+        up the study's best, so only its weights are kept."""
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not done:
+            return True
+        best = max if self.spec.direction == "maximize" else min
+        return best(value, best(t.value for t in done)) == value

@@ -1,0 +1,59 @@
+"""Matplotlib figures logged to MLflow: confusion matrices and learning curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hpsearch.search.train import EpochResult  # noqa: E402
+
+__all__ = ["confusion_matrix_figure", "learning_curves_figure"]
+
+
+def confusion_matrix_figure(
+    confusion: np.ndarray, class_names: Sequence[str], *, title: str
+) -> plt.Figure:
+    """Counts (rows = true class, columns = predicted class) as an annotated heat map.
+
+    Args:
+        confusion: int array (C, C) of counts.
+        class_names: C names, in class-index order.
+        title: figure title (say which split and epoch).
+    """
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n), dpi=100)
+    ax.imshow(confusion, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for (i, j), count in np.ndenumerate(confusion):
+        color = "white" if count > threshold else "black"
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves_figure(history: Sequence[EpochResult], *, title: str) -> plt.Figure:
+    """Training and validation loss and accuracy per epoch, side by side."""
+    epochs = [r.epoch for r in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    loss_ax.plot(epochs, [r.train_loss for r in history], "o-", label="train")
+    loss_ax.plot(epochs, [r.val.loss for r in history], "o-", label="validation")
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy (nats)", title="loss")
+    acc_ax.plot(epochs, [r.train_accuracy for r in history], "o-", label="train")
+    acc_ax.plot(epochs, [r.val.accuracy for r in history], "o-", label="validation")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,213 @@
+"""MLflow tracking of a study: one experiment per study, one parent run per ``hpsearch run``,
+one nested run per trial (the shape of MLflow's own HPO example).
+
+Everything goes through an explicit ``MlflowClient`` and run ids, never the fluent API's
+global "active run", so a trial's run cannot leak into another's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from hpsearch.search.plots import confusion_matrix_figure, learning_curves_figure
+from hpsearch.search.train import EpochResult, EvalResult
+
+__all__ = ["CHECKPOINT_PATH", "StudyTracker", "TrialRun", "RUN_STATUS"]
+
+# Where a trial's weights (a state dict, loadable with weights_only=True) are logged.
+CHECKPOINT_PATH = "checkpoint/state_dict.pt"
+# Optuna trial state -> MLflow run status. A pruned trial was stopped early on purpose:
+# KILLED, never FAILED.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def resolve_tracking_uri(tracking_uri: str | None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's own default."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.get_tracking_uri()
+
+
+class StudyTracker:
+    """The MLflow experiment of one study and the parent run of this ``hpsearch run``.
+
+    Args:
+        tracking_uri: MLflow tracking URI (already resolved).
+        study_name: the Optuna study name; also the experiment's name.
+    """
+
+    def __init__(self, *, tracking_uri: str, study_name: str) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.study_name = study_name
+        self.experiment_id = self._experiment(study_name)
+        self.parent_run_id: str | None = None
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, tags={"hpsearch.study": name})
+        except MlflowException:
+            # Another worker created it between our look-up and create: use theirs.
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def start_parent(self, *, params: Mapping[str, Any], spec_yaml: str) -> str:
+        """Open this invocation's parent run with its settings and the resolved spec."""
+        run_name = f"{self.study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={"hpsearch.role": "study", "optuna.study_name": self.study_name},
+        )
+        self.parent_run_id = run.info.run_id
+        self.client.log_batch(
+            self.parent_run_id, params=[Param(k, str(v)) for k, v in params.items()]
+        )
+        self.client.log_text(self.parent_run_id, spec_yaml, "spec.yaml")
+        return self.parent_run_id
+
+    def trial_run(self, trial_number: int, params: Mapping[str, Any]) -> TrialRun:
+        """Open the nested run of trial ``trial_number`` and log its hyperparameters."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial_number:04d}",
+            tags={
+                "mlflow.parentRunId": self.parent_run_id,
+                "hpsearch.role": "trial",
+                "optuna.study_name": self.study_name,
+                "optuna.trial_number": str(trial_number),
+                "optuna.state": "RUNNING",
+            },
+        )
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return TrialRun(self.client, run_id)
+
+    def log_best(self, *, value: float, params: Mapping[str, Any], trial_number: int,
+                 step: int) -> None:
+        """Record the best value and params so far on the parent run (tags are mutable)."""
+        tags = [RunTag("best_trial", str(trial_number))]
+        tags += [RunTag(f"best_params.{k}", str(v)) for k, v in params.items()]
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.parent_run_id, metrics=[Metric("best_value", value, now, step)], tags=tags
+        )
+
+    def log_test_evaluation(self, result: EvalResult, class_names: Sequence[str], *,
+                            trial_number: int) -> None:
+        """The champion's test loss, accuracy and confusion matrix, on the parent run."""
+        self.client.log_batch(self.parent_run_id, metrics=[
+            Metric("test_accuracy", result.accuracy, int(time.time() * 1000), 0),
+            Metric("test_loss", result.loss, int(time.time() * 1000), 0),
+        ])
+        log_confusion(self.client, self.parent_run_id, result, class_names,
+                      split="test", name="test_confusion_matrix",
+                      title=f"test set, trial {trial_number}")
+
+    def end_parent(self, status: str = "FINISHED") -> None:
+        if self.parent_run_id is not None:
+            self.client.set_terminated(self.parent_run_id, status)
+
+
+class TrialRun:
+    """The nested MLflow run of one trial."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_epoch(self, result: EpochResult) -> None:
+        """Log the epoch's metrics with step = epoch, in one request."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, result.epoch) for k, v in result.metrics().items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_checkpoint(self, model: torch.nn.Module) -> None:
+        """Log the model's state dict (tensors only) at :data:`CHECKPOINT_PATH`."""
+        buffer = io.BytesIO()
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(state, buffer)
+        self._log_bytes(buffer.getvalue(), CHECKPOINT_PATH)
+
+    def finish(self, state: str, history: Sequence[EpochResult], class_names: Sequence[str],
+               *, reason: str | None = None, value: float | None = None) -> None:
+        """Log the curves and last validation confusion matrix, then end the run.
+
+        Args:
+            state: the Optuna trial state name: COMPLETE, PRUNED or FAIL.
+            history: the epochs the trial trained (possibly none, if it failed early).
+            class_names: for the confusion matrix axes.
+            reason: one line on why the trial was pruned or failed.
+            value: the trial's objective value, if it has one.
+        """
+        if history:
+            last = history[-1]
+            log_confusion(self.client, self.run_id, last.val, class_names, split="validation",
+                          name="confusion_matrix", title=f"validation, epoch {last.epoch}",
+                          epoch=last.epoch)
+            fig = learning_curves_figure(history, title=f"{state.lower()} after "
+                                                        f"{last.epoch} epoch(s)")
+            _log_figure(self.client, self.run_id, fig, "learning_curves.png")
+        tags = [RunTag("optuna.state", state), RunTag("epochs_run", str(len(history)))]
+        if reason:
+            tags.append(RunTag("hpsearch.reason", reason[:4000]))
+        if value is not None:
+            tags.append(RunTag("optuna.value", repr(value)))
+        self.client.log_batch(self.run_id, tags=tags)
+        self.client.set_terminated(self.run_id, RUN_STATUS[state])
+
+    def _log_bytes(self, data: bytes, artifact_path: str) -> None:
+        directory, name = os.path.split(artifact_path)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            self.client.log_artifact(self.run_id, path, directory or None)
+
+
+def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,
+                  class_names: Sequence[str], *, split: str, name: str, title: str,
+                  epoch: int | None = None) -> None:
+    """Log a confusion matrix as ``{name}.png`` and ``{name}.json`` (counts, rows = true)."""
+    counts = np.asarray(result.confusion)
+    payload = {
+        "split": split,
+        "epoch": epoch,
+        "class_names": list(class_names),
+        "counts": counts.tolist(),
+        "accuracy": result.accuracy,
+        "rows": "true class",
+        "columns": "predicted class",
+    }
+    client.log_dict(run_id, payload, f"{name}.json")
+    _log_figure(client, run_id, confusion_matrix_figure(counts, class_names, title=title),
+                f"{name}.png")
+
+
+def _log_figure(client: MlflowClient, run_id: str, fig: plt.Figure, name: str) -> None:
+    try:
+        client.log_figure(run_id, fig, name)
+    finally:
+        plt.close(fig)
+
+
+def dumps(obj: Any) -> str:
+    """JSON for tags and artifacts (numpy scalars become plain numbers)."""
+    return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))

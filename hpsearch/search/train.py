@@ -1,0 +1,226 @@
+"""The training loop: one ``fit()`` that knows nothing of Optuna or MLflow.
+
+It reports each epoch through a callback; a callback that raises (for example Optuna's
+``TrialPruned``) stops training, and the exception reaches the caller unchanged.
+
+Host-device syncs: per-step loss and accuracy are accumulated in device tensors and read
+once per epoch (one ``tolist()`` for training, one for validation), so on a GPU the host
+queues steps without waiting for them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["EpochResult", "EvalResult", "TrainingDiverged", "build_optimizer", "evaluate", "fit"]
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; ``epoch`` is 1-based."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(f"training diverged: loss {loss} at epoch {epoch}")
+        self.epoch, self.loss = epoch, loss
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Loss, accuracy and confusion matrix of a model on one split.
+
+    Attributes:
+        loss: mean cross-entropy per image (nats).
+        accuracy: share of images whose arg-max logit is the true class, in [0, 1].
+        confusion: int64 array (num_classes, num_classes); row = true class,
+            column = predicted class; sums to the number of images.
+    """
+
+    loss: float
+    accuracy: float
+    confusion: np.ndarray
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch of :func:`fit` measured.
+
+    Attributes:
+        epoch: 1-based epoch number (the step of every per-epoch metric).
+        train_loss: mean training cross-entropy per image over the epoch (nats).
+        train_accuracy: training accuracy over the epoch, in [0, 1], on augmented images.
+        val: validation loss, accuracy and confusion matrix after the epoch.
+        lr: learning rate at the end of the epoch.
+        epoch_seconds: wall time of the training part of the epoch (s).
+        images_per_second: training images processed per second.
+    """
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val: EvalResult
+    lr: float
+    epoch_seconds: float
+    images_per_second: float
+
+    def metrics(self) -> dict[str, float]:
+        """The epoch's scalar metrics under the names logged to MLflow."""
+        return {
+            "train_loss": self.train_loss,
+            "train_accuracy": self.train_accuracy,
+            "val_loss": self.val.loss,
+            "val_accuracy": self.val.accuracy,
+            "lr": self.lr,
+            "epoch_seconds": self.epoch_seconds,
+            "images_per_second": self.images_per_second,
+        }
+
+
+def build_optimizer(
+    model: nn.Module, *, name: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019) or SGD with Nesterov momentum 0.9.
+
+    Weight decay applies to weight matrices and kernels only; decaying biases and
+    normalisation scales only shrinks them for no regularising effect.
+
+    Raises:
+        ValueError: ``name`` is neither ``adamw`` nor ``sgd``.
+    """
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of: adamw, sgd")
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    if amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Batches,
+    *,
+    num_classes: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` on ``batches`` of (float images (B, C, H, W), int64 labels (B,)).
+
+    The model is put in eval mode and left there. Raises ValueError on an empty split.
+    """
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    for x, y in batches:
+        with _autocast(device, amp_dtype):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
+    counts = confusion.view(num_classes, num_classes).cpu().numpy()
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    return EvalResult(float(loss_sum) / total, float(np.trace(counts)) / total, counts)
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Batches,
+    val_batches: Batches,
+    *,
+    epochs: int,
+    optimizer: torch.optim.Optimizer,
+    num_classes: int,
+    device: torch.device,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    label_smoothing: float = 0.0,
+    amp_dtype: torch.dtype | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> list[EpochResult]:
+    """Train ``model`` for ``epochs`` epochs, evaluating on ``val_batches`` after each.
+
+    Args:
+        model: on ``device``; returns logits (B, num_classes) for float images (B, C, H, W).
+        train_batches: re-iterable; each pass yields one epoch of (images, int64 labels).
+        val_batches: re-iterable validation batches, same layout.
+        epochs: number of epochs (>= 1).
+        optimizer: built over ``model``'s parameters.
+        num_classes: number of classes (size of the confusion matrix).
+        device: where model and batches live.
+        scheduler: stepped after every optimizer step (e.g. ``OneCycleLR``), or None.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        amp_dtype: autocast dtype (``torch.bfloat16`` on CUDA), or None for full precision.
+        on_epoch: called with each :class:`EpochResult`; an exception it raises stops
+            training and propagates.
+
+    Returns:
+        One :class:`EpochResult` per completed epoch.
+
+    Raises:
+        TrainingDiverged: the epoch's mean training loss is NaN or infinite (checked once
+            per epoch, after the callback has seen the epoch).
+    """
+    history: list[EpochResult] = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        train_loss, train_accuracy, seen = _train_epoch(
+            model, train_batches, optimizer, scheduler, device, label_smoothing, amp_dtype
+        )
+        seconds = time.perf_counter() - start
+        val = evaluate(model, val_batches, num_classes=num_classes, device=device,
+                       amp_dtype=amp_dtype)
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_accuracy=train_accuracy,
+            val=val,
+            lr=optimizer.param_groups[0]["lr"],
+            epoch_seconds=seconds,
+            images_per_second=seen / seconds if seconds > 0 else math.inf,
+        )
+        history.append(result)
+        if on_epoch is not None:
+            on_epoch(result)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(epoch, train_loss)
+    return history
+
+
+def _train_epoch(model, batches, optimizer, scheduler, device, label_smoothing, amp_dtype):
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    for x, y in batches:
+        with _autocast(device, amp_dtype):
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach().float() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.shape[0]
+    if seen == 0:
+        raise ValueError("the training split yielded no batch (is batch_size > its size?)")
+    loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()
+    return loss_total / seen, correct_total / seen, seen

@@ -1,0 +1,134 @@
+"""Behaviour of the model registry and of every registered classifier family."""
+
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from hpsearch.models import build_model, list_models, register_model
+
+SHAPES = [(1, 28, 28), (3, 32, 32)]
+BATCH = 4
+NUM_CLASSES = 10
+
+
+def _build(name: str, shape: tuple[int, int, int], **config: object) -> nn.Module:
+    channels, size, _ = shape
+    return build_model(name, in_channels=channels, image_size=size, **config)
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def test_all_four_families_are_registered() -> None:
+    assert list_models() == sorted(list_models())
+    assert {"cnn", "mlp", "resnet", "vgg"} <= set(list_models())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", list_models())
+def test_output_is_finite_logits_per_class(name: str, shape: tuple[int, int, int]) -> None:
+    model = _build(name, shape).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(BATCH, *shape))
+    assert logits.shape == (BATCH, NUM_CLASSES)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", list_models())
+def test_every_parameter_gets_a_gradient(name: str, shape: tuple[int, int, int]) -> None:
+    model = _build(name, shape).train()
+    logits = model(torch.randn(BATCH, *shape))
+    nn.functional.cross_entropy(logits, torch.randint(0, NUM_CLASSES, (BATCH,))).backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, param_name
+        assert torch.isfinite(param.grad).all(), param_name
+        assert param.grad.abs().sum() > 0, param_name
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_runs_channels_last_under_bfloat16_autocast(name: str) -> None:
+    shape = SHAPES[1]
+    model = _build(name, shape, width=8).to(memory_format=torch.channels_last).eval()
+    images = torch.randn(BATCH, *shape).to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images)
+    assert logits.shape == (BATCH, NUM_CLASSES)
+    assert torch.isfinite(logits.float()).all()
+
+
+@pytest.mark.parametrize("depth, width", [(1, 8), (6, 8), (1, 128), (6, 128)])
+@pytest.mark.parametrize("name", list_models())
+def test_accepts_extreme_depth_and_width(name: str, depth: int, width: int) -> None:
+    model = _build(name, SHAPES[0], depth=depth, width=width).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, *SHAPES[0])).shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_deeper_model_has_more_parameters(name: str) -> None:
+    counts = [_num_params(_build(name, SHAPES[0], depth=d, width=8)) for d in range(1, 7)]
+    assert all(a < b for a, b in zip(counts, counts[1:])), counts
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_wider_model_has_more_parameters(name: str) -> None:
+    counts = [_num_params(_build(name, SHAPES[0], width=w)) for w in (8, 16, 32)]
+    assert all(a < b for a, b in zip(counts, counts[1:])), counts
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_dropout_probability_is_used(name: str) -> None:
+    model = _build(name, SHAPES[0], width=8, dropout=0.3)
+    probabilities = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert probabilities
+    assert all(math.isclose(p, 0.3) for p in probabilities)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_none_config_values_fall_back_to_defaults(name: str) -> None:
+    unset = build_model(name, depth=None, width=None, dropout=None)
+    assert _num_params(unset) == _num_params(build_model(name))
+    # A None next to a real value must not swallow the real one.
+    assert _num_params(build_model(name, depth=None, width=8)) == _num_params(
+        build_model(name, width=8)
+    )
+
+
+def test_unknown_name_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown architecture 'alexnet'") as excinfo:
+        build_model("alexnet")
+    assert f"choose one of: {', '.join(list_models())}" in str(excinfo.value)
+
+
+def test_registering_a_taken_name_raises() -> None:
+    before = list_models()
+    with pytest.raises(ValueError, match="'cnn'"):
+        register_model("cnn")(lambda **config: nn.Identity())
+    assert list_models() == before
+    assert not isinstance(build_model("cnn"), nn.Identity)
+
+
+@pytest.mark.parametrize(
+    "arg, value",
+    [("depth", 0), ("width", 0), ("width", -8), ("dropout", -0.1), ("dropout", 1.0)],
+)
+@pytest.mark.parametrize("name", list_models())
+def test_invalid_hyperparameter_raises(name: str, arg: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"{arg} .*{re.escape(str(value))}"):
+        build_model(name, **{arg: value})
+
+
+def test_nan_dropout_raises() -> None:
+    with pytest.raises(ValueError, match="dropout"):
+        build_model("cnn", dropout=float("nan"))
