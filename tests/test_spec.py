@@ -1,0 +1,463 @@
+"""Study specs: the built-in YAMLs, validation errors that name file, key and reason, and
+how each kind of search-space entry is drawn from an Optuna trial."""
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from hpsearch.search.components import build_pruner, build_sampler
+from hpsearch.studies import (
+    HYPERPARAMETERS,
+    ParamSpec,
+    SpecError,
+    StudySpec,
+    builtin_spec_names,
+    load_builtin_spec,
+    load_spec,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+BASE: dict[str, Any] = {
+    "dataset": "mnist",
+    "epochs": 3,
+    "search_space": {
+        "lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+        "batch_size": [16, 32],
+        "depth": {"type": "int", "low": 1, "high": 3},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "arch": ["mlp", "cnn"],
+    },
+}
+
+
+def _write(tmp_path: Path, content: dict[str, Any] | str) -> Path:
+    path = tmp_path / "study.yaml"
+    text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+    path.write_text(text)
+    return path
+
+
+def _spec_with(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    raw = copy.deepcopy(BASE)
+    change(raw)
+    return _write(tmp_path, raw)
+
+
+def _space(**entries: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda raw: raw["search_space"].update(entries)
+
+
+def _top(**entries: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda raw: raw.update(entries)
+
+
+class _UntouchableTrial:
+    """A stand-in trial that fails the test if anything is asked of it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"a fixed parameter must not call trial.{name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in specs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_builtin_spec_names_are_the_three_data_sets_sorted() -> None:
+    assert builtin_spec_names() == ["cifar10", "fashion_mnist", "mnist"]
+
+
+@pytest.mark.parametrize("name", builtin_spec_names())
+def test_builtin_spec_loads_and_covers_every_hyperparameter(name: str) -> None:
+    spec = load_builtin_spec(name)
+
+    assert isinstance(spec, StudySpec)
+    assert spec.dataset == name
+    assert spec.source == f"built-in spec {name}.yaml"
+    assert [p.name for p in spec.search_space] == list(HYPERPARAMETERS)
+    assert spec.metric == "val_accuracy" and spec.direction == "maximize"
+    assert spec.epochs >= 1
+
+
+@pytest.mark.parametrize("name", builtin_spec_names())
+def test_builtin_sampler_and_pruner_build_with_hyperband_max_resource_from_epochs(
+    name: str,
+) -> None:
+    spec = load_builtin_spec(name)
+
+    sampler = build_sampler(dict(spec.sampler), seed=0)
+    pruner = build_pruner(dict(spec.pruner), max_epochs=spec.epochs)
+
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert pruner._max_resource == spec.epochs
+    assert pruner._min_resource == spec.pruner["min_resource"]
+    assert pruner._reduction_factor == spec.pruner["reduction_factor"]
+
+
+def test_unknown_builtin_spec_raises_value_error_listing_the_choices() -> None:
+    with pytest.raises(ValueError, match="'nope'") as info:
+        load_builtin_spec("nope")
+    assert not isinstance(info.value, SpecError)
+    for name in ("cifar10", "fashion_mnist", "mnist"):
+        assert name in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", builtin_spec_names())
+def test_builtin_spec_round_trips_through_its_yaml(name: str, tmp_path: Path) -> None:
+    spec = load_builtin_spec(name)
+    path = _write(tmp_path, spec.to_yaml())
+
+    loaded = load_spec(path)
+
+    assert loaded.to_dict() == spec.to_dict()
+    assert dataclasses.replace(loaded, source=spec.source) == spec
+    assert loaded.source == str(path)
+
+
+def test_custom_spec_with_every_entry_kind_round_trips(tmp_path: Path) -> None:
+    raw = copy.deepcopy(BASE)
+    raw["search_space"]["depth"] = {"type": "int", "low": 2, "high": 8, "step": 2}
+    raw["search_space"]["optimizer"] = "sgd"
+    raw["metric"] = "val_loss"
+    raw["sampler"] = {"name": "random"}
+    raw["pruner"] = {"name": "median", "n_warmup_steps": 2}
+    raw["enqueue_trials"] = [{"lr": 1.0e-3, "arch": "cnn"}]
+    spec = load_spec(_write(tmp_path, raw))
+    again = tmp_path / "again.yaml"
+    again.write_text(spec.to_yaml())
+
+    assert load_spec(again).to_dict() == spec.to_dict()
+    assert spec.to_dict()["search_space"]["depth"] == {
+        "type": "int", "low": 2, "high": 8, "log": False, "step": 2}
+    assert spec.to_dict()["search_space"]["optimizer"] == "sgd"
+    assert spec.direction == "minimize"  # follows from the metric when left out
+
+
+def test_replace_revalidates_the_change() -> None:
+    spec = load_builtin_spec("mnist")
+
+    assert spec.replace(epochs=3).epochs == 3
+    with pytest.raises(SpecError) as info:
+        spec.replace(epochs=0)
+    assert info.value.key == "epochs"
+    assert ">= 1" in info.value.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Rejected specs: SpecError names the file, the key and the reason
+# ---------------------------------------------------------------------------------------------
+
+REJECTED = [
+    pytest.param(_top(epoch=5), "epoch", "unknown key", id="unknown-top-level-key"),
+    pytest.param(_space(momentum=0.9), "search_space.momentum", "unknown hyperparameter",
+                 id="unknown-hyperparameter"),
+    pytest.param(lambda raw: raw["search_space"].pop("lr"), "search_space", "missing lr",
+                 id="missing-lr"),
+    pytest.param(lambda raw: raw.pop("dataset"), "dataset", "missing", id="missing-dataset"),
+    pytest.param(lambda raw: raw.pop("search_space"), "search_space", "missing",
+                 id="missing-search-space"),
+    pytest.param(_top(epochs="ten"), "epochs", "expected an integer", id="epochs-string"),
+    pytest.param(_top(epochs=True), "epochs", "boolean", id="epochs-bool"),
+    pytest.param(_top(epochs=0), "epochs", ">= 1", id="epochs-zero"),
+    pytest.param(_top(augment=3), "augment", "true or false", id="augment-int"),
+    pytest.param(_top(val_fraction=1.5), "val_fraction", "(0, 1)", id="val-fraction-too-big"),
+    pytest.param(_space(lr={"type": "float", "low": 0.1, "high": 0.01}), "search_space.lr",
+                 "empty range", id="low-above-high"),
+    pytest.param(_space(batch_size=[]), "search_space.batch_size", "empty list of choices",
+                 id="empty-choices"),
+    pytest.param(_space(weight_decay={"type": "float", "low": 0.0, "high": 0.1, "log": True}),
+                 "search_space.weight_decay", "log scale needs low > 0", id="log-low-zero"),
+    pytest.param(_space(lr={"type": "float", "low": 1e-4, "high": 0.1, "lgo": True}),
+                 "search_space.lr.lgo", "unknown key", id="unknown-range-key"),
+    pytest.param(_space(lr={"type": "float", "low": 1e-4, "high": 0.1, "step": 1}),
+                 "search_space.lr.step", "only int ranges", id="step-on-float"),
+    pytest.param(_space(lr={"type": "normal", "low": 1e-4, "high": 0.1}),
+                 "search_space.lr.type", "expected float, int or categorical",
+                 id="unknown-range-type"),
+    pytest.param(_space(lr={"type": "float", "low": "tiny", "high": 0.1}),
+                 "search_space.lr.low", "expected a number", id="bound-not-a-number"),
+    pytest.param(_space(depth={"type": "int", "low": 1.5, "high": 3}),
+                 "search_space.depth.low", "expected an integer", id="int-range-float-bound"),
+    pytest.param(_top(metric="val_loss", direction="maximize"), "direction", "minimize",
+                 id="metric-direction-mismatch"),
+    pytest.param(_top(metric="accuracy"), "metric", "not one of", id="unknown-metric"),
+    pytest.param(_top(sampler={"name": "grid"}), "sampler.name", "'grid' is not one of",
+                 id="unknown-sampler"),
+    pytest.param(_top(pruner={"name": "median", "n_warmup": 1}), "pruner.n_warmup",
+                 "unknown argument of median", id="unknown-pruner-argument"),
+    pytest.param(_top(sampler={"name": "tpe", "seed": 1}), "sampler.seed",
+                 "unknown argument of tpe", id="sampler-seed-comes-from-cli"),
+    pytest.param(_top(pruner=3), "pruner", "expected a mapping", id="pruner-not-mapping"),
+    pytest.param(_space(arch=["mlp", "transformer"]), "search_space.arch",
+                 "'transformer' is not one of", id="unknown-architecture"),
+    pytest.param(_space(arch={"type": "float", "low": 0.0, "high": 1.0}), "search_space.arch",
+                 "list of choices or a fixed value", id="architecture-as-range"),
+    pytest.param(_space(optimizer="adam"), "search_space.optimizer", "'adam' is not one of",
+                 id="unknown-optimizer"),
+    pytest.param(_space(dropout=1.0), "search_space.dropout", "[0, 1.0)", id="dropout-one"),
+    pytest.param(_space(dropout={"type": "float", "low": 0.0, "high": 1.0}),
+                 "search_space.dropout", "[0, 1.0)", id="dropout-range-reaching-one"),
+    pytest.param(_space(lr=[0.0, 0.1]), "search_space.lr", "(0, inf)", id="lr-zero"),
+    pytest.param(_space(batch_size={"type": "float", "low": 16, "high": 64}),
+                 "search_space.batch_size", "not float", id="batch-size-float-range"),
+    pytest.param(_space(batch_size=[16, 0]), "search_space.batch_size", "integers >= 1",
+                 id="batch-size-zero"),
+    pytest.param(_space(width=True), "search_space.width", "integers >= 1", id="width-bool"),
+    pytest.param(_top(enqueue_trials=[{"lr": 1e-3}, {"width": 32}]), "enqueue_trials[1]",
+                 "'width' is not a searched hyperparameter", id="enqueue-unsearched-param"),
+    pytest.param(_top(enqueue_trials={"lr": 1e-3}), "enqueue_trials",
+                 "list of parameter mappings", id="enqueue-not-a-list"),
+]
+
+
+@pytest.mark.parametrize(("change", "key", "reason"), REJECTED)
+def test_invalid_spec_raises_spec_error_naming_file_key_and_reason(
+    tmp_path: Path, change: Callable[[dict[str, Any]], None], key: str, reason: str
+) -> None:
+    path = _spec_with(tmp_path, change)
+
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+
+    error = info.value
+    assert (error.source, error.key) == (str(path), key)
+    assert reason in error.reason
+    assert str(error) == f"{path}: {key}: {error.reason}"
+
+
+def test_unknown_key_lists_the_known_keys(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(_spec_with(tmp_path, _top(epoch=5)))
+    assert "epochs" in info.value.reason and "search_space" in info.value.reason
+
+
+def test_unknown_pruner_argument_lists_the_real_ones(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(_spec_with(tmp_path, _top(pruner={"name": "median", "n_warmup": 1})))
+    assert "n_warmup_steps" in info.value.reason
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "dataset: mnist\nepochs: 3\n\tsearch_space: {}\n")
+
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+
+    assert (info.value.source, info.value.key) == (str(path), "<file>")
+    assert info.value.reason == "not valid YAML at line 3"
+
+
+@pytest.mark.parametrize("text", ["- dataset: mnist\n- epochs: 3\n", "just words\n", ""])
+def test_file_that_is_not_a_mapping_is_rejected(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, text)
+
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+
+    assert (info.value.source, info.value.key) == (str(path), "<file>")
+    assert "mapping" in info.value.reason
+
+
+def test_missing_file_is_a_spec_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+
+    assert (info.value.source, info.value.key) == (str(path), "<file>")
+    assert "cannot be read" in info.value.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Accepted forms
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bound_written_without_a_dot_is_read_as_a_float(tmp_path: Path) -> None:
+    text = yaml.safe_dump(BASE, sort_keys=False).replace("0.0001", "1e-4")
+    assert "low: 1e-4" in text  # PyYAML would read this back as the string '1e-4'
+    spec = load_spec(_write(tmp_path, text))
+
+    lr = spec.param("lr")
+    assert type(lr.low) is float and lr.low == 1e-4
+    assert (lr.kind, lr.high, lr.log) == ("float", 1e-2, True)
+
+
+def test_omitted_hyperparameters_get_their_fixed_defaults(tmp_path: Path) -> None:
+    spec = load_spec(_write(tmp_path, BASE))
+
+    for name, default in HYPERPARAMETERS.items():
+        if default is not None:
+            assert spec.param(name) == ParamSpec(name, "fixed", value=default)
+    with pytest.raises(KeyError):
+        spec.param("momentum")
+
+
+def test_scalar_is_fixed_and_suggest_returns_it_without_touching_the_trial(
+    tmp_path: Path,
+) -> None:
+    spec = load_spec(_spec_with(tmp_path, _space(optimizer="sgd", lr=0.01)))
+
+    assert spec.param("optimizer") == ParamSpec("optimizer", "fixed", value="sgd")
+    assert spec.param("optimizer").suggest(_UntouchableTrial()) == "sgd"
+    assert spec.param("lr").suggest(_UntouchableTrial()) == 0.01
+
+
+def test_list_becomes_categorical_and_long_form_categorical_is_the_same(
+    tmp_path: Path,
+) -> None:
+    short = load_spec(_spec_with(tmp_path, _space(arch=["mlp", "cnn"])))
+    long = load_spec(_spec_with(
+        tmp_path, _space(arch={"type": "categorical", "choices": ["mlp", "cnn"]})))
+
+    assert short.param("arch") == ParamSpec("arch", "categorical", choices=("mlp", "cnn"))
+    assert long.param("arch") == short.param("arch")
+
+
+def test_enqueued_trial_of_searched_params_is_kept(tmp_path: Path) -> None:
+    spec = load_spec(_spec_with(tmp_path, _top(enqueue_trials=[{"lr": 1e-3, "arch": "cnn"}])))
+
+    assert spec.enqueue_trials == ({"lr": 1e-3, "arch": "cnn"},)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing from a trial
+# ---------------------------------------------------------------------------------------------
+
+
+def test_suggest_draws_inside_the_space_with_log_scale_recorded(tmp_path: Path) -> None:
+    raw_depth = {"type": "int", "low": 2, "high": 8, "step": 2}
+    spec = load_spec(_spec_with(tmp_path, _space(depth=raw_depth)))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+    seen_batch_sizes, seen_depths = set(), set()
+    for _ in range(30):
+        trial = study.ask()
+        params = {p.name: p.suggest(trial) for p in spec.search_space}
+        assert 1e-4 <= params["lr"] <= 1e-2
+        assert 0.0 <= params["dropout"] <= 0.5
+        assert params["arch"] in ("mlp", "cnn")
+        seen_batch_sizes.add(params["batch_size"])
+        seen_depths.add(params["depth"])
+        assert set(trial.params) == {"lr", "batch_size", "depth", "dropout", "arch"}
+        assert params["width"] == 32 and params["optimizer"] == "adamw"
+        study.tell(trial, 0.0)
+
+    assert seen_batch_sizes == {16, 32}
+    assert seen_depths <= {2, 4, 6, 8} and len(seen_depths) > 1
+    distributions = study.trials[0].distributions
+    assert distributions["lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    assert distributions["dropout"].log is False
+    assert distributions["depth"] == optuna.distributions.IntDistribution(2, 8, step=2)
+
+
+def test_suggest_against_a_fixed_trial_returns_its_values(tmp_path: Path) -> None:
+    spec = load_spec(_write(tmp_path, BASE))
+    trial = optuna.trial.FixedTrial(
+        {"lr": 3e-3, "batch_size": 32, "depth": 2, "dropout": 0.25, "arch": "cnn"})
+
+    params = {p.name: p.suggest(trial) for p in spec.search_space}
+
+    assert params == {"lr": 3e-3, "batch_size": 32, "depth": 2, "dropout": 0.25,
+                      "arch": "cnn", "width": 32, "optimizer": "adamw",
+                      "weight_decay": 5.0e-4, "label_smoothing": 0.0}
+    assert trial.distributions["lr"].log is True
+    assert isinstance(trial.distributions["depth"], optuna.distributions.IntDistribution)
+
+
+def test_log_scale_int_range_draws_in_range(tmp_path: Path) -> None:
+    spec = load_spec(_spec_with(tmp_path, _space(
+        batch_size={"type": "int", "low": 16, "high": 256, "log": True})))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+
+    values = [spec.param("batch_size").suggest(study.ask()) for _ in range(20)]
+
+    assert all(isinstance(v, int) and 16 <= v <= 256 for v in values)
+    assert study.trials[0].distributions["batch_size"].log is True
+    # log-uniform: the geometric mean of the range (64) splits the draws roughly in half
+    assert 4 <= sum(v < 64 for v in values) <= 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Known gaps in validation (see the reasons)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    reason="spec.py _param accepts an int range with log: true and step > 1; Optuna's "
+    "IntDistribution rejects that combination, so every trial FAILs at suggest time "
+    "instead of the spec failing at load",
+    strict=True,
+)
+def test_int_range_with_log_and_step_is_rejected_at_load(tmp_path: Path) -> None:
+    path = _spec_with(tmp_path, _space(
+        depth={"type": "int", "low": 1, "high": 8, "log": True, "step": 2}))
+
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.key.startswith("search_space.depth")
+
+
+def test_int_range_with_log_and_step_fails_only_when_a_trial_draws_it(tmp_path: Path) -> None:
+    # Documents the current behaviour behind the xfail above.
+    spec = load_spec(_spec_with(tmp_path, _space(
+        depth={"type": "int", "low": 1, "high": 8, "log": True, "step": 2})))
+    study = optuna.create_study()
+
+    with pytest.raises(ValueError, match="step"):
+        spec.param("depth").suggest(study.ask())
+
+
+@pytest.mark.xfail(
+    reason="spec.py _param: a {type: categorical, ...} mapping is not checked for unknown "
+    "keys (float/int mappings are), so a typo like `defualt:` is silently ignored",
+    strict=True,
+)
+def test_unknown_key_in_categorical_mapping_is_rejected(tmp_path: Path) -> None:
+    path = _spec_with(tmp_path, _space(
+        arch={"type": "categorical", "choices": ["mlp", "cnn"], "defualt": "mlp"}))
+
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.key == "search_space.arch.defualt"
+
+
+@pytest.mark.xfail(
+    reason="spec.py _enqueued checks only the names of enqueued parameters, not their "
+    "values: an enqueued value outside the search space (lr 10 for a [1e-4, 1e-2] range, "
+    "or an arch that is not a choice) loads, and Optuna then trains with it or FAILs",
+    strict=True,
+)
+@pytest.mark.parametrize("enqueued", [{"lr": 10.0}, {"arch": "resnet"}])
+def test_enqueued_value_outside_the_search_space_is_rejected(
+    tmp_path: Path, enqueued: dict[str, Any]
+) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(_spec_with(tmp_path, _top(enqueue_trials=[enqueued])))
+    assert info.value.key == "enqueue_trials[0]"
+
+
+@pytest.mark.xfail(
+    reason="spec.py _number turns the string '1e-4' (how PyYAML reads a number without a "
+    "dot) into a float for range bounds only; the same number as a fixed value or a choice "
+    "is rejected with 'values must be numbers'",
+    strict=True,
+)
+def test_fixed_value_written_without_a_dot_is_read_as_a_float(tmp_path: Path) -> None:
+    text = yaml.safe_dump(BASE, sort_keys=False) + "  weight_decay: 5e-4\n"
+    spec = load_spec(_write(tmp_path, text))
+
+    assert spec.param("weight_decay") == ParamSpec("weight_decay", "fixed", value=5e-4)
