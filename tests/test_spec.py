@@ -188,7 +188,7 @@ REJECTED = [
                  "search_space.lr.type", "expected float, int or categorical",
                  id="unknown-range-type"),
     pytest.param(_space(lr={"type": "float", "low": "tiny", "high": 0.1}),
-                 "search_space.lr.low", "expected a number", id="bound-not-a-number"),
+                 "search_space.lr.low", "expected a finite number", id="bound-not-a-number"),
     pytest.param(_space(depth={"type": "int", "low": 1.5, "high": 3}),
                  "search_space.depth.low", "expected an integer", id="int-range-float-bound"),
     pytest.param(_top(metric="val_loss", direction="maximize"), "direction", "minimize",
@@ -392,16 +392,10 @@ def test_log_scale_int_range_draws_in_range(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Known gaps in validation (see the reasons)
+# Gaps found in review, now closed
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="spec.py _param accepts an int range with log: true and step > 1; Optuna's "
-    "IntDistribution rejects that combination, so every trial FAILs at suggest time "
-    "instead of the spec failing at load",
-    strict=True,
-)
 def test_int_range_with_log_and_step_is_rejected_at_load(tmp_path: Path) -> None:
     path = _spec_with(tmp_path, _space(
         depth={"type": "int", "low": 1, "high": 8, "log": True, "step": 2}))
@@ -411,21 +405,6 @@ def test_int_range_with_log_and_step_is_rejected_at_load(tmp_path: Path) -> None
     assert info.value.key.startswith("search_space.depth")
 
 
-def test_int_range_with_log_and_step_fails_only_when_a_trial_draws_it(tmp_path: Path) -> None:
-    # Documents the current behaviour behind the xfail above.
-    spec = load_spec(_spec_with(tmp_path, _space(
-        depth={"type": "int", "low": 1, "high": 8, "log": True, "step": 2})))
-    study = optuna.create_study()
-
-    with pytest.raises(ValueError, match="step"):
-        spec.param("depth").suggest(study.ask())
-
-
-@pytest.mark.xfail(
-    reason="spec.py _param: a {type: categorical, ...} mapping is not checked for unknown "
-    "keys (float/int mappings are), so a typo like `defualt:` is silently ignored",
-    strict=True,
-)
 def test_unknown_key_in_categorical_mapping_is_rejected(tmp_path: Path) -> None:
     path = _spec_with(tmp_path, _space(
         arch={"type": "categorical", "choices": ["mlp", "cnn"], "defualt": "mlp"}))
@@ -435,12 +414,6 @@ def test_unknown_key_in_categorical_mapping_is_rejected(tmp_path: Path) -> None:
     assert info.value.key == "search_space.arch.defualt"
 
 
-@pytest.mark.xfail(
-    reason="spec.py _enqueued checks only the names of enqueued parameters, not their "
-    "values: an enqueued value outside the search space (lr 10 for a [1e-4, 1e-2] range, "
-    "or an arch that is not a choice) loads, and Optuna then trains with it or FAILs",
-    strict=True,
-)
 @pytest.mark.parametrize("enqueued", [{"lr": 10.0}, {"arch": "resnet"}])
 def test_enqueued_value_outside_the_search_space_is_rejected(
     tmp_path: Path, enqueued: dict[str, Any]
@@ -450,14 +423,22 @@ def test_enqueued_value_outside_the_search_space_is_rejected(
     assert info.value.key == "enqueue_trials[0]"
 
 
-@pytest.mark.xfail(
-    reason="spec.py _number turns the string '1e-4' (how PyYAML reads a number without a "
-    "dot) into a float for range bounds only; the same number as a fixed value or a choice "
-    "is rejected with 'values must be numbers'",
-    strict=True,
-)
 def test_fixed_value_written_without_a_dot_is_read_as_a_float(tmp_path: Path) -> None:
     text = yaml.safe_dump(BASE, sort_keys=False) + "  weight_decay: 5e-4\n"
     spec = load_spec(_write(tmp_path, text))
 
     assert spec.param("weight_decay") == ParamSpec("weight_decay", "fixed", value=5e-4)
+
+
+def test_dataset_name_is_checked_at_load(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(_spec_with(tmp_path, _top(dataset="fashion-mnist")))
+    assert info.value.key == "dataset"
+    assert "fashion_mnist" in info.value.reason
+
+
+def test_pruner_argument_of_the_wrong_type_fails_at_load(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(_spec_with(tmp_path, _top(pruner={"name": "median", "n_warmup_steps": -1})))
+    assert info.value.key == "pruner"
+    assert "median rejects" in info.value.reason

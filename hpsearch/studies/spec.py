@@ -116,6 +116,14 @@ class ParamSpec:
             return trial.suggest_categorical(self.name, list(self.choices))
         return self.value
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this parameter can take."""
+        if self.kind in ("categorical", "fixed"):
+            return value in self.candidates()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return self.low <= value <= self.high and (self.kind == "float" or value == int(value))
+
     def candidates(self) -> tuple[Any, ...]:
         """Every discrete value this parameter can take (categorical or fixed), else ()."""
         if self.kind == "categorical":
@@ -244,6 +252,10 @@ def _validate(raw: Mapping[str, Any], source: str) -> StudySpec:
     if "dataset" not in raw:
         raise SpecError(source, "dataset", "missing; " + _TOP_LEVEL_KEYS["dataset"])
     dataset = _typed(raw, "dataset", str, source)
+    from hpsearch.data_utils import DATASETS
+
+    if dataset not in DATASETS:
+        raise SpecError(source, "dataset", f"{dataset!r} is not one of {', '.join(DATASETS)}")
     metric = _typed(raw, "metric", str, source, "val_accuracy")
     if metric not in METRICS:
         raise SpecError(source, "metric", f"{metric!r} is not one of {', '.join(METRICS)}")
@@ -310,7 +322,22 @@ def _component(raw, key: str, names: tuple[str, ...], source: str, default: str)
         if arg != "name" and arg not in allowed:
             known = ", ".join(sorted(allowed)) or "none"
             raise SpecError(source, f"{key}.{arg}", f"unknown argument of {name}; known: {known}")
-    return {"name": name} | {k: v for k, v in value.items() if k != "name"}
+    config = {"name": name} | {k: v for k, v in value.items() if k != "name"}
+    _try_building(key, config, source)
+    return config
+
+
+def _try_building(key: str, config: dict[str, Any], source: str) -> None:
+    """Build the sampler or pruner once, so a bad argument value fails at load time."""
+    from hpsearch.search.components import build_pruner, build_sampler
+
+    try:
+        if key == "sampler":
+            build_sampler(config, seed=0)
+        else:
+            build_pruner(config, max_epochs=100)
+    except Exception as exc:  # Optuna raises ValueError or TypeError, depending on the check
+        raise SpecError(source, key, f"{config['name']} rejects these arguments: {exc}") from None
 
 
 def _keyword_arguments(key: str, name: str) -> set[str]:
@@ -337,7 +364,13 @@ def _search_space(raw: Mapping[str, Any], source: str) -> tuple[ParamSpec, ...]:
     return tuple(space)
 
 
+# Hyperparameters that take real numbers (the rest take integers or names).
+_REAL_VALUED = ("lr", "dropout", "weight_decay", "label_smoothing")
+
+
 def _param(name: str, value: Any, key: str, source: str) -> ParamSpec:
+    if name in _REAL_VALUED:
+        value = [_as_float(v) for v in value] if isinstance(value, list) else _as_float(value)
     if isinstance(value, list):
         if not value:
             raise SpecError(source, key, "empty list of choices")
@@ -346,7 +379,12 @@ def _param(name: str, value: Any, key: str, source: str) -> ParamSpec:
         return ParamSpec(name, "fixed", value=value)
     kind = value.get("type")
     if kind == "categorical":
-        return _param(name, value.get("choices", []), key, source)
+        for arg in value:
+            if arg not in ("type", "choices"):
+                raise SpecError(source, f"{key}.{arg}", "unknown key; known: type, choices")
+        if not isinstance(value.get("choices"), list):
+            raise SpecError(source, f"{key}.choices", "expected a list of choices")
+        return _param(name, value["choices"], key, source)
     if kind not in ("float", "int"):
         raise SpecError(source, f"{key}.type", f"expected float, int or categorical, got {kind!r}")
     for arg in value:
@@ -363,19 +401,26 @@ def _param(name: str, value: Any, key: str, source: str) -> ParamSpec:
     step = value.get("step")
     if step is not None and (kind != "int" or not isinstance(step, int) or step < 1):
         raise SpecError(source, f"{key}.step", "only int ranges take a step, an integer >= 1")
+    if step is not None and step > 1 and log:
+        # Optuna's IntDistribution refuses the pair; say so now, not in every trial.
+        raise SpecError(source, f"{key}.step", "a log-scale range cannot take a step > 1")
     return ParamSpec(name, kind, low=low, high=high, log=log, step=step)
+
+
+def _as_float(x: Any) -> Any:
+    """PyYAML reads `1e-4` (no dot) as a string; accept it rather than trip users up."""
+    if isinstance(x, str):
+        try:
+            return float(x)
+        except ValueError:
+            return x  # left for _check_values to reject with the key named
+    return x
 
 
 def _number(value: Mapping[str, Any], bound: str, kind: str, key: str, source: str) -> float:
     if bound not in value:
         raise SpecError(source, key, "missing")
-    x = value[bound]
-    if isinstance(x, str):
-        # PyYAML reads `1e-4` (no dot) as a string; accept it rather than trip users up.
-        try:
-            x = float(x)
-        except ValueError:
-            raise SpecError(source, key, f"expected a number, got {x!r}") from None
+    x = _as_float(value[bound])
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
         raise SpecError(source, key, f"expected a finite number, got {x!r}")
     if kind == "int" and x != int(x):
@@ -421,11 +466,15 @@ def _check_choices(param: ParamSpec, allowed, key: str, source: str) -> None:
 def _enqueued(raw: Any, space: tuple[ParamSpec, ...], source: str) -> tuple[dict, ...]:
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise SpecError(source, "enqueue_trials", "expected a list of parameter mappings")
-    searched = {p.name for p in space if p.kind != "fixed"}
+    searched = {p.name: p for p in space if p.kind != "fixed"}
     for i, params in enumerate(raw):
-        for name in params:
+        for name, value in params.items():
             if name not in searched:
-                reason = f"{name!r} is not a searched hyperparameter ({', '.join(sorted(searched))})"
+                names = ", ".join(sorted(searched))
+                reason = f"{name!r} is not a searched hyperparameter ({names})"
+                raise SpecError(source, f"enqueue_trials[{i}]", reason)
+            if not searched[name].contains(value):
+                reason = f"{name} = {value!r} lies outside the search space"
                 raise SpecError(source, f"enqueue_trials[{i}]", reason)
     return tuple(dict(t) for t in raw)
 
