@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 
 import click
@@ -79,10 +80,88 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
     _print_summary(summary, config)
 
 
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model", default="hpsearch-fashion_mnist", show_default=True,
+              help="Registered model NAME or NAME@ALIAS (alias default: champion).")
+@click.option("--run", "run_id", default=None,
+              help="Use the model logged in this MLflow run instead of a registered one.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+def predict(images, model, run_id, tracking_uri) -> None:
+    """Classify IMAGES (PNG/JPEG files or .npy arrays) with a registered or logged model."""
+    _quiet_libraries()
+    from hpsearch.search.predict import model_uri, predict_files
+
+    try:
+        missing = [p for p in images if not os.path.isfile(p)]
+        if missing:
+            raise HpsearchError(f"no such file: {', '.join(missing)}")
+        predictions = predict_files(list(images), model_uri(model, run_id), tracking_uri)
+    except HpsearchError as exc:
+        _fail(str(exc))
+    width = max(len(p.source) for p in predictions)
+    for p in predictions:
+        click.echo(f"{p.source:<{width}}  {p.label:<12}  {p.probability:.3f}")
+
+
+@main.command()
+@click.option("--model", default="hpsearch-fashion_mnist", show_default=True,
+              help="Registered model NAME or NAME@ALIAS (alias default: champion).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the model to the network.")
+@click.option("--port", type=int, default=5001, show_default=True)
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+def serve(model, host, port, tracking_uri) -> None:
+    """Serve the champion with `mlflow models serve --env-manager local`."""
+    _quiet_libraries()
+    import mlflow
+
+    from hpsearch.search.predict import model_uri
+    from hpsearch.search.tracking import resolve_tracking_uri
+
+    uri, tracking = model_uri(model), resolve_tracking_uri(tracking_uri)
+    try:
+        _check_model_exists(uri, tracking)
+    except HpsearchError as exc:
+        _fail(str(exc))
+    bin_dir = os.path.dirname(sys.executable)
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": tracking,
+        # mlflow models serve execs uvicorn from PATH: this interpreter's must come first.
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
+    command = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", uri,
+               "--env-manager", "local", "--host", host, "--port", str(port)]
+    click.echo(f"serving {uri} from {tracking} on http://{host}:{port}/invocations "
+               f"(mlflow {mlflow.__version__})", err=True)
+    try:
+        sys.exit(subprocess.call(command, env=env))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _check_model_exists(uri: str, tracking_uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("models:/") or "@" not in uri:
+        return
+    name, alias = uri[len("models:/"):].split("@", 1)
+    try:
+        MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        raise HpsearchError(f"no registered model {name!r} with alias {alias!r} in "
+                            f"{tracking_uri}; run `hpsearch run` first, or pass --model "
+                            "and --tracking-uri") from None
+
+
 def _quiet_libraries() -> None:
     """Keep MLflow's info logs and download bars out of the progress display."""
+    # Read by MLflow when it is first imported, so this must run before that import.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -130,6 +209,7 @@ def _print_summary(summary, config) -> None:
         uri = summary.tracking_uri
         echo("\nnext:")
         echo(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        echo(f"  hpsearch serve --model {reg.name} --tracking-uri {uri}   # or:")
         echo(f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{reg.name}@champion "
              f"--env-manager local --host 127.0.0.1 --port 5001")
 

@@ -9,13 +9,6 @@ ThresholdPruner(lower=0.3) prunes any trial below 30% after its first epoch.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,68 +16,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR, load_dataset
+from conftest import MODEL, N_VAL, STUDY, STUDY_ARGS, hpsearch, post_images
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-                       reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)"),
-]
-
-STUDY = "e2e"
-MODEL = "hpsearch-e2e"
-N_TRAIN = 2000
-N_VAL = 6000  # 10% of Fashion-MNIST's 60,000 training images
-SPEC = """
-dataset: fashion_mnist
-epochs: 2
-pruner: {name: threshold, lower: 0.3}
-search_space:
-  lr: {type: float, low: 1.0e-7, high: 1.0e-2, log: true}
-  batch_size: [32, 128]
-  depth: {type: int, low: 1, high: 2}
-  width: [16]
-  dropout: {type: float, low: 0.0, high: 0.2}
-  arch: [mlp, cnn]
-  optimizer: adamw
-enqueue_trials:
-  - {lr: 3.0e-3, batch_size: 128, depth: 1, dropout: 0.0, arch: mlp}
-  - {lr: 1.0e-7, batch_size: 128, depth: 1, dropout: 0.0, arch: mlp}
-  - {lr: 1.0e-2, batch_size: 32, depth: 2, dropout: 0.1, arch: cnn}
-  - {lr: 2.0e-3, batch_size: 128, depth: 2, dropout: 0.0, arch: mlp}
-"""
-
-
-def hpsearch(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("hpsearch")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hpsearch.cli"]
-    return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True,
-                          env=env or clean_env(), timeout=900)
-
-
-def clean_env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "HPSEARCH_DATA_DIR")}
-    # mlflow models serve execs uvicorn from PATH: the test interpreter's bin must be on it.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory) -> Path:
-    """Run 3 trials with the defaults (sqlite stores in the working directory)."""
-    cwd = tmp_path_factory.mktemp("e2e")
-    (cwd / "spec.yaml").write_text(SPEC)
-    result = hpsearch(cwd, "run", "--spec", "spec.yaml", "--trials", "3", "--study-name",
-                      STUDY, "--train-subset", str(N_TRAIN), "--device", "cpu", "--seed", "0")
-    assert result.returncode == 0, result.stdout + result.stderr
-    (cwd / "first_run.txt").write_text(result.stdout + result.stderr)
-    return cwd
-
-
-@pytest.fixture(scope="module")
-def client(study_dir) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{study_dir / 'mlflow.db'}")
+pytestmark = pytest.mark.slow
 
 
 def runs(client: MlflowClient, role: str):
@@ -159,63 +93,34 @@ def test_champion_alias_points_at_the_best_trial(client):
     assert {"spec.yaml", "test_confusion_matrix.png", "test_confusion_matrix.json"} <= files
 
 
-def test_same_command_again_resumes_without_new_trials_then_adds_missing_ones(study_dir):
-    again = hpsearch(study_dir, "run", "--spec", "spec.yaml", "--trials", "3",
-                     "--study-name", STUDY, "--train-subset", str(N_TRAIN), "--device", "cpu")
+def test_same_command_again_resumes_without_new_trials_then_adds_missing_ones(study_dir,
+                                                                             served, client):
+    again = hpsearch(study_dir, *STUDY_ARGS, "--trials", "3")
     assert again.returncode == 0, again.stderr
     assert "3 of 3 trials finished; 0 to run" in again.stderr
     assert "already registered" in again.stdout
-    more = hpsearch(study_dir, "run", "--spec", "spec.yaml", "--trials", "4",
-                    "--study-name", STUDY, "--train-subset", str(N_TRAIN), "--device", "cpu")
+    more = hpsearch(study_dir, *STUDY_ARGS, "--trials", "4")
     assert more.returncode == 0, more.stderr
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{study_dir / 'hpsearch.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.tags["trial"] == str(study.best_trial.number)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_served_champion_answers_with_the_logged_test_accuracy(served, client):
+    from hpsearch.data_utils import load_dataset
 
-
-def test_served_champion_answers_with_the_logged_test_accuracy(study_dir, client):
-    port = free_port()
-    env = clean_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{study_dir / 'mlflow.db'}"}
-    mlflow_exe = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen(
-        [str(mlflow_exe), "models", "serve", "-m", f"models:/{MODEL}@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=study_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until_ready(port, server)
-        _, test = load_dataset("fashion_mnist")
-        images, labels = test.images[:2000], test.labels[:2000]
-        body = json.dumps({"inputs": (images.astype(np.float32) / 255.0).tolist()}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as response:
-            logits = np.asarray(json.loads(response.read())["predictions"])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert logits.shape == (2000, 10)
-    served_accuracy = float((logits.argmax(1) == labels).mean())
+    _, test = load_dataset("fashion_mnist")
+    predictions = []
+    for start in (0, 1000):  # two requests: the server takes at most 1024 images at once
+        status, body = post_images(served.url, (test.images[start:start + 1000] / 255).tolist())
+        assert status == 200, body
+        predictions += body["predictions"]
+    assert len(predictions) == 2000
+    served_accuracy = float(np.mean([p["class_index"] for p in predictions] == test.labels[:2000]))
     (parent,) = [r for r in runs(client, "study") if "test_accuracy" in r.data.metrics]
     # 2,000 of the 10,000 test images: a sampling error of about 1 point.
     assert served_accuracy == pytest.approx(parent.data.metrics["test_accuracy"], abs=0.04)
-
-
-def wait_until_ready(port: int, server: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited: {server.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.5)
-    raise AssertionError(f"mlflow models serve not ready after {timeout_s} s")
 
 
 def test_missing_data_is_one_clear_error_with_exit_code_2(tmp_path):

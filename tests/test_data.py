@@ -172,7 +172,7 @@ def test_truncated_idx_file_raises_value_error_naming_file(isolated_sources):
     write_idx_set(folder)
     bad = folder / "train-images-idx3-ubyte.gz"
     bad.write_bytes(gzip.compress(gzip.decompress(bad.read_bytes())[:-100]))
-    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"):
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz"):
         load_dataset("mnist", folder, download=False)
 
 
@@ -180,11 +180,11 @@ def test_cut_gzip_stream_and_bad_magic_raise_value_error(tmp_path):
     cut = tmp_path / "t10k-labels-idx1-ubyte.gz"
     write_idx(cut, np.arange(50, dtype=np.uint8))
     cut.write_bytes(cut.read_bytes()[:20])
-    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz"):
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz"):
         ds.read_idx_labels(cut)
     images_as_labels = tmp_path / "train-labels-idx1-ubyte"
     write_idx(images_as_labels, np.zeros((2, 28, 28), np.uint8))
-    with pytest.raises(ValueError, match="magic.*2049.*2051"):
+    with pytest.raises(ValueError, match=r"magic.*2049.*2051"):
         ds.read_idx_labels(images_as_labels)
 
 

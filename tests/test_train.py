@@ -317,7 +317,7 @@ def test_a_step_with_zero_gradient_decays_weights_but_not_biases(name: str,
 
 
 def test_unknown_optimizer_raises_value_error_naming_it() -> None:
-    with pytest.raises(ValueError, match="'adam'.*adamw, sgd"):
+    with pytest.raises(ValueError, match=r"'adam'.*adamw, sgd"):
         build_optimizer(_linear(), name="adam", lr=0.1, weight_decay=0.0)
 
 

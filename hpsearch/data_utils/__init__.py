@@ -21,9 +21,11 @@ from hpsearch.data_utils.datasets import (
     read_idx_labels,
     split_train_val,
 )
+from hpsearch.data_utils.images import MAX_BATCH, InvalidImages, accepted_shapes, to_unit_batch
 from hpsearch.data_utils.loader import DeviceLoader, normalize
 
 __all__ = [
+    "MAX_BATCH",
     "DATASETS",
     "DATA_DIR_ENV_VAR",
     "DEBIAN_FASHION_MNIST_DIR",
@@ -31,6 +33,8 @@ __all__ = [
     "DataNotFoundError",
     "DatasetInfo",
     "DeviceLoader",
+    "InvalidImages",
+    "accepted_shapes",
     "default_data_dir",
     "get_dataset_info",
     "load_dataset",
@@ -41,4 +45,5 @@ __all__ = [
     "read_idx_images",
     "read_idx_labels",
     "split_train_val",
+    "to_unit_batch",
 ]

@@ -574,7 +574,7 @@ def _try_download(name: str, root: Path) -> tuple[ArraySplit, ArraySplit] | str:
     """Download into ``root`` and read the result; return a reason string on failure."""
     try:
         _download_with_torchvision(name, root)
-    except Exception as exc:  # noqa: BLE001 - any failure just means "try the next step".
+    except Exception as exc:
         return f"download into {root} (failed: {_short_reason(exc)})"
     folder = _download_folder(name, root)
     result = _load_folder(name, folder)

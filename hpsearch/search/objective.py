@@ -127,7 +127,8 @@ class Objective:
             self.reporter.epoch(trial.number, result, self.spec.epochs)
             value = result.metrics()[self.spec.metric]
             trial.report(value, result.epoch)
-            if trial.should_prune():
+            # After the last epoch pruning saves nothing and would discard a finished result.
+            if result.epoch < self.spec.epochs and trial.should_prune():
                 raise optuna.TrialPruned(
                     f"pruned at epoch {result.epoch}: {self.spec.metric} {value:.4f}")
 

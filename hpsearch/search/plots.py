@@ -8,10 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from hpsearch.search.train import EpochResult  # noqa: E402
+from hpsearch.search.train import EpochResult
 
 __all__ = ["confusion_matrix_figure", "learning_curves_figure"]
 

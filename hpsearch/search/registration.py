@@ -1,25 +1,37 @@
 """Registering a study's champion: the best trial's own weights (never retrained), evaluated
 once on the test set, logged as an MLflow model and registered under the alias ``champion``.
 
-The model is logged with ``mlflow.pytorch.log_model`` in MLflow's ``pt2`` format: a
-``torch.export`` program whose loading reads tensors and a graph, not pickled Python objects,
-so serving it needs neither hpsearch's code nor unpickling.
+Two models are logged on the parent run:
+
+- ``model`` (registered): a pyfunc "model from code" (``serving_model.py``) that takes raw
+  images (integer 0..255 or float 0..1, several layouts) and answers class index, class name
+  and probabilities; its weights are a state dict read with ``weights_only=True``;
+- ``network``: the bare network with its normalisation, through ``mlflow.pytorch.log_model``
+  in MLflow's ``pt2`` format (a ``torch.export`` program), for users who want a torch module.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import optuna
+import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType, Array
 from torch import nn
 
-from hpsearch.data_utils import ArraySplit, DatasetInfo
+import hpsearch
+from hpsearch.data_utils import MAX_BATCH, ArraySplit, DatasetInfo, accepted_shapes
 from hpsearch.errors import HpsearchError
 from hpsearch.search.objective import build_network, make_loader
 from hpsearch.search.tracking import CHECKPOINT_PATH, StudyTracker
@@ -28,6 +40,8 @@ from hpsearch.search.train import evaluate
 __all__ = ["CHAMPION_ALIAS", "ImageClassifier", "Registration", "register_champion"]
 
 CHAMPION_ALIAS = "champion"
+# The pyfunc model from code; MLflow runs this file when the model is loaded.
+SERVING_MODEL_FILE = Path(__file__).with_name("serving_model.py")
 
 
 @dataclass(frozen=True)
@@ -79,7 +93,8 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     try:
         best = study.best_trial
     except ValueError:
-        raise HpsearchError(f"study {study.study_name!r} has no complete trial to register")
+        raise HpsearchError(
+            f"study {study.study_name!r} has no complete trial to register") from None
     existing = _current_champion(tracker, register_name, study.study_name, best.number)
     if existing is not None:
         return existing
@@ -89,8 +104,11 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     result = evaluate(network.to(device), make_loader(test, info, device),
                       num_classes=info.num_classes, device=device)
     tracker.log_test_evaluation(result, info.class_names, trial_number=best.number)
-    classifier = ImageClassifier(network.cpu(), info.mean, info.std).eval()
-    version = _log_and_register(classifier, test, tracker, register_name)
+    network = network.cpu().eval()
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    with mlflow.start_run(run_id=tracker.parent_run_id):
+        _log_network(ImageClassifier(network, info.mean, info.std).eval(), test)
+        version = _log_serving_model(network, best, info, test, register_name)
     _describe_version(tracker, register_name, version, best, info, study.study_name,
                       result.accuracy)
     tracker.client.set_registered_model_alias(register_name, CHAMPION_ALIAS, version)
@@ -107,26 +125,69 @@ def _load_trial_network(trial: optuna.trial.FrozenTrial, info: DatasetInfo,
     return network.eval()
 
 
-def _log_and_register(classifier: ImageClassifier, test: ArraySplit, tracker: StudyTracker,
-                      name: str) -> str:
+def _requirements() -> list[str]:
+    # Pinned, so MLflow need not load the model in a subprocess to infer them.
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
+            f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"]
+
+
+def _log_network(classifier: ImageClassifier, test: ArraySplit) -> None:
+    """The bare network (float pixels in [0, 1], (N, C, H, W) -> logits) in pt2 format."""
     # Batch > 1 so MLflow's export marks the batch dimension dynamic.
     example = test.images[:4].astype(np.float32) / 255.0
     with torch.no_grad():
         logits = classifier(torch.from_numpy(example)).numpy()
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    with mlflow.start_run(run_id=tracker.parent_run_id):
-        info = mlflow.pytorch.log_model(
-            classifier,
+    mlflow.pytorch.log_model(classifier, name="network", input_example=example,
+                             signature=infer_signature(example, logits),
+                             serialization_format="pt2", pip_requirements=_requirements())
+
+
+def _log_serving_model(network: nn.Module, trial: optuna.trial.FrozenTrial, info: DatasetInfo,
+                       test: ArraySplit, name: str) -> str:
+    """Log the pyfunc model from code with its weights and config; register it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, config = Path(tmp, "weights.pt"), Path(tmp, "config.json")
+        torch.save(network.state_dict(), weights)
+        config.write_text(json.dumps({
+            "dataset": dataclasses.asdict(info),
+            "hyperparameters": trial.user_attrs["hyperparameters"],
+        }, indent=2))
+        model_info = mlflow.pyfunc.log_model(
             name="model",
-            input_example=example,
-            signature=infer_signature(example, logits),
+            python_model=str(SERVING_MODEL_FILE),
+            artifacts={"weights": str(weights), "config": str(config)},
+            # Ship hpsearch's code with the model, so it loads where hpsearch is not installed.
+            code_paths=[str(Path(hpsearch.__file__).parent)],
+            signature=serving_signature(),
+            # Two test images as nested integer lists: exactly what a client posts.
+            input_example=pd.DataFrame({"images": [img[0].tolist() for img in test.images[:2]]}),
+            metadata=serving_metadata(info),
             registered_model_name=name,
-            serialization_format="pt2",
-            # Pinned, so MLflow need not load the model in a subprocess to infer them.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+            pip_requirements=_requirements(),
         )
-    return str(info.registered_model_version)
+    return str(model_info.registered_model_version)
+
+
+def serving_signature() -> ModelSignature:
+    """One image per row in column ``images`` (any accepted layout, checked by the model);
+    per row: class index, class name and the probabilities of all classes."""
+    return ModelSignature(
+        inputs=Schema([ColSpec(AnyType(), "images")]),
+        outputs=Schema([ColSpec(DataType.long, "class_index"), ColSpec(DataType.string, "label"),
+                        ColSpec(Array(DataType.double), "probabilities")]),
+    )
+
+
+def serving_metadata(info: DatasetInfo) -> dict:
+    """What the logged model's MLmodel file says of its inputs."""
+    return {
+        "dataset": info.name,
+        "class_names": list(info.class_names),
+        "in_channels": info.in_channels,
+        "accepted_image_shapes": [list(s) for s in accepted_shapes(info)],
+        "pixel_values": "integers 0..255 or floats 0..1",
+        "max_batch": MAX_BATCH,
+    }
 
 
 def _describe_version(tracker: StudyTracker, name: str, version: str,
@@ -137,6 +198,7 @@ def _describe_version(tracker: StudyTracker, name: str, version: str,
         "trial": str(trial.number),
         "trial_run_id": trial.user_attrs["mlflow_run_id"],
         "dataset": info.name,
+        "class_names": json.dumps(list(info.class_names)),
         "test_accuracy": f"{test_accuracy:.4f}",
         "val_value": repr(trial.value),
     }
@@ -144,10 +206,13 @@ def _describe_version(tracker: StudyTracker, name: str, version: str,
         tracker.client.set_model_version_tag(name, version, key, value)
     tracker.client.update_model_version(
         name, version,
-        description=(f"{info.name} classifier from trial {trial.number} of study {study_name}; "
-                     f"test accuracy {test_accuracy:.4f}. Input: float32 pixels in [0, 1], "
-                     f"(N, {info.in_channels}, {info.image_size}, {info.image_size}); "
-                     f"output: logits over {', '.join(info.class_names)}."))
+        description=(
+            f"{info.name} classifier from trial {trial.number} of study {study_name}; test "
+            f"accuracy {test_accuracy:.4f}. Input: {{\"inputs\": [image, ...]}}, 1 to "
+            f"{MAX_BATCH} images, each "
+            f"{' or '.join(str(s) for s in accepted_shapes(info))}, integer pixels 0..255 or "
+            f"float pixels 0..1. Output per image: class_index, label (one of "
+            f"{', '.join(info.class_names)}) and probabilities of all classes."))
 
 
 def _current_champion(tracker: StudyTracker, name: str, study_name: str,

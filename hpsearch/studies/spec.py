@@ -352,7 +352,8 @@ def _search_space(raw: Mapping[str, Any], source: str) -> tuple[ParamSpec, ...]:
     for name in raw:
         if name not in HYPERPARAMETERS:
             known = ", ".join(HYPERPARAMETERS)
-            raise SpecError(source, f"search_space.{name}", f"unknown hyperparameter; known: {known}")
+            reason = f"unknown hyperparameter; known: {known}"
+            raise SpecError(source, f"search_space.{name}", reason)
     missing = [n for n, default in HYPERPARAMETERS.items() if default is None and n not in raw]
     if missing:
         raise SpecError(source, "search_space", f"missing {', '.join(missing)}")
@@ -389,7 +390,8 @@ def _param(name: str, value: Any, key: str, source: str) -> ParamSpec:
         raise SpecError(source, f"{key}.type", f"expected float, int or categorical, got {kind!r}")
     for arg in value:
         if arg not in ("type", "low", "high", "log", "step"):
-            raise SpecError(source, f"{key}.{arg}", "unknown key; known: type, low, high, log, step")
+            known = "type, low, high, log, step"
+            raise SpecError(source, f"{key}.{arg}", f"unknown key; known: {known}")
     low, high = (_number(value, b, kind, f"{key}.{b}", source) for b in ("low", "high"))
     log = value.get("log", False)
     if not isinstance(log, bool):

@@ -1,0 +1,118 @@
+"""The served champion, as an MLflow "model from code".
+
+MLflow copies this file into the logged model and runs it when the model is loaded (by
+``mlflow models serve``, ``mlflow.pyfunc.load_model`` or ``hpsearch predict``). Loading then:
+
+1. imports ``hpsearch.models`` and ``hpsearch.data_utils`` (shipped inside the model
+   through ``code_paths``, so hpsearch need not be installed where it is served);
+2. reads ``config.json`` (architecture, hyperparameters, data set facts) as JSON;
+3. reads the weights with ``torch.load(weights_only=True)``, which only admits tensors and
+   plain containers: no pickled Python objects are executed.
+
+Input: a column ``images`` with one image per row, or an array (N, ...): integer pixels
+0..255 or float pixels 0..1, in the layouts of :func:`hpsearch.data_utils.accepted_shapes`.
+Output, per row: ``class_index`` (int), ``label`` (class name) and ``probabilities``
+(softmax over all classes, in class-index order). A bad request raises an MlflowException
+with INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+from hpsearch.data_utils import DatasetInfo, InvalidImages, to_unit_batch
+from hpsearch.models import build_model
+
+INPUT_COLUMN = "images"
+
+
+class BadRequest(MlflowException):
+    """A request the model rejects: HTTP 400 with the model's own message.
+
+    MLflow's scoring server rewrites a prediction error's message as
+    ``Failed to predict data '<the whole request>'. Error: ...``, so a rejected batch of a
+    thousand images came back as a 400 response of megabytes. This exception keeps the
+    message it was created with: later assignments to ``message`` are ignored.
+    """
+
+    def __init__(self, message: str) -> None:
+        self._fixed_message: str | None = None
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self._fixed_message = message
+
+    @property
+    def message(self) -> str:
+        return self._fixed_message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if self._fixed_message is None:
+            self._fixed_message = value
+
+
+class ImageClassifierModel(PythonModel):
+    """Pyfunc wrapper: validation, normalisation, network, softmax, class names."""
+
+    def load_context(self, context) -> None:
+        with open(context.artifacts["config"]) as f:
+            config = json.load(f)
+        self.info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in config["dataset"].items()})
+        params = config["hyperparameters"]
+        self.network = build_model(
+            params["arch"], in_channels=self.info.in_channels, image_size=self.info.image_size,
+            num_classes=self.info.num_classes, depth=params["depth"], width=params["width"],
+            dropout=params["dropout"])
+        state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
+        self.network.load_state_dict(state)
+        self.network.eval()
+        self.mean = torch.tensor(self.info.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.info.std).view(1, -1, 1, 1)
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        images = _images_of(model_input)
+        try:
+            batch = to_unit_batch(images, self.info)
+        except InvalidImages as exc:
+            raise BadRequest(f"{exc}. {self.expected()}") from None
+        with torch.no_grad():
+            logits = self.network((torch.from_numpy(batch) - self.mean) / self.std)
+            probabilities = torch.softmax(logits.float(), dim=1).numpy()
+        index = probabilities.argmax(axis=1)
+        return pd.DataFrame({
+            "class_index": index.astype(np.int64),
+            "label": [self.info.class_names[i] for i in index],
+            "probabilities": list(probabilities.astype(np.float64)),
+        })
+
+    def expected(self) -> str:
+        from hpsearch.data_utils import MAX_BATCH, accepted_shapes
+
+        shapes = " or ".join(str(s) for s in accepted_shapes(self.info))
+        return (f"Expected: 1 to {MAX_BATCH} {self.info.name} images, each {shapes}, integer "
+                f"pixels 0..255 or float pixels 0..1, sent as {{\"inputs\": [image, ...]}}")
+
+
+def _images_of(model_input):
+    if isinstance(model_input, pd.DataFrame):
+        if INPUT_COLUMN not in model_input.columns:
+            raise BadRequest(f"expected a column {INPUT_COLUMN!r}, got "
+                             f"{list(model_input.columns)}")
+        images = list(model_input[INPUT_COLUMN])
+        # MLflow parses {"inputs": []} into one row holding an empty list.
+        empty_row = len(images) == 1 and hasattr(images[0], "__len__") and not len(images[0])
+        return [] if empty_row else images
+    if isinstance(model_input, dict) and INPUT_COLUMN in model_input:
+        return model_input[INPUT_COLUMN]
+    return model_input
+
+
+mlflow.models.set_model(ImageClassifierModel())

@@ -1,0 +1,158 @@
+"""Shared fixtures: one small real study through the CLI, and one model server for it.
+
+The study is deterministic: every trial is enqueued, one of them with a learning rate so
+small (1e-7) that its validation accuracy stays near chance (10%), and a
+ThresholdPruner(lower=0.3) prunes any trial below 30% after its first epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR
+
+STUDY = "e2e"
+MODEL = "hpsearch-e2e"
+N_TRAIN = 2000
+N_VAL = 6000  # 10% of Fashion-MNIST's 60,000 training images
+SPEC = """
+dataset: fashion_mnist
+epochs: 2
+pruner: {name: threshold, lower: 0.3}
+search_space:
+  lr: {type: float, low: 1.0e-7, high: 1.0e-2, log: true}
+  batch_size: [32, 128]
+  depth: {type: int, low: 1, high: 2}
+  width: [16]
+  dropout: {type: float, low: 0.0, high: 0.2}
+  arch: [mlp, cnn]
+  optimizer: adamw
+enqueue_trials:
+  - {lr: 3.0e-3, batch_size: 128, depth: 1, dropout: 0.0, arch: mlp}
+  - {lr: 1.0e-7, batch_size: 128, depth: 1, dropout: 0.0, arch: mlp}
+  - {lr: 1.0e-2, batch_size: 32, depth: 2, dropout: 0.1, arch: cnn}
+  - {lr: 2.0e-3, batch_size: 128, depth: 2, dropout: 0.0, arch: mlp}
+"""
+STUDY_ARGS = ("run", "--spec", "spec.yaml", "--study-name", STUDY, "--train-subset",
+              str(N_TRAIN), "--device", "cpu", "--seed", "0")
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without MLflow/hpsearch settings, with this interpreter's bin
+    first on PATH (``mlflow models serve`` execs uvicorn from PATH)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "HPSEARCH_DATA_DIR")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env | extra
+
+
+def hpsearch(cwd: Path, *args: str, env: dict | None = None,
+             timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the installed ``hpsearch`` console script (or the module) in ``cwd``."""
+    exe = Path(sys.executable).with_name("hpsearch")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hpsearch.cli"]
+    return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True,
+                          env=env or clean_env(), timeout=timeout)
+
+
+def post_images(url: str, images=None, *, raw: str | None = None) -> tuple[int, object]:
+    """POST ``{"inputs": images}`` (or the raw body) to /invocations.
+
+    Returns:
+        (HTTP status, parsed JSON body on success or the error body as text).
+    """
+    body = raw if raw is not None else json.dumps({"inputs": images})
+    request = urllib.request.Request(f"{url}/invocations", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_ready(port: int, server: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Poll /ping until the server answers; fail with its stderr if it exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited: {server.stderr.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    raise AssertionError(f"server not ready after {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def study_dir(tmp_path_factory) -> Path:
+    """A directory holding a finished 3-trial study (defaults: sqlite stores in the cwd)."""
+    if not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+    cwd = tmp_path_factory.mktemp("e2e")
+    (cwd / "spec.yaml").write_text(SPEC)
+    result = hpsearch(cwd, *STUDY_ARGS, "--trials", "3")
+    (cwd / "first_run.txt").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return cwd
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(study_dir) -> str:
+    return f"sqlite:///{study_dir / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def client(tracking_uri) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running model server and the registered version it serves."""
+
+    url: str
+    model_uri: str  # pinned to the version, so a later alias move does not matter
+    version: str
+
+
+@pytest.fixture(scope="session")
+def served(study_dir, client, tracking_uri):
+    """`mlflow models serve` on a free loopback port, as the README runs it."""
+    version = client.get_model_version_by_alias(MODEL, "champion").version
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "models", "serve",
+         "-m", f"models:/{MODEL}/{version}", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=study_dir, env=clean_env(MLFLOW_TRACKING_URI=tracking_uri),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_ready(port, server)
+        yield Served(f"http://127.0.0.1:{port}", f"models:/{MODEL}/{version}", version)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,159 @@
+"""The serving contract: the champion takes raw images in every accepted layout and dtype,
+answers class index, class name and probabilities, and turns bad requests into HTTP 400
+while it goes on serving. Also ``hpsearch predict`` and ``hpsearch serve``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from hpsearch.data_utils import MAX_BATCH, load_dataset
+
+from conftest import MODEL, clean_env, free_port, hpsearch, post_images, wait_until_ready
+
+pytestmark = pytest.mark.slow
+
+N = 64
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return load_dataset("fashion_mnist")[1]
+
+
+@pytest.fixture(scope="module")
+def local_model(served, tracking_uri):
+    """The same registered version, loaded in-process through the same pyfunc code."""
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(served.model_uri)
+
+
+@pytest.fixture(scope="module")
+def expected(local_model, test_split):
+    images = test_split.images[:N, 0]  # uint8 (N, 28, 28)
+    return local_model.predict(pd.DataFrame({"images": list(images)}))
+
+
+LAYOUTS = {
+    "uint8 (N, 28, 28)": lambda x: x[:, 0],
+    "uint8 (N, 1, 28, 28)": lambda x: x,
+    "uint8 (N, 28, 28, 1)": lambda x: x.transpose(0, 2, 3, 1),
+    "float (N, 28, 28)": lambda x: x[:, 0] / 255.0,
+    "float (N, 1, 28, 28)": lambda x: x / 255.0,
+    "float (N, 28, 28, 1)": lambda x: x.transpose(0, 2, 3, 1) / 255.0,
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_accepted_layout_and_dtype_gives_the_in_process_predictions(
+        served, test_split, expected, layout):
+    images = LAYOUTS[layout](test_split.images[:N])
+    status, body = post_images(served.url, images.tolist())
+    assert status == 200, body
+    rows = body["predictions"]
+    assert [r["class_index"] for r in rows] == expected["class_index"].tolist()
+    assert [r["label"] for r in rows] == expected["label"].tolist()
+    served_probabilities = np.array([r["probabilities"] for r in rows])
+    np.testing.assert_allclose(served_probabilities, np.stack(expected["probabilities"]),
+                               atol=1e-5)
+    np.testing.assert_allclose(served_probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_predictions_match_true_labels_at_about_the_logged_test_accuracy(
+        served, client, test_split):
+    status, body = post_images(served.url, test_split.images[:1000, 0].tolist())
+    assert status == 200, body
+    predicted = np.array([r["class_index"] for r in body["predictions"]])
+    accuracy = float((predicted == test_split.labels[:1000]).mean())
+    version = client.get_model_version(MODEL, served.version)
+    assert accuracy == pytest.approx(float(version.tags["test_accuracy"]), abs=0.05)
+    assert json.loads(version.tags["class_names"])[9] == "Ankle boot"
+    assert "integer pixels 0..255" in version.description
+
+
+def image(value=0, shape=(28, 28)):
+    return np.full(shape, value).tolist()
+
+
+BAD_REQUESTS = {
+    "wrong shape": ([image(shape=(27, 28))], "shape (27, 28)"),
+    "colour image for a grayscale model": ([image(shape=(28, 28, 3))], "shape (28, 28, 3)"),
+    "strings": (["not an image"], "must be numbers"),
+    "ragged rows": ([[[0] * 28] * 27 + [[0] * 27]], "unequal length"),
+    "nan": ([image(float("nan"))], "NaN or infinite"),
+    "inf": ([image(float("inf"))], "NaN or infinite"),
+    "integers above 255": ([image(300)], "0..255"),
+    "negative": ([image(-1)], "0..255"),
+    "floats above 1": ([image(1.5)], "[0, 1]"),
+    "empty batch": ([], "empty batch"),
+    "batch over the maximum": ([image()] * (MAX_BATCH + 1), f"maximum of {MAX_BATCH}"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_request_gets_400_naming_what_was_expected_and_server_goes_on(
+        served, test_split, case):
+    images, message = BAD_REQUESTS[case]
+    status, body = post_images(served.url, images)
+    assert status == 400, body[:2000]
+    assert message in body
+    assert len(body) < 2000  # the model's message, not an echo of the request
+    assert "Expected: 1 to" in body or case == "empty batch"
+    good_status, good = post_images(served.url, test_split.images[:2, 0].tolist())
+    assert good_status == 200 and len(good["predictions"]) == 2
+
+
+def test_malformed_json_gets_400(served):
+    status, _ = post_images(served.url, raw="{not json")
+    assert status == 400
+
+
+def test_predict_command_labels_png_and_npy_files(served, tracking_uri, test_split, expected,
+                                                  tmp_path):
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"test_{i}.png"
+        Image.fromarray(test_split.images[i, 0]).save(path)
+        paths.append(str(path))
+    np.save(tmp_path / "batch.npy", test_split.images[5:8, 0])
+    result = hpsearch(tmp_path, "predict", *paths, "batch.npy", "--model",
+                      served.model_uri, "--tracking-uri", tracking_uri)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 8
+    assert [line.split()[0] for line in lines] == paths + [f"batch.npy[{i}]" for i in range(3)]
+    for line, label in zip(lines, expected["label"][:8]):
+        assert f"  {label}  " in line
+
+
+def test_predict_command_rejects_a_wrong_size_image_with_exit_code_2(tracking_uri, served,
+                                                                     tmp_path):
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "small.png")
+    result = hpsearch(tmp_path, "predict", "small.png", "--model", served.model_uri,
+                      "--tracking-uri", tracking_uri)
+    assert result.returncode == 2
+    assert "shape (20, 20)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_command_starts_the_champion_on_loopback(study_dir, tracking_uri, test_split):
+    port = free_port()
+    exe = Path(sys.executable).with_name("hpsearch")
+    server = subprocess.Popen(
+        [str(exe), "serve", "--model", MODEL, "--port", str(port), "--tracking-uri",
+         tracking_uri], cwd=study_dir, env=clean_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_ready(port, server)
+        status, body = post_images(f"http://127.0.0.1:{port}", test_split.images[:3].tolist())
+        assert status == 200 and len(body["predictions"]) == 3
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
