@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 
 import click
 
 from hpsearch import __version__
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, raise_interrupted
 from hpsearch.studies import SpecError, load_builtin_spec, load_spec
 
 
@@ -48,11 +49,23 @@ def main() -> None:
               help="Seeds the sampler, the validation split and every trial.")
 @click.option("--register-name", default=None,
               help="Registered model name for the champion (default: hpsearch-STUDY).")
+@click.option("--max-failures", type=int, default=5, show_default=True,
+              help="Stop after this many trials in a row failed with an error.")
+@click.option("--heartbeat-interval", type=int, default=10, show_default=True,
+              help="Seconds between a running trial's heartbeats; a trial silent for 3 "
+                   "intervals (its worker was killed) is retried.")
 @click.option("--quiet", is_flag=True, help="One line per trial instead of per epoch.")
 def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name, storage,
-        tracking_uri, data_dir, device, seed, register_name, quiet) -> None:
-    """Search hyperparameters, track every trial in MLflow, register the best model."""
+        tracking_uri, data_dir, device, seed, register_name, max_failures, heartbeat_interval,
+        quiet) -> None:
+    """Search hyperparameters, track every trial in MLflow, register the best model.
+
+    Ctrl-C or SIGTERM ends the running trial as failed (interrupted), prints the summary so
+    far and exits with 130 or 143; the same command again resumes the study.
+    """
     _quiet_libraries()
+    # SIGTERM unwinds like Ctrl-C, so the stores are left consistent.
+    signal.signal(signal.SIGTERM, raise_interrupted)
     from hpsearch.search.progress import Reporter
     from hpsearch.search.study import RunConfig, run_study
 
@@ -64,20 +77,24 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
             raise HpsearchError(f"--train-subset must be >= 1, got {train_subset}")
         if timeout_s is not None and timeout_s <= 0:
             raise HpsearchError(f"--timeout must be > 0 seconds, got {timeout_s:g}")
+        if max_failures < 1 or heartbeat_interval < 1:
+            raise HpsearchError("--max-failures and --heartbeat-interval must be >= 1")
         study_name = study_name or spec.dataset
         config = RunConfig(
             spec=spec, trials=trials, study_name=study_name,
             register_name=register_name or f"hpsearch-{study_name}", storage=storage,
             tracking_uri=tracking_uri, timeout_s=timeout_s, train_subset=train_subset,
-            data_dir=data_dir, device=device, seed=seed)
+            data_dir=data_dir, device=device, seed=seed, max_consecutive_failures=max_failures,
+            heartbeat_interval_s=heartbeat_interval)
         summary = run_study(config, Reporter(spec.metric, verbose=not quiet))
     except (HpsearchError, SpecError) as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted; finished trials are kept: run the same command to resume",
-                   err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # before the study started: nothing to summarise
+        sys.exit(getattr(exc, "exit_code", 130))
     _print_summary(summary, config)
+    if summary.exit_code:
+        click.echo("finished trials are kept: run the same command to resume", err=True)
+        sys.exit(summary.exit_code)
 
 
 @main.command()

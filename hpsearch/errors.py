@@ -1,5 +1,33 @@
-"""Errors the command line reports as one line with exit code 2 (bad input, missing data)."""
+"""Errors the command line reports as one line (bad input, missing data) and the
+interruption raised by a termination signal."""
+
+from __future__ import annotations
+
+import signal
 
 
 class HpsearchError(Exception):
-    """A problem the user can fix; the message says what was wrong and how to fix it."""
+    """A problem the user can fix; the message says what was wrong and how to fix it.
+    The command line prints it as one line and exits with code 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived. A KeyboardInterrupt, so Optuna fails the running trial and
+    unwinds exactly as on Ctrl-C.
+
+    Attributes:
+        signum: the signal number; the process exits with 128 + signum (130, 143).
+    """
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def raise_interrupted(signum: int, frame: object = None) -> None:
+    """Signal handler for SIGTERM (and SIGINT): unwind like Ctrl-C."""
+    raise Interrupted(signum)

@@ -361,16 +361,18 @@ class _FakeRun:
     def log_checkpoint(self, model: nn.Module) -> None:
         self.checkpoints += 1
 
-    def finish(self, state, history, class_names, *, reason=None, value=None) -> None:
+    def finish(self, state, history, class_names, *, reason=None, value=None, status=None,
+               tags=None) -> None:
         self.finished = {"state": state, "epochs": [r.epoch for r in history],
-                         "class_names": list(class_names), "reason": reason, "value": value}
+                         "class_names": list(class_names), "reason": reason, "value": value,
+                         "status": status, "tags": dict(tags or {})}
 
 
 class _FakeTracker:
     def __init__(self) -> None:
         self.runs: list[_FakeRun] = []
 
-    def trial_run(self, trial_number: int, params: dict) -> _FakeRun:
+    def trial_run(self, trial_number: int, params: dict, *, retry_of=None) -> _FakeRun:
         self.runs.append(_FakeRun(trial_number, params))
         return self.runs[-1]
 
@@ -439,23 +441,25 @@ def test_objective_completes_with_the_last_epochs_metric_and_keeps_the_best_weig
     assert tracker.runs[0].params == hyperparameters
     assert tracker.runs[0].finished == {"state": "COMPLETE", "epochs": [1, 2, 3],
                                         "class_names": ["a", "b", "c"], "reason": None,
-                                        "value": first.value}
+                                        "value": first.value, "status": None, "tags": {}}
     # The first finished trial is the best so far; the second only if it ties or beats it.
     assert tracker.runs[0].checkpoints == 1 and first.user_attrs["checkpoint"] is True
     assert tracker.runs[1].checkpoints == int(second.value >= first.value)
 
 
-def test_diverging_trial_fails_with_its_reason_and_traceback() -> None:
+def test_diverging_trial_is_pruned_with_its_reason_and_epoch() -> None:
     objective, tracker, _ = _objective(epochs=3, lr=1.0e30, optimizer="sgd")
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
 
     frozen = _ask_and_run(study, objective)
 
-    assert frozen.state is TrialState.FAIL
-    assert frozen.user_attrs["fail_reason"].startswith("TrainingDiverged: training diverged")
+    # A diverged configuration is a search result, not a bug: pruned, and no NaN reported.
+    assert frozen.state is TrialState.PRUNED
+    assert frozen.user_attrs["diverged_epoch"] == 1
+    assert frozen.intermediate_values == {}
     run = tracker.runs[0]
-    assert run.finished["state"] == "FAIL"
-    assert run.finished["reason"] == frozen.user_attrs["fail_reason"]
-    assert run.finished["epochs"] == list(frozen.intermediate_values)
-    assert [name for name, _ in run.client.texts] == ["traceback.txt"]
-    assert "TrainingDiverged" in run.client.texts[0][1]
+    assert run.finished["state"] == "PRUNED"
+    assert run.finished["reason"].startswith("diverged at epoch 1: train_loss nan")
+    assert run.finished["tags"] == {"hpsearch.diverged_epoch": "1"}
+    assert run.finished["epochs"] == [1]
+    assert run.client.texts == []  # no traceback: nothing went wrong in the code

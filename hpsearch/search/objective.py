@@ -7,7 +7,9 @@ This is the only module where a trial, the training loop and the MLflow run meet
 
 from __future__ import annotations
 
+import gc
 import math
+import signal
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,8 @@ from hpsearch.search.tracking import StudyTracker, TrialRun
 from hpsearch.search.train import EpochResult, autocast_dtype, build_optimizer, fit
 from hpsearch.studies import StudySpec
 
-__all__ = ["Objective", "TrialData", "build_network", "make_loader"]
+__all__ = ["Failure", "Objective", "TrialData", "build_network", "classify_failure",
+           "make_loader"]
 
 # Validation and test batches: large, since no gradients are kept.
 EVAL_BATCH_SIZE = 1024
@@ -83,20 +86,27 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         params = {p.name: p.suggest(trial) for p in self.spec.search_space}
         trial.set_user_attr("hyperparameters", params)
-        run = self.tracker.trial_run(trial.number, params)
+        run = self.tracker.trial_run(trial.number, params, retry_of=_retry_of(trial))
         trial.set_user_attr("mlflow_run_id", run.run_id)
         history: list[EpochResult] = []
         names = self.data.info.class_names
         try:
             model, value = self._train(trial, params, run, history)
         except optuna.TrialPruned as exc:
-            run.finish("PRUNED", history, names, reason=str(exc))
+            diverged = trial.user_attrs.get("diverged_epoch")
+            extra = {"hpsearch.diverged_epoch": str(diverged)} if diverged else {}
+            run.finish("PRUNED", history, names, reason=str(exc), tags=extra)
             raise
         except BaseException as exc:
-            reason = f"{type(exc).__name__}: {exc}".strip()
-            trial.set_user_attr("fail_reason", reason)
-            run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
-            run.finish("FAIL", history, names, reason=reason)
+            failure = classify_failure(exc, params)
+            trial.set_user_attr("fail_reason", failure.reason)
+            trial.set_user_attr("failure_kind", failure.kind)
+            if failure.kind != "interrupted":
+                run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
+            run.finish("FAIL", history, names, reason=failure.reason, status=failure.run_status,
+                       tags={"hpsearch.failure_kind": failure.kind})
+            if failure.kind == "out_of_memory":
+                _release_memory(exc, self.device)
             raise
         if self._is_best_so_far(trial.study, value):
             run.log_checkpoint(model)
@@ -126,6 +136,13 @@ class Objective:
             run.log_epoch(result)
             self.reporter.epoch(trial.number, result, self.spec.epochs)
             value = result.metrics()[self.spec.metric]
+            if not (math.isfinite(result.train_loss) and math.isfinite(value)):
+                # A diverged configuration is a result of the search, not a bug: prune it,
+                # and report nothing, so no NaN reaches the sampler or the best value.
+                trial.set_user_attr("diverged_epoch", result.epoch)
+                raise optuna.TrialPruned(
+                    f"diverged at epoch {result.epoch}: train_loss {result.train_loss}, "
+                    f"{self.spec.metric} {value}")
             trial.report(value, result.epoch)
             # After the last epoch pruning saves nothing and would discard a finished result.
             if result.epoch < self.spec.epochs and trial.should_prune():
@@ -149,3 +166,61 @@ class Objective:
             return True
         best = max if self.spec.direction == "maximize" else min
         return best(value, best(t.value for t in done)) == value
+
+
+def _retry_of(trial: optuna.Trial) -> int | None:
+    """The number of the trial this one retries (its worker died), from Optuna's retry
+    history; ``optuna.Trial`` shows no system attributes, its frozen record does."""
+    running = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    frozen = next((t for t in running if t.number == trial.number), None)
+    history = frozen.system_attrs.get("retry_history") if frozen else None
+    return history[-1] if history else None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a trial failed.
+
+    Attributes:
+        kind: ``interrupted`` (SIGINT/SIGTERM), ``out_of_memory`` or ``error`` (anything
+            else: a bug, counted towards the study's consecutive-failure limit).
+        reason: one line for people: the progress display, tags and the summary.
+        run_status: the MLflow run status: KILLED when interrupted, else FAILED.
+    """
+
+    kind: str
+    reason: str
+    run_status: str
+
+
+def classify_failure(exc: BaseException, params: dict[str, Any]) -> Failure:
+    """Classify the exception that ended a trial trained with ``params``."""
+    if isinstance(exc, KeyboardInterrupt):
+        signum = getattr(exc, "signum", signal.SIGINT)
+        return Failure("interrupted", f"interrupted by {signal.Signals(signum).name}", "KILLED")
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    if _is_out_of_memory(exc):
+        reason = (f"out of memory with batch_size {params['batch_size']} and arch "
+                  f"{params['arch']} (depth {params['depth']}, width {params['width']}): "
+                  f"{first_line}")
+        return Failure("out_of_memory", reason, "FAILED")
+    return Failure("error", f"{type(exc).__name__}: {first_line}", "FAILED")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or an allocator's RuntimeError."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        words in message for words in ("out of memory", "can't allocate memory",
+                                       "failed to allocate"))
+
+
+def _release_memory(exc: BaseException, device: torch.device) -> None:
+    """Drop the failed trial's model and optimizer (held by the traceback's frames) and
+    return the freed blocks to the device, so the next trial starts with the memory free."""
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -7,8 +7,16 @@ runs only what is missing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import signal
+import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -22,7 +30,11 @@ from hpsearch.search.components import build_pruner, build_sampler
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.progress import Reporter
 from hpsearch.search.registration import Registration, register_champion
-from hpsearch.search.tracking import StudyTracker, resolve_tracking_uri
+from hpsearch.search.tracking import (
+    StudyTracker,
+    close_orphaned_trial_run,
+    resolve_tracking_uri,
+)
 from hpsearch.search.train import autocast_dtype
 from hpsearch.studies import StudySpec
 
@@ -50,7 +62,10 @@ class RunConfig:
         data_dir: where to look for (and download) the data set, or None.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seeds the sampler, the validation split and each trial's torch RNG.
-        max_consecutive_failures: stop the study after this many failed trials in a row.
+        max_consecutive_failures: stop the study after this many trials in a row failed
+            with an error (not counting out-of-memory failures or interruptions).
+        heartbeat_interval_s: seconds between a running trial's heartbeats; a trial silent
+            for 3 intervals is taken for dead (its worker was killed) and retried.
     """
 
     spec: StudySpec
@@ -65,6 +80,7 @@ class RunConfig:
     device: str = "auto"
     seed: int = 0
     max_consecutive_failures: int = 5
+    heartbeat_interval_s: int = 10
 
 
 @dataclass
@@ -82,6 +98,7 @@ class StudySummary:
     registration: Registration | None = None
     wall_seconds: float = 0.0
     stop_reason: str | None = None
+    exit_code: int = 0  # 128 + signal number when interrupted
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,15 +129,24 @@ def load_trial_data(config: RunConfig):
     return TrialData(info=info, train=train, val=val), test
 
 
-def open_study(config: RunConfig) -> optuna.Study:
-    """Create the study, or load it to resume. Raises HpsearchError on a bad storage."""
+def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
+    """Create the study, or load it to resume. Raises HpsearchError on a bad storage.
+
+    The storage keeps heartbeats of running trials: a trial whose worker died is failed by
+    the next worker and retried with the same parameters (:class:`RetryStaleTrial`).
+    """
     spec = config.spec
     kwargs: dict[str, Any] = {}
     if config.storage.startswith("sqlite"):
         # Several workers may share one sqlite file: wait for its lock instead of failing.
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     try:
-        storage = optuna.storages.RDBStorage(config.storage, **kwargs)
+        storage = optuna.storages.RDBStorage(
+            config.storage,
+            heartbeat_interval=config.heartbeat_interval_s,
+            grace_period=3 * config.heartbeat_interval_s,
+            heartbeat_stale_trial_callback=RetryStaleTrial(tracking_uri),
+            **kwargs)
         study = optuna.create_study(
             storage=storage,
             study_name=config.study_name,
@@ -145,22 +171,30 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     """Run (or resume) the study until it has ``config.trials`` finished trials, then
     register its best model.
 
+    On SIGINT/SIGTERM (KeyboardInterrupt) the running trial fails as interrupted, its run
+    and the parent run end KILLED, and the summary so far is returned with ``exit_code``
+    128 + the signal number.
+
     Raises:
-        HpsearchError: bad device, missing data, unusable storage (before any training).
-        KeyboardInterrupt: on Ctrl-C, after closing the parent run as KILLED.
+        HpsearchError: bad device, missing data, unusable storage or tracking store, or an
+            unwritable directory; raised before anything is written.
     """
     start = time.perf_counter()
     device = resolve_device(config.device)
     data, test = load_trial_data(config)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the reporter says it better
-    study = open_study(config)
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
+    preflight(config, tracking_uri)
+    # The reporter says it in one line; Optuna's warnings would add a traceback per failure
+    # (each failed trial's traceback is on its MLflow run as traceback.txt).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with _init_lock(config.storage, tracking_uri):
+        study = open_study(config, tracking_uri)
+        tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
     summary = StudySummary(study_name=config.study_name, tracking_uri=tracking_uri)
     missing = config.trials - _count(study, *FINISHED_STATES)
     reporter.say(f"study {config.study_name!r}: {config.trials - missing} of {config.trials} "
                  f"trials finished; {max(missing, 0)} to run on {_device_name(device)}; "
                  f"{len(data.train)} training / {len(data.val)} validation images")
-    tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
     tracker.start_parent(params=_run_params(config, data, device),
                          spec_yaml=config.spec.to_yaml())
     status = "FAILED"
@@ -172,13 +206,96 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
                 study=study, info=data.info, test=test, tracker=tracker,
                 register_name=config.register_name, device=device)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _ignore_further_signals()  # let the stores be closed cleanly
         status = "KILLED"
-        raise
+        signum = getattr(exc, "signum", signal.SIGINT)
+        summary.stop_reason = f"interrupted by {signal.Signals(signum).name}"
+        summary.exit_code = 128 + signum
     finally:
         tracker.end_parent(status)
         _fill_summary(summary, study, start)
     return summary
+
+
+def preflight(config: RunConfig, tracking_uri: str) -> None:
+    """Check the stores can be written or reached, before anything is created.
+
+    Raises:
+        HpsearchError: a sqlite file's directory is missing or not writable, or an HTTP
+            tracking server does not answer within seconds.
+    """
+    for what, url in (("--storage", config.storage), ("tracking store", tracking_uri)):
+        if url.startswith("sqlite:///"):
+            _check_writable(Path(url[len("sqlite:///"):]).parent, what, url)
+    if tracking_uri.startswith(("http://", "https://")):
+        _check_reachable(tracking_uri)
+
+
+def _check_writable(directory: Path, what: str, url: str) -> None:
+    directory = directory if str(directory) else Path(".")
+    if not directory.is_dir():
+        raise HpsearchError(f"{what} {url}: directory {directory.resolve()} does not exist")
+    try:  # a real write: permission bits do not tell for root, read-only mounts or quotas
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise HpsearchError(f"{what} {url}: cannot write in {directory.resolve()} "
+                            f"({exc.strerror}); run from a writable directory or pass "
+                            "--storage/--tracking-uri") from None
+
+
+def _check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise HpsearchError(f"cannot reach the MLflow tracking server at {tracking_uri} "
+                            f"({reason}); start it or pass another --tracking-uri") from None
+
+
+@contextlib.contextmanager
+def _init_lock(*urls: str) -> Iterator[None]:
+    """Serialise the first use of shared sqlite files by workers started at once: both
+    Optuna and MLflow create their schema on first use, and two creators race."""
+    paths = sorted({u[len("sqlite:///"):] for u in urls if u.startswith("sqlite:///")})
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            handle = stack.enter_context(open(f"{path}.lock", "a"))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _ignore_further_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signum, signal.SIG_IGN)
+
+
+class RetryStaleTrial:
+    """Heartbeat callback for a trial whose worker died (SIGKILL, power loss): enqueue a
+    retry with the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``) and close
+    its orphaned MLflow runs as KILLED, tagged with the retry's trial number."""
+
+    def __init__(self, tracking_uri: str, max_retry: int = 2) -> None:
+        self.tracking_uri = tracking_uri
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.retry(study, trial)
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        retried_as = next((t.number for t in waiting
+                           if t.system_attrs.get("retry_history", [None])[-1] == trial.number),
+                          None)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            from mlflow.tracking import MlflowClient
+
+            close_orphaned_trial_run(
+                MlflowClient(tracking_uri=self.tracking_uri), run_id, retried_as=retried_as,
+                reason="worker died (no heartbeat); retried as trial "
+                       f"{retried_as}" if retried_as is not None else "worker died")
 
 
 def _optimize(study, config, data, device, tracker, reporter, summary) -> None:
@@ -208,13 +325,18 @@ def _optimize(study, config, data, device, tracker, reporter, summary) -> None:
 
 
 class _FailureGuard:
-    """Stops the study after ``limit`` consecutive failed trials (a bug, not bad luck)."""
+    """Stops the study after ``limit`` trials in a row failed with an error: a bug, not bad
+    luck. Out-of-memory failures depend on the sampled configuration and do not count;
+    any other failure does, also one that happened before the objective could classify it."""
 
     def __init__(self, limit: int, summary: StudySummary) -> None:
         self.limit, self.summary, self.in_a_row = limit, summary, 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if trial.state != TrialState.FAIL:
+            self.in_a_row = 0
+        elif trial.user_attrs.get("failure_kind") != "out_of_memory":
+            self.in_a_row += 1
         if self.in_a_row >= self.limit:
             reason = trial.user_attrs.get("fail_reason", "see the trial's traceback.txt")
             self.summary.stop_reason = (f"stopped after {self.in_a_row} failed trials in a "

@@ -26,7 +26,8 @@ from mlflow.tracking import MlflowClient
 from hpsearch.search.plots import confusion_matrix_figure, learning_curves_figure
 from hpsearch.search.train import EpochResult, EvalResult
 
-__all__ = ["CHECKPOINT_PATH", "StudyTracker", "TrialRun", "RUN_STATUS"]
+__all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "StudyTracker", "TrialRun",
+           "close_orphaned_trial_run", "log_confusion", "resolve_tracking_uri"]
 
 # Where a trial's weights (a state dict, loadable with weights_only=True) are logged.
 CHECKPOINT_PATH = "checkpoint/state_dict.pt"
@@ -84,19 +85,23 @@ class StudyTracker:
         self.client.log_text(self.parent_run_id, spec_yaml, "spec.yaml")
         return self.parent_run_id
 
-    def trial_run(self, trial_number: int, params: Mapping[str, Any]) -> TrialRun:
-        """Open the nested run of trial ``trial_number`` and log its hyperparameters."""
+    def trial_run(self, trial_number: int, params: Mapping[str, Any], *,
+                  retry_of: int | None = None) -> TrialRun:
+        """Open the nested run of trial ``trial_number`` and log its hyperparameters.
+
+        ``retry_of`` is the number of the trial this one retries (after its worker died).
+        """
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "hpsearch.role": "trial",
+            "optuna.study_name": self.study_name,
+            "optuna.trial_number": str(trial_number),
+            "optuna.state": "RUNNING",
+        }
+        if retry_of is not None:
+            tags["hpsearch.retry_of"] = str(retry_of)
         run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{trial_number:04d}",
-            tags={
-                "mlflow.parentRunId": self.parent_run_id,
-                "hpsearch.role": "trial",
-                "optuna.study_name": self.study_name,
-                "optuna.trial_number": str(trial_number),
-                "optuna.state": "RUNNING",
-            },
-        )
+            self.experiment_id, run_name=f"trial-{trial_number:04d}", tags=tags)
         run_id = run.info.run_id
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return TrialRun(self.client, run_id)
@@ -147,7 +152,8 @@ class TrialRun:
         self._log_bytes(buffer.getvalue(), CHECKPOINT_PATH)
 
     def finish(self, state: str, history: Sequence[EpochResult], class_names: Sequence[str],
-               *, reason: str | None = None, value: float | None = None) -> None:
+               *, reason: str | None = None, value: float | None = None,
+               status: str | None = None, tags: Mapping[str, str] | None = None) -> None:
         """Log the curves and last validation confusion matrix, then end the run.
 
         Args:
@@ -156,6 +162,9 @@ class TrialRun:
             class_names: for the confusion matrix axes.
             reason: one line on why the trial was pruned or failed.
             value: the trial's objective value, if it has one.
+            status: the MLflow run status, if not the one :data:`RUN_STATUS` maps ``state``
+                to (an interrupted trial FAILs in Optuna but its run ends KILLED).
+            tags: more tags to set.
         """
         if history:
             last = history[-1]
@@ -165,13 +174,14 @@ class TrialRun:
             fig = learning_curves_figure(history, title=f"{state.lower()} after "
                                                         f"{last.epoch} epoch(s)")
             _log_figure(self.client, self.run_id, fig, "learning_curves.png")
-        tags = [RunTag("optuna.state", state), RunTag("epochs_run", str(len(history)))]
+        run_tags = [RunTag("optuna.state", state), RunTag("epochs_run", str(len(history)))]
         if reason:
-            tags.append(RunTag("hpsearch.reason", reason[:4000]))
+            run_tags.append(RunTag("hpsearch.reason", reason[:4000]))
         if value is not None:
-            tags.append(RunTag("optuna.value", repr(value)))
-        self.client.log_batch(self.run_id, tags=tags)
-        self.client.set_terminated(self.run_id, RUN_STATUS[state])
+            run_tags.append(RunTag("optuna.value", repr(value)))
+        run_tags += [RunTag(k, v) for k, v in (tags or {}).items()]
+        self.client.log_batch(self.run_id, tags=run_tags)
+        self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
 
     def _log_bytes(self, data: bytes, artifact_path: str) -> None:
         directory, name = os.path.split(artifact_path)
@@ -180,6 +190,23 @@ class TrialRun:
             with open(path, "wb") as f:
                 f.write(data)
             self.client.log_artifact(self.run_id, path, directory or None)
+
+
+def close_orphaned_trial_run(client: MlflowClient, run_id: str, *, reason: str,
+                             retried_as: int | None) -> None:
+    """End the run of a trial whose worker died (no heartbeat) as KILLED, and its parent
+    run too if it is still open: that parent belonged to the dead worker."""
+    tags = [RunTag("optuna.state", "FAIL"), RunTag("hpsearch.reason", reason)]
+    if retried_as is not None:
+        tags.append(RunTag("hpsearch.retried_as", str(retried_as)))
+    client.log_batch(run_id, tags=tags)
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    if parent_id and client.get_run(parent_id).info.status == "RUNNING":
+        client.set_tag(parent_id, "hpsearch.reason", "worker died; see its KILLED trial runs")
+        client.set_terminated(parent_id, "KILLED")
 
 
 def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,
