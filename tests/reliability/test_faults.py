@@ -16,6 +16,7 @@ import hpsearch.search.objective as objective_module
 from hpsearch.search.progress import Reporter
 from hpsearch.search.study import RunConfig, run_study
 from hpsearch.studies import load_spec
+
 from observations import record
 
 pytestmark = pytest.mark.slow
