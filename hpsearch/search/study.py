@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import signal
 import tempfile
 import time
@@ -259,10 +260,13 @@ def _check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
 def _init_lock(*urls: str) -> Iterator[None]:
     """Serialise the first use of shared sqlite files by workers started at once: both
     Optuna and MLflow create their schema on first use, and two creators race."""
-    paths = sorted({u[len("sqlite:///"):] for u in urls if u.startswith("sqlite:///")})
+    paths = sorted({str(Path(u[len("sqlite:///"):]).resolve())
+                    for u in urls if u.startswith("sqlite:///")})
     with contextlib.ExitStack() as stack:
         for path in paths:
-            handle = stack.enter_context(open(f"{path}.lock", "a"))
+            # In the temp dir, keyed by the file's path: nothing extra in the user's directory.
+            name = f"hpsearch-{hashlib.sha1(path.encode()).hexdigest()[:16]}.lock"
+            handle = stack.enter_context(open(Path(tempfile.gettempdir(), name), "a"))
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
