@@ -25,7 +25,12 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch import __version__
-from hpsearch.data_utils import DataNotFoundError, load_dataset, split_train_val
+from hpsearch.data_utils import (
+    DataNotFoundError,
+    get_dataset_info,
+    load_dataset,
+    split_train_val,
+)
 from hpsearch.errors import HpsearchError
 from hpsearch.search.components import build_pruner, build_sampler
 from hpsearch.search.objective import Objective, TrialData
@@ -118,8 +123,6 @@ def resolve_device(name: str) -> torch.device:
 
 def load_trial_data(config: RunConfig):
     """Training/validation splits and the test split. Raises HpsearchError if missing."""
-    from hpsearch.data_utils import get_dataset_info
-
     info = get_dataset_info(config.spec.dataset)
     try:
         train, test = load_dataset(config.spec.dataset, config.data_dir)

@@ -8,7 +8,6 @@ global "active run", so a trial's run cannot leak into another's.
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 import time
@@ -234,7 +233,3 @@ def _log_figure(client: MlflowClient, run_id: str, fig: plt.Figure, name: str) -
     finally:
         plt.close(fig)
 
-
-def dumps(obj: Any) -> str:
-    """JSON for tags and artifacts (numpy scalars become plain numbers)."""
-    return json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))

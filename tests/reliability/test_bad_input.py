@@ -25,7 +25,8 @@ search_space:
 
 CASES = {
     "unknown data set": (["--dataset", "imagenet"], None, "imagenet"),
-    "unknown architecture": (["--spec", "spec.yaml"], BAD_ARCH_SPEC, "'transformer' is not one of"),
+    "unknown architecture": (["--spec", "spec.yaml"], BAD_ARCH_SPEC,
+                             "'transformer' is not one of"),
     "malformed spec": (["--spec", "spec.yaml"], "dataset: [fashion_mnist\n", "not valid YAML"),
     "invalid spec value": (["--spec", "spec.yaml"], "dataset: fashion_mnist\nepochs: 0\n",
                            "epochs: must be >= 1"),

@@ -40,7 +40,7 @@ def test_workers_started_at_once_share_one_fresh_study(tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                for _ in range(WORKERS)]
     results = [(w.wait(timeout=600), *w.communicate()) for w in workers]
-    for code, out, err in results:
+    for code, _, err in results:
         assert code == 0, err[-3000:]
 
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'hpsearch.db'}")
