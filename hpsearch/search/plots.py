@@ -53,7 +53,9 @@ def learning_curves_figure(history: Sequence[EpochResult], *, title: str) -> plt
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        last = max(epochs, default=1)
+        ax.set_xticks(range(1, last + 1, max(1, last // 10)))  # whole epochs, at most ~10
+        ax.set_xlim(0.5, last + 0.5)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -92,7 +92,8 @@ def trial_runs(tmp_path):
 
 
 def test_nan_oom_and_bug_end_their_trials_while_the_study_goes_on(tmp_path, faulty_networks):
-    spec = spec_file(tmp_path, [(GOOD, 0.0), (NAN, 0.0), (OOM, 0.0), (BUG, 0.0), (GOOD2, 0.0)])
+    spec = spec_file(tmp_path,
+                     [(GOOD, 0.0), (NAN, 0.0), (OOM, 0.0), (BUG, 0.0), (GOOD2, 0.0)])
     summary = run_study(study_config(tmp_path, spec, trials=3), Reporter("val_accuracy",
                                                                           stream=io.StringIO()))
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -121,7 +122,8 @@ def test_nan_oom_and_bug_end_their_trials_while_the_study_goes_on(tmp_path, faul
            "no NaN reported to Optuna; best value finite")
     record("out-of-memory error in a trial (torch.OutOfMemoryError injected)",
            "trial FAILED, reason names batch_size 128 and arch mlp; the study went on (memory "
-           "release runs but is not measured on CPU)", "earlier and later trials; champion registered")
+           "release runs but is not measured on CPU)",
+           "earlier and later trials; champion registered")
     record("exception (a bug) in a trial", "trial FAILED with traceback.txt on its run; "
            "the study went on", "earlier and later trials; champion registered")
 
