@@ -159,6 +159,81 @@ def serve(model, host, port, tracking_uri) -> None:
         sys.exit(130)
 
 
+@main.command()
+@click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
+              help="Optuna storage URL.")
+def studies(storage) -> None:
+    """List the studies in a storage with their trial counts and best value."""
+    _quiet_libraries()
+    from hpsearch.search.reports import study_overview
+
+    overview = _with_storage(storage, study_overview)
+    if overview.empty:
+        click.echo(f"no studies in {storage}")
+        return
+    click.echo(overview.to_string(index=False, na_rep="-"))
+
+
+@main.command()
+@click.argument("study_name")
+@click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
+              help="Optuna storage URL.")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows to show (0: all).")
+def show(study_name, storage, top) -> None:
+    """Print the leaderboard of STUDY_NAME's trials, best first."""
+    _quiet_libraries()
+    import optuna
+
+    from hpsearch.search.reports import leaderboard
+
+    def load(url):
+        if study_name not in optuna.get_all_study_names(storage=url):
+            raise HpsearchError(f"no study {study_name!r} in {url}; see `hpsearch studies`")
+        return leaderboard(optuna.load_study(study_name=study_name, storage=url))
+
+    board = _with_storage(storage, load)
+    shown = board if top <= 0 else board.head(top)
+    click.echo(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+    if len(shown) < len(board):
+        click.echo(f"({len(board) - len(shown)} more; --top 0 shows all)")
+
+
+@main.command()
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the UI to the network.")
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(tracking_uri, host, port) -> None:
+    """Start the MLflow UI on the tracking store."""
+    _quiet_libraries()
+    from hpsearch.search.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        _fail(f"{uri} is a tracking server: open it in a browser, it is the UI")
+    command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "ui",
+               "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    click.echo(f"MLflow UI for {uri} on http://{host}:{port}", err=True)
+    try:
+        sys.exit(subprocess.call(command))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _with_storage(storage: str, read):
+    """Run ``read(storage)``, turning an unusable storage into one clear error."""
+    if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
+        _fail(f"no Optuna storage at {storage}; run `hpsearch run` first or pass --storage")
+    try:
+        return read(storage)
+    except HpsearchError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # SQLAlchemy's errors vary by driver; name the URL
+        _fail(f"cannot read Optuna storage {storage}: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0]}")
+
+
 def _check_model_exists(uri: str, tracking_uri: str) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -180,6 +255,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
 
 
 def _resolve_spec(dataset: str | None, spec_path: str | None, epochs: int | None):
@@ -225,7 +301,7 @@ def _print_summary(summary, config) -> None:
         echo(f"{what}: {reg.name} version {reg.version} (alias champion)")
         uri = summary.tracking_uri
         echo("\nnext:")
-        echo(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        echo(f"  hpsearch ui --tracking-uri {uri}   # or: mlflow ui --backend-store-uri {uri}")
         echo(f"  hpsearch serve --model {reg.name} --tracking-uri {uri}   # or:")
         echo(f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{reg.name}@champion "
              f"--env-manager local --host 127.0.0.1 --port 5001")

@@ -66,7 +66,8 @@ def test_pruned_trial_is_killed_not_failed_and_keeps_its_curves(client):
     assert pruned.info.status == "KILLED"
     assert "epoch 1" in pruned.data.tags["hpsearch.reason"]
     files = {a.path for a in client.list_artifacts(pruned.info.run_id)}
-    assert {"confusion_matrix.png", "confusion_matrix.json", "learning_curves.png"} <= files
+    assert {"confusion_matrix.png", "confusion_matrix.json", "learning_curves.png",
+            "per_class_report.json", "misclassified.png"} <= files
 
 
 def test_confusion_matrix_counts_match_the_logged_accuracy(client, tmp_path):
@@ -90,7 +91,71 @@ def test_champion_alias_points_at_the_best_trial(client):
     assert 0.5 < test_accuracy <= 1.0
     assert float(version.tags["test_accuracy"]) == pytest.approx(test_accuracy, abs=1e-4)
     files = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"spec.yaml", "test_confusion_matrix.png", "test_confusion_matrix.json"} <= files
+    assert {"spec.yaml", "test_confusion_matrix.png", "test_confusion_matrix.json",
+            "test_per_class_report.json", "test_sample_predictions.png",
+            "test_worst_mistakes.png"} <= files
+
+
+def test_parent_run_holds_the_study_report(client, tmp_path):
+    (parent,) = runs(client, "study")
+    metrics = parent.data.metrics
+    assert (metrics["n_complete"], metrics["n_pruned"], metrics["n_failed"]) == (2, 1, 0)
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    for name in ("trials.csv", "optimization_history.png", "intermediate_values.png",
+                 "parallel_coordinate.png", "slice.png", "param_importances.png"):
+        assert f"study/{name}" in files, name
+    csv = Path(client.download_artifacts(parent.info.run_id, "study/trials.csv", tmp_path))
+    lines = csv.read_text().splitlines()
+    assert lines[0].startswith("number,state,value,epochs,seconds,reason,lr,")
+    assert [line.split(",")[1] for line in lines[1:]] == ["COMPLETE", "PRUNED", "COMPLETE",
+                                                          "WAITING"]
+
+
+def test_every_run_records_provenance_and_its_data_set_inputs(client):
+    import torch
+
+    for run in runs(client, "study") + runs(client, "trial"):
+        tags = run.data.tags
+        assert tags["torch_version"] == torch.__version__
+        assert tags["hpsearch.seed"] == "0" and tags["host"] and tags["device"].startswith("cpu")
+        versions = {"optuna_version", "mlflow_version", "cuda_version", "hpsearch.version"}
+        assert versions <= set(tags)
+        inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+        by_context = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+                      for i in inputs}
+        assert set(by_context) == {"training", "validation"}
+        assert by_context["training"].name == "fashion_mnist-training"
+        assert json.loads(by_context["validation"].profile)["features_shape"] == [N_VAL, 1, 28, 28]
+
+
+def test_per_class_report_agrees_with_the_confusion_matrix(client, tmp_path):
+    for run in runs(client, "trial"):
+        path = client.download_artifacts(run.info.run_id, "per_class_report.json", tmp_path)
+        report = json.loads(Path(path).read_text())
+        supports = [c["support"] for c in report["classes"].values()]
+        assert sum(supports) == N_VAL
+        recalled = sum(c["recall"] * c["support"] for c in report["classes"].values())
+        assert recalled / N_VAL == pytest.approx(run.data.metrics["val_accuracy"], abs=1e-9)
+        assert report["accuracy"] == pytest.approx(run.data.metrics["val_accuracy"], abs=1e-9)
+        assert run.data.metrics["val_f1/ankle_boot"] == report["classes"]["Ankle boot"]["f1"]
+        # Only complete trials get the sortable objective, so pruned ones sort last.
+        complete = run.data.tags["optuna.state"] == "COMPLETE"
+        assert ("objective" in run.data.metrics) == complete
+
+
+def test_studies_and_show_commands_list_the_study_and_its_leaderboard(study_dir, client):
+    listed = hpsearch(study_dir, "studies")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line.split() for line in listed.stdout.splitlines()
+              if line.split()[:1] == [STUDY]]
+    assert row[1:5] == ["4", "2", "1", "0"]  # trials, complete, pruned, failed
+    shown = hpsearch(study_dir, "show", STUDY)
+    assert shown.returncode == 0, shown.stderr
+    first = shown.stdout.splitlines()[1].split()
+    (parent,) = runs(client, "study")
+    assert first[:2] == [parent.data.tags["best_trial"], "COMPLETE"]
+    missing = hpsearch(study_dir, "show", "nope")
+    assert missing.returncode == 2 and "no study 'nope'" in missing.stderr
 
 
 def test_same_command_again_resumes_without_new_trials_then_adds_missing_ones(study_dir,

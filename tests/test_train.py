@@ -341,9 +341,13 @@ def _tiny_split(n: int, seed: int) -> ArraySplit:
 class _FakeClient:
     def __init__(self) -> None:
         self.texts: list[tuple[str, str]] = []
+        self.figures: list[str] = []
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.texts.append((artifact_file, text))
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        self.figures.append(artifact_file)
 
 
 class _FakeRun:
@@ -415,6 +419,7 @@ def test_objective_reports_each_epoch_and_is_pruned_by_the_pruner() -> None:
     run = tracker.runs[0]
     assert run.logged_epochs == [1]
     assert run.finished["state"] == "PRUNED" and run.finished["epochs"] == [1]
+    assert run.client.figures == ["misclassified.png"]  # pruned trials keep their grid too
     accuracy = frozen.intermediate_values[1]
     assert 0.0 <= accuracy <= 1.0
     assert run.finished["reason"] == f"pruned at epoch 1: val_accuracy {accuracy:.4f}"
@@ -441,7 +446,9 @@ def test_objective_completes_with_the_last_epochs_metric_and_keeps_the_best_weig
     assert tracker.runs[0].params == hyperparameters
     assert tracker.runs[0].finished == {"state": "COMPLETE", "epochs": [1, 2, 3],
                                         "class_names": ["a", "b", "c"], "reason": None,
-                                        "value": first.value, "status": None, "tags": {}}
+                                        "value": first.value, "status": None,
+                                        "tags": {"hpsearch.best_so_far": "true"}}
+    assert tracker.runs[0].client.figures == ["misclassified.png"]
     # The first finished trial is the best so far; the second only if it ties or beats it.
     assert tracker.runs[0].checkpoints == 1 and first.user_attrs["checkpoint"] is True
     assert tracker.runs[1].checkpoints == int(second.value >= first.value)
@@ -463,3 +470,4 @@ def test_diverging_trial_is_pruned_with_its_reason_and_epoch() -> None:
     assert run.finished["tags"] == {"hpsearch.diverged_epoch": "1"}
     assert run.finished["epochs"] == [1]
     assert run.client.texts == []  # no traceback: nothing went wrong in the code
+    assert run.client.figures == []  # a diverged model's predictions are NaN: no grid

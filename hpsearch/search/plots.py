@@ -13,7 +13,7 @@ import numpy as np
 
 from hpsearch.search.train import EpochResult
 
-__all__ = ["confusion_matrix_figure", "learning_curves_figure"]
+__all__ = ["confusion_matrix_figure", "image_grid_figure", "learning_curves_figure"]
 
 
 def confusion_matrix_figure(
@@ -57,5 +57,27 @@ def learning_curves_figure(history: Sequence[EpochResult], *, title: str) -> plt
         ax.set_xticks(range(1, last + 1, max(1, last // 10)))  # whole epochs, at most ~10
         ax.set_xlim(0.5, last + 0.5)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid_figure(images: np.ndarray, titles: Sequence[str], *, title: str,
+                      columns: int = 6) -> plt.Figure:
+    """Images with a caption each (e.g. "true: Shirt / pred: T-shirt/top 0.91").
+
+    Args:
+        images: uint8 array (K, C, H, W), C = 1 or 3.
+        titles: K captions.
+        title: the figure's title.
+    """
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows + 0.4), dpi=100)
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, image, caption in zip(np.ravel(axes), images, titles):
+        pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+        ax.imshow(pixels, cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title if len(images) else f"{title}: none")
     fig.tight_layout()
     return fig

@@ -34,8 +34,9 @@ import hpsearch
 from hpsearch.data_utils import MAX_BATCH, ArraySplit, DatasetInfo, accepted_shapes
 from hpsearch.errors import HpsearchError
 from hpsearch.search.objective import build_network, make_loader
+from hpsearch.search.reports import log_prediction_grid, per_class_report
 from hpsearch.search.tracking import CHECKPOINT_PATH, StudyTracker
-from hpsearch.search.train import evaluate
+from hpsearch.search.train import evaluate, predict
 
 __all__ = ["CHAMPION_ALIAS", "ImageClassifier", "Registration", "register_champion"]
 
@@ -104,6 +105,7 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     result = evaluate(network.to(device), make_loader(test, info, device),
                       num_classes=info.num_classes, device=device)
     tracker.log_test_evaluation(result, info.class_names, trial_number=best.number)
+    _log_test_report(tracker, network, test, info, device, result)
     network = network.cpu().eval()
     mlflow.set_tracking_uri(tracker.tracking_uri)
     with mlflow.start_run(run_id=tracker.parent_run_id):
@@ -113,6 +115,21 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
                       result.accuracy)
     tracker.client.set_registered_model_alias(register_name, CHAMPION_ALIAS, version)
     return Registration(register_name, version, best.number, result.accuracy)
+
+
+def _log_test_report(tracker: StudyTracker, network: nn.Module, test: ArraySplit,
+                     info: DatasetInfo, device: torch.device, result) -> None:
+    """The champion's per-class report and prediction grids on the test set."""
+    run_id = tracker.parent_run_id
+    tracker.client.log_dict(run_id, per_class_report(result.confusion, info.class_names),
+                            "test_per_class_report.json")
+    predicted, confidence = predict(network, make_loader(test, info, device), device=device)
+    for artifact_file, title, mistakes_only in (
+            ("test_sample_predictions.png", "test set: first images", False),
+            ("test_worst_mistakes.png", "test set: most confident mistakes", True)):
+        log_prediction_grid(tracker.client, run_id, test.images, test.labels, predicted,
+                            confidence, info.class_names, artifact_file=artifact_file,
+                            title=title, mistakes_only=mistakes_only)
 
 
 def _load_trial_network(trial: optuna.trial.FrozenTrial, info: DatasetInfo,

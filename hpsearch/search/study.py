@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,12 @@ from hpsearch.search.components import build_pruner, build_sampler
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.progress import Reporter
 from hpsearch.search.registration import Registration, register_champion
+from hpsearch.search.reports import log_study_report
 from hpsearch.search.tracking import (
     StudyTracker,
     close_orphaned_trial_run,
+    dataset_inputs,
+    provenance_tags,
     resolve_tracking_uri,
 )
 from hpsearch.search.train import autocast_dtype
@@ -50,6 +54,7 @@ __all__ = ["FINISHED_STATES", "RunConfig", "StudySummary", "open_study", "resolv
 # Trials that count towards --trials: both produced a validation curve.
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
+REPORT_EVERY = 5  # trials between refreshes of the study report on the parent run
 
 
 @dataclass(frozen=True)
@@ -145,12 +150,15 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
         # Several workers may share one sqlite file: wait for its lock instead of failing.
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     try:
-        storage = optuna.storages.RDBStorage(
-            config.storage,
-            heartbeat_interval=config.heartbeat_interval_s,
-            grace_period=3 * config.heartbeat_interval_s,
-            heartbeat_stale_trial_callback=RetryStaleTrial(tracking_uri),
-            **kwargs)
+        with warnings.catch_warnings():
+            # Heartbeats and their retry callback are marked experimental; we rely on them.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                config.storage,
+                heartbeat_interval=config.heartbeat_interval_s,
+                grace_period=3 * config.heartbeat_interval_s,
+                heartbeat_stale_trial_callback=RetryStaleTrial(tracking_uri),
+                **kwargs)
         study = optuna.create_study(
             storage=storage,
             study_name=config.study_name,
@@ -199,8 +207,11 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     reporter.say(f"study {config.study_name!r}: {config.trials - missing} of {config.trials} "
                  f"trials finished; {max(missing, 0)} to run on {_device_name(device)}; "
                  f"{len(data.train)} training / {len(data.val)} validation images")
-    tracker.start_parent(params=_run_params(config, data, device),
-                         spec_yaml=config.spec.to_yaml())
+    tracker.start_parent(
+        params=_run_params(config, data, device), spec_yaml=config.spec.to_yaml(),
+        run_tags=provenance_tags(device, config.seed),
+        inputs=dataset_inputs({"training": data.train, "validation": data.val},
+                              config.spec.dataset))
     status = "FAILED"
     try:
         if missing > 0:
@@ -217,9 +228,18 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
         summary.stop_reason = f"interrupted by {signal.Signals(signum).name}"
         summary.exit_code = 128 + signum
     finally:
+        _refresh_report(tracker, study)
         tracker.end_parent(status)
         _fill_summary(summary, study, start)
     return summary
+
+
+def _refresh_report(tracker: StudyTracker, study: optuna.Study) -> None:
+    """Log the study report on the parent run; a failure here must not end the study."""
+    try:
+        log_study_report(tracker.client, tracker.parent_run_id, study)
+    except Exception as exc:  # plotting or logging trouble: say so, keep going
+        print(f"warning: study report not logged: {type(exc).__name__}: {exc}")
 
 
 def preflight(config: RunConfig, tracking_uri: str) -> None:
@@ -315,6 +335,10 @@ def _optimize(study, config, data, device, tracker, reporter, summary) -> None:
             tracker.log_best(value=trial.value, params=trial.user_attrs["hyperparameters"],
                              trial_number=trial.number, step=_count(study, *FINISHED_STATES))
 
+    def refresh_report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if (trial.number + 1) % REPORT_EVERY == 0:
+            _refresh_report(tracker, study)
+
     study.optimize(
         objective,
         timeout=config.timeout_s,
@@ -323,6 +347,7 @@ def _optimize(study, config, data, device, tracker, reporter, summary) -> None:
             reporter.trial_finished,
             log_best,
             failures,
+            refresh_report,
         ],
         catch=(Exception,),  # a failing trial is recorded as FAIL; the study goes on
         gc_after_trial=True,

@@ -18,11 +18,12 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hpsearch.search.plots import confusion_matrix_figure, learning_curves_figure
+from hpsearch.search.reports import per_class_report, safe_name
 from hpsearch.search.train import EpochResult, EvalResult
 
 __all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "StudyTracker", "TrialRun",
@@ -33,6 +34,54 @@ CHECKPOINT_PATH = "checkpoint/state_dict.pt"
 # Optuna trial state -> MLflow run status. A pruned trial was stopped early on purpose:
 # KILLED, never FAILED.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def provenance_tags(device: torch.device, seed: int) -> dict[str, str]:
+    """Where and with what a run was made: device, versions, git commit, host, seed."""
+    import platform
+
+    import optuna
+
+    import hpsearch
+
+    tags = {
+        "hpsearch.version": hpsearch.__version__,
+        "hpsearch.seed": str(seed),
+        "host": platform.node(),
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()})"),
+        "torch_version": torch.__version__,
+        "cuda_version": str(torch.version.cuda),
+        "optuna_version": optuna.__version__,
+        "mlflow_version": mlflow.__version__,
+    }
+    commit = _git_commit(os.path.dirname(hpsearch.__file__))
+    if commit:
+        tags["hpsearch.git_commit"] = commit
+    return tags
+
+
+def _git_commit(directory: str) -> str | None:
+    """The checkout's commit when hpsearch runs from a git clone, else None."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
+                             text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def dataset_inputs(splits: Mapping[str, Any], name: str) -> list[DatasetInput]:
+    """MLflow dataset inputs (name, digest, size) for ``{context: ArraySplit}``."""
+    inputs = []
+    for context, split in splits.items():
+        dataset = mlflow.data.from_numpy(features=split.images, targets=split.labels,
+                                         name=f"{name}-{context}")
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(),
+                                   tags=[InputTag("mlflow.data.context", context)]))
+    return inputs
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:
@@ -56,6 +105,8 @@ class StudyTracker:
         self.study_name = study_name
         self.experiment_id = self._experiment(study_name)
         self.parent_run_id: str | None = None
+        self.run_tags: dict[str, str] = {}  # provenance, set on every run
+        self.inputs: list[DatasetInput] = []  # the data splits trials train and validate on
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -64,19 +115,33 @@ class StudyTracker:
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, tags={"hpsearch.study": name})
+            return self.client.create_experiment(name, tags={
+                "hpsearch.study": name,
+                # Makes MLflow 3's UI open the runs table, not its GenAI (traces) overview.
+                "mlflow.experimentKind": "custom_model_development",
+            })
         except MlflowException:
             # Another worker created it between our look-up and create: use theirs.
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def start_parent(self, *, params: Mapping[str, Any], spec_yaml: str) -> str:
-        """Open this invocation's parent run with its settings and the resolved spec."""
+    def start_parent(self, *, params: Mapping[str, Any], spec_yaml: str,
+                     run_tags: Mapping[str, str] | None = None,
+                     inputs: Sequence[DatasetInput] = ()) -> str:
+        """Open this invocation's parent run with its settings and the resolved spec.
+
+        ``run_tags`` (provenance) and ``inputs`` (the training and validation splits) are
+        recorded on the parent run and on every trial run.
+        """
+        self.run_tags, self.inputs = dict(run_tags or {}), list(inputs)
         run_name = f"{self.study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={"hpsearch.role": "study", "optuna.study_name": self.study_name},
+            tags={"hpsearch.role": "study", "optuna.study_name": self.study_name,
+                  **self.run_tags},
         )
+        if self.inputs:
+            self.client.log_inputs(run.info.run_id, datasets=self.inputs)
         self.parent_run_id = run.info.run_id
         self.client.log_batch(
             self.parent_run_id, params=[Param(k, str(v)) for k, v in params.items()]
@@ -91,6 +156,7 @@ class StudyTracker:
         ``retry_of`` is the number of the trial this one retries (after its worker died).
         """
         tags = {
+            **self.run_tags,
             "mlflow.parentRunId": self.parent_run_id,
             "hpsearch.role": "trial",
             "optuna.study_name": self.study_name,
@@ -103,6 +169,8 @@ class StudyTracker:
             self.experiment_id, run_name=f"trial-{trial_number:04d}", tags=tags)
         run_id = run.info.run_id
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        if self.inputs:
+            self.client.log_inputs(run_id, datasets=self.inputs)
         return TrialRun(self.client, run_id)
 
     def log_best(self, *, value: float, params: Mapping[str, Any], trial_number: int,
@@ -170,6 +238,7 @@ class TrialRun:
             log_confusion(self.client, self.run_id, last.val, class_names, split="validation",
                           name="confusion_matrix", title=f"validation, epoch {last.epoch}",
                           epoch=last.epoch)
+            self._log_per_class(per_class_report(last.val.confusion, class_names), last.epoch)
             fig = learning_curves_figure(history, title=f"{state.lower()} after "
                                                         f"{last.epoch} epoch(s)")
             _log_figure(self.client, self.run_id, fig, "learning_curves.png")
@@ -178,9 +247,21 @@ class TrialRun:
             run_tags.append(RunTag("hpsearch.reason", reason[:4000]))
         if value is not None:
             run_tags.append(RunTag("optuna.value", repr(value)))
+            # A sortable column in the UI; pruned and failed runs have none and sort last.
+            self.client.log_metric(self.run_id, "objective", value)
         run_tags += [RunTag(k, v) for k, v in (tags or {}).items()]
         self.client.log_batch(self.run_id, tags=run_tags)
         self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
+
+    def _log_per_class(self, report: dict, epoch: int) -> None:
+        """Validation precision, recall and F1 per class: a JSON and metrics (step = epoch)."""
+        self.client.log_dict(self.run_id, report, "per_class_report.json")
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"val_{kind}/{safe_name(name)}", scores[kind], now, epoch)
+                   for name, scores in report["classes"].items()
+                   for kind in ("precision", "recall", "f1")]
+        metrics.append(Metric("val_macro_f1", report["macro_f1"], now, epoch))
+        self.client.log_batch(self.run_id, metrics=metrics)
 
     def _log_bytes(self, data: bytes, artifact_path: str) -> None:
         directory, name = os.path.split(artifact_path)

@@ -28,6 +28,7 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "fit",
+    "predict",
 ]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -170,6 +171,25 @@ def evaluate(
     if total == 0:
         raise ValueError("cannot evaluate on an empty split")
     return EvalResult(float(loss_sum) / total, float(np.trace(counts)) / total, counts)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Batches, *, device: torch.device,
+            amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted class and its softmax probability for every image, in batch order.
+
+    Returns:
+        (int64 array (N,), float32 array (N,)); read from the device once, at the end.
+    """
+    model.eval()
+    classes, confidences = [], []
+    for x, _ in batches:
+        with _autocast(device, amp_dtype):
+            logits = model(x)
+        probabilities, predicted = torch.softmax(logits.float(), dim=1).max(dim=1)
+        classes.append(predicted)
+        confidences.append(probabilities)
+    return torch.cat(classes).cpu().numpy(), torch.cat(confidences).cpu().numpy()
 
 
 def fit(
