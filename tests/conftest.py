@@ -93,14 +93,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_ready(port: int, server: subprocess.Popen, timeout_s: float = 120) -> None:
-    """Poll /ping until the server answers; fail with its stderr if it exits."""
+def wait_until_ready(port: int, server: subprocess.Popen, timeout_s: float = 120,
+                     path: str = "/ping") -> None:
+    """Poll ``path`` until the server answers; fail with its stderr if it exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise AssertionError(f"server exited: {server.stderr.read()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2):
                 return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.5)

@@ -9,6 +9,9 @@ ThresholdPruner(lower=0.3) prunes any trial below 30% after its first epoch.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,17 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import MODEL, N_VAL, STUDY, STUDY_ARGS, hpsearch, post_images
+from conftest import (
+    MODEL,
+    N_VAL,
+    STUDY,
+    STUDY_ARGS,
+    clean_env,
+    free_port,
+    hpsearch,
+    post_images,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -156,6 +169,24 @@ def test_studies_and_show_commands_list_the_study_and_its_leaderboard(study_dir,
     assert first[:2] == [parent.data.tags["best_trial"], "COMPLETE"]
     missing = hpsearch(study_dir, "show", "nope")
     assert missing.returncode == 2 and "no study 'nope'" in missing.stderr
+
+
+def test_ui_command_starts_the_mlflow_ui_on_loopback(study_dir):
+    port = free_port()
+    exe = Path(sys.executable).with_name("hpsearch")
+    server = subprocess.Popen([str(exe), "ui", "--port", str(port)], cwd=study_dir,
+                              env=clean_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_ready(port, server, path="/health")
+        experiments = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
+        with urllib.request.urlopen(f"{experiments}?experiment_name={STUDY}") as response:
+            experiment = json.loads(response.read())["experiment"]
+        tags = {t["key"]: t["value"] for t in experiment["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_same_command_again_resumes_without_new_trials_then_adds_missing_ones(study_dir,

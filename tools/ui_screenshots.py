@@ -13,6 +13,7 @@ drives it; ``pip install playwright``, no browser download).
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import subprocess
 import sys
@@ -34,8 +35,9 @@ def free_port() -> int:
 
 
 def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
-                chromium: str) -> None:
-    """The runs table with the parent run expanded, and one trial's artifacts."""
+                chromium: str, best_filter: str | None = None) -> None:
+    """The runs table with the parent run expanded, optionally the runs matching
+    ``best_filter``, and one trial's artifacts."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -46,9 +48,16 @@ def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
         _close_assistant(page)
         # The "+" before a parent run's name shows its nested (trial) runs.
         page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-        page.get_by_text("trial-0000").wait_for(timeout=30_000)
+        page.get_by_text(re.compile(r"^trial-\d{4}$")).first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "ui_experiment.png"))
+        if best_filter:
+            # The trials that were the best when they finished: findable among hundreds.
+            search = page.get_by_placeholder('metrics.rmse < 1 and params.model = "tree"')
+            search.fill(best_filter)
+            search.press("Enter")
+            page.wait_for_timeout(3000)
+            page.screenshot(path=str(out / "ui_best_trials.png"))
         page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/"
                   "confusion_matrix.png")
         page.get_by_text("confusion_matrix.json").wait_for(timeout=60_000)
@@ -72,6 +81,8 @@ def main() -> None:
     parser.add_argument("study_name")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--best-trials", action="store_true",
+                        help="also ui_best_trials.png: the runs tagged hpsearch.best_so_far")
     args = parser.parse_args()
     tracking_uri = f"sqlite:///{args.study_dir.resolve() / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -96,8 +107,9 @@ def main() -> None:
             except OSError:
                 time.sleep(0.5)
         args.out.mkdir(parents=True, exist_ok=True)
+        best_filter = "tags.hpsearch.best_so_far = 'true'" if args.best_trials else None
         screenshots(base, experiment.experiment_id, best.info.run_id, args.out,
-                    chromium=args.chromium)
+                    chromium=args.chromium, best_filter=best_filter)
     finally:
         server.terminate()
         server.wait(timeout=30)

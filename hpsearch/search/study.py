@@ -54,7 +54,8 @@ __all__ = ["FINISHED_STATES", "RunConfig", "StudySummary", "open_study", "resolv
 # Trials that count towards --trials: both produced a validation curve.
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
-REPORT_EVERY = 5  # trials between refreshes of the study report on the parent run
+REPORT_EVERY = 5  # trials between refreshes of the study report on the parent run...
+REPORT_MIN_S = 60.0  # ...and seconds at least between two refreshes
 
 
 @dataclass(frozen=True)
@@ -335,9 +336,14 @@ def _optimize(study, config, data, device, tracker, reporter, summary) -> None:
             tracker.log_best(value=trial.value, params=trial.user_attrs["hyperparameters"],
                              trial_number=trial.number, step=_count(study, *FINISHED_STATES))
 
+    last_refresh = [time.monotonic()]
+
     def refresh_report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if (trial.number + 1) % REPORT_EVERY == 0:
+        # Plotting grows with the study: refresh every few trials, at most once a minute.
+        now = time.monotonic()
+        if (trial.number + 1) % REPORT_EVERY == 0 and now - last_refresh[0] >= REPORT_MIN_S:
             _refresh_report(tracker, study)
+            last_refresh[0] = now
 
     study.optimize(
         objective,
