@@ -34,7 +34,7 @@ import hpsearch
 from hpsearch.data_utils import MAX_BATCH, ArraySplit, DatasetInfo, accepted_shapes
 from hpsearch.errors import HpsearchError
 from hpsearch.search.objective import build_network, make_loader
-from hpsearch.search.reports import log_prediction_grid, per_class_report
+from hpsearch.search.reports import log_prediction_grid
 from hpsearch.search.tracking import CHECKPOINT_PATH, StudyTracker
 from hpsearch.search.train import evaluate, predict
 
@@ -105,7 +105,7 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     result = evaluate(network.to(device), make_loader(test, info, device),
                       num_classes=info.num_classes, device=device)
     tracker.log_test_evaluation(result, info.class_names, trial_number=best.number)
-    _log_test_report(tracker, network, test, info, device, result)
+    _log_test_grids(tracker, network, test, info, device)
     network = network.cpu().eval()
     mlflow.set_tracking_uri(tracker.tracking_uri)
     with mlflow.start_run(run_id=tracker.parent_run_id):
@@ -117,12 +117,10 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     return Registration(register_name, version, best.number, result.accuracy)
 
 
-def _log_test_report(tracker: StudyTracker, network: nn.Module, test: ArraySplit,
-                     info: DatasetInfo, device: torch.device, result) -> None:
-    """The champion's per-class report and prediction grids on the test set."""
+def _log_test_grids(tracker: StudyTracker, network: nn.Module, test: ArraySplit,
+                    info: DatasetInfo, device: torch.device) -> None:
+    """The champion's prediction grids on the test set."""
     run_id = tracker.parent_run_id
-    tracker.client.log_dict(run_id, per_class_report(result.confusion, info.class_names),
-                            "test_per_class_report.json")
     predicted, confidence = predict(network, make_loader(test, info, device), device=device)
     for artifact_file, title, mistakes_only in (
             ("test_sample_predictions.png", "test set: first images", False),

@@ -229,18 +229,18 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
         summary.stop_reason = f"interrupted by {signal.Signals(signum).name}"
         summary.exit_code = 128 + signum
     finally:
-        _refresh_report(tracker, study)
+        _refresh_report(tracker, study, reporter)
         tracker.end_parent(status)
         _fill_summary(summary, study, start)
     return summary
 
 
-def _refresh_report(tracker: StudyTracker, study: optuna.Study) -> None:
+def _refresh_report(tracker: StudyTracker, study: optuna.Study, reporter: Reporter) -> None:
     """Log the study report on the parent run; a failure here must not end the study."""
     try:
         log_study_report(tracker.client, tracker.parent_run_id, study)
     except Exception as exc:  # plotting or logging trouble: say so, keep going
-        print(f"warning: study report not logged: {type(exc).__name__}: {exc}")
+        reporter.say(f"warning: study report not logged: {type(exc).__name__}: {exc}")
 
 
 def preflight(config: RunConfig, tracking_uri: str) -> None:
@@ -342,7 +342,7 @@ def _optimize(study, config, data, device, tracker, reporter, summary) -> None:
         # Plotting grows with the study: refresh every few trials, at most once a minute.
         now = time.monotonic()
         if (trial.number + 1) % REPORT_EVERY == 0 and now - last_refresh[0] >= REPORT_MIN_S:
-            _refresh_report(tracker, study)
+            _refresh_report(tracker, study, reporter)
             last_refresh[0] = now
 
     study.optimize(

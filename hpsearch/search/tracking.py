@@ -185,7 +185,8 @@ class StudyTracker:
 
     def log_test_evaluation(self, result: EvalResult, class_names: Sequence[str], *,
                             trial_number: int) -> None:
-        """The champion's test loss, accuracy and confusion matrix, on the parent run."""
+        """The champion's test loss, accuracy, confusion matrix and per-class report, on the
+        parent run."""
         self.client.log_batch(self.parent_run_id, metrics=[
             Metric("test_accuracy", result.accuracy, int(time.time() * 1000), 0),
             Metric("test_loss", result.loss, int(time.time() * 1000), 0),
@@ -193,6 +194,9 @@ class StudyTracker:
         log_confusion(self.client, self.parent_run_id, result, class_names,
                       split="test", name="test_confusion_matrix",
                       title=f"test set, trial {trial_number}")
+        self.client.log_dict(self.parent_run_id,
+                             per_class_report(result.confusion, class_names),
+                             "test_per_class_report.json")
 
     def end_parent(self, status: str = "FINISHED") -> None:
         if self.parent_run_id is not None:
