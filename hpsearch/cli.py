@@ -54,10 +54,16 @@ def main() -> None:
 @click.option("--heartbeat-interval", type=int, default=10, show_default=True,
               help="Seconds between a running trial's heartbeats; a trial silent for 3 "
                    "intervals (its worker was killed) is retried.")
+@click.option("--jobs", type=int, default=None,
+              help="Trials run at once, each in its own worker process [default: 1 on a "
+                   "CPU, up to 4 on a GPU].")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="Train through torch.compile (compiles once per trial; pays off for "
+                   "long trials).")
 @click.option("--quiet", is_flag=True, help="One line per trial instead of per epoch.")
 def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name, storage,
         tracking_uri, data_dir, device, seed, register_name, max_failures, heartbeat_interval,
-        quiet) -> None:
+        jobs, compile_model, quiet) -> None:
     """Search hyperparameters, track every trial in MLflow, register the best model.
 
     Ctrl-C or SIGTERM ends the running trial as failed (interrupted), prints the summary so
@@ -79,13 +85,15 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
             raise HpsearchError(f"--timeout must be > 0 seconds, got {timeout_s:g}")
         if max_failures < 1 or heartbeat_interval < 1:
             raise HpsearchError("--max-failures and --heartbeat-interval must be >= 1")
+        if jobs is not None and jobs < 1:
+            raise HpsearchError(f"--jobs must be >= 1, got {jobs}")
         study_name = study_name or spec.dataset
         config = RunConfig(
             spec=spec, trials=trials, study_name=study_name,
             register_name=register_name or f"hpsearch-{study_name}", storage=storage,
             tracking_uri=tracking_uri, timeout_s=timeout_s, train_subset=train_subset,
             data_dir=data_dir, device=device, seed=seed, max_consecutive_failures=max_failures,
-            heartbeat_interval_s=heartbeat_interval)
+            heartbeat_interval_s=heartbeat_interval, jobs=jobs, compile=compile_model)
         summary = run_study(config, Reporter(spec.metric, verbose=not quiet))
     except (HpsearchError, SpecError) as exc:
         _fail(str(exc))
@@ -172,6 +180,43 @@ def studies(storage) -> None:
         click.echo(f"no studies in {storage}")
         return
     click.echo(overview.to_string(index=False, na_rep="-"))
+
+
+@main.command()
+@click.argument("study_name")
+@click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
+              help="Optuna storage URL.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--register-name", default=None,
+              help="Registered model name (default: hpsearch-STUDY_NAME).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              envvar="HPSEARCH_DATA_DIR", help="Where the data set's files are or go "
+                                               "[env: HPSEARCH_DATA_DIR].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Where to evaluate the model on the test set.")
+def register(study_name, storage, tracking_uri, register_name, data_dir, device) -> None:
+    """Register the best trial of STUDY_NAME as a new champion version.
+
+    `hpsearch run` registers by itself when its study is done; this re-registers on demand
+    (say, after a worker died while registering, or to a new --register-name).
+    """
+    _quiet_libraries()
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    from hpsearch.search.study import register_study
+
+    try:
+        registration = register_study(
+            study_name=study_name, storage=storage, tracking_uri=tracking_uri,
+            register_name=register_name or f"hpsearch-{study_name}", data_dir=data_dir,
+            device=device)
+    except HpsearchError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt as exc:
+        sys.exit(getattr(exc, "exit_code", 130))
+    click.echo(f"registered {registration.name} version {registration.version} "
+               f"(alias champion): trial {registration.trial_number}, test accuracy "
+               f"{registration.test_accuracy:.4f}")
 
 
 @main.command()

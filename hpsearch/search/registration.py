@@ -81,12 +81,12 @@ class ImageClassifier(nn.Module):
 
 
 def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySplit,
-                      tracker: StudyTracker, register_name: str,
-                      device: torch.device) -> Registration:
+                      tracker: StudyTracker, register_name: str, device: torch.device,
+                      force: bool = False) -> Registration:
     """Evaluate the best trial's model on the test set, log it and register it as champion.
 
     If the alias already points at a version holding this study's best trial, nothing new
-    is registered and that version is returned.
+    is registered and that version is returned, unless ``force`` (``hpsearch register``).
 
     Raises:
         HpsearchError: the study has no complete trial, or its best trial kept no weights.
@@ -97,7 +97,7 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
         raise HpsearchError(
             f"study {study.study_name!r} has no complete trial to register") from None
     existing = _current_champion(tracker, register_name, study.study_name, best.number)
-    if existing is not None:
+    if existing is not None and not force:
         return existing
     if not best.user_attrs.get("checkpoint"):
         raise HpsearchError(f"trial {best.number} of study {study.study_name!r} kept no weights")

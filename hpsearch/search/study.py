@@ -8,8 +8,10 @@ runs only what is missing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
+import os
 import signal
 import tempfile
 import time
@@ -34,6 +36,13 @@ from hpsearch.data_utils import (
 )
 from hpsearch.errors import HpsearchError
 from hpsearch.search.components import build_pruner, build_sampler
+from hpsearch.search.coordination import (
+    FINISHED_STATES,
+    StudyLock,
+    claim_worker_number,
+    count_trials,
+    slots_left,
+)
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.progress import Reporter
 from hpsearch.search.registration import Registration, register_champion
@@ -48,11 +57,10 @@ from hpsearch.search.tracking import (
 from hpsearch.search.train import autocast_dtype
 from hpsearch.studies import StudySpec
 
-__all__ = ["FINISHED_STATES", "RunConfig", "StudySummary", "open_study", "resolve_device",
-           "run_study"]
+__all__ = ["FINISHED_STATES", "RunConfig", "StudySummary", "default_jobs",
+           "load_existing_study", "open_study", "register_study", "resolve_device", "run_study",
+           "work"]
 
-# Trials that count towards --trials: both produced a validation curve.
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 REPORT_EVERY = 5  # trials between refreshes of the study report on the parent run...
 REPORT_MIN_S = 60.0  # ...and seconds at least between two refreshes
@@ -78,6 +86,9 @@ class RunConfig:
             with an error (not counting out-of-memory failures or interruptions).
         heartbeat_interval_s: seconds between a running trial's heartbeats; a trial silent
             for 3 intervals is taken for dead (its worker was killed) and retried.
+        jobs: trials run at once, each in its own worker process (>= 1), or None for
+            :func:`default_jobs` (1 on a CPU).
+        compile: train through ``torch.compile`` (compiled once per trial).
     """
 
     spec: StudySpec
@@ -93,6 +104,8 @@ class RunConfig:
     seed: int = 0
     max_consecutive_failures: int = 5
     heartbeat_interval_s: int = 10
+    jobs: int | None = 1
+    compile: bool = False
 
 
 @dataclass
@@ -125,6 +138,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per trial: autotune convs once
     return torch.device(name)
+
+
+def default_jobs(device: torch.device) -> int:
+    """Worker processes when ``--jobs`` is not given: 1 on a CPU (one trial already uses
+    every core), else up to 4 small models side by side on the GPU, one CPU core each to
+    queue their kernels."""
+    if device.type != "cuda":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def load_trial_data(config: RunConfig):
@@ -175,6 +197,8 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
         raise HpsearchError(f"study {config.study_name!r} in {config.storage} optimises "
                             f"{study.direction.name.lower()}, but the spec says {spec.direction}")
     if not study.trials:
+        # What `hpsearch register STUDY` needs to rebuild the data set later.
+        study.set_user_attr("hpsearch.dataset", spec.dataset)
         for params in spec.enqueue_trials:
             study.enqueue_trial(params, skip_if_exists=True)
     return study
@@ -182,11 +206,14 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
 
 def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     """Run (or resume) the study until it has ``config.trials`` finished trials, then
-    register its best model.
+    register its best model if no other worker is still running a trial.
 
-    On SIGINT/SIGTERM (KeyboardInterrupt) the running trial fails as interrupted, its run
-    and the parent run end KILLED, and the summary so far is returned with ``exit_code``
-    128 + the signal number.
+    With ``config.jobs`` > 1 the trials run in that many worker processes (each with its
+    own copy of the data on the device); this process prints their progress and registers.
+
+    On SIGINT/SIGTERM (KeyboardInterrupt) the running trials fail as interrupted, their
+    runs and the parent run end KILLED, and the summary so far is returned with
+    ``exit_code`` 128 + the signal number.
 
     Raises:
         HpsearchError: bad device, missing data, unusable storage or tracking store, or an
@@ -194,6 +221,7 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     """
     start = time.perf_counter()
     device = resolve_device(config.device)
+    config = dataclasses.replace(config, jobs=config.jobs or default_jobs(device))
     data, test = load_trial_data(config)
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
     preflight(config, tracking_uri)
@@ -204,23 +232,33 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
         study = open_study(config, tracking_uri)
         tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
     summary = StudySummary(study_name=config.study_name, tracking_uri=tracking_uri)
-    missing = config.trials - _count(study, *FINISHED_STATES)
+    missing = config.trials - count_trials(study, *FINISHED_STATES)
+    workers = f" in {config.jobs} worker processes" if config.jobs > 1 else ""
     reporter.say(f"study {config.study_name!r}: {config.trials - missing} of {config.trials} "
-                 f"trials finished; {max(missing, 0)} to run on {_device_name(device)}; "
-                 f"{len(data.train)} training / {len(data.val)} validation images")
+                 f"trials finished; {max(missing, 0)} to run on {_device_name(device)}"
+                 f"{workers}; {len(data.train)} training / {len(data.val)} validation images")
     tracker.start_parent(
         params=_run_params(config, data, device), spec_yaml=config.spec.to_yaml(),
         run_tags=provenance_tags(device, config.seed),
         inputs=dataset_inputs({"training": data.train, "validation": data.val},
                               config.spec.dataset))
+    lock = StudyLock(config.storage, config.study_name)
+    deadline = None if config.timeout_s is None else time.time() + config.timeout_s
     status = "FAILED"
     try:
-        if missing > 0:
-            _optimize(study, config, data, device, tracker, reporter, summary)
-        if _count(study, TrialState.COMPLETE):
-            summary.registration = register_champion(
-                study=study, info=data.info, test=test, tracker=tracker,
-                register_name=config.register_name, device=device)
+        if config.jobs > 1:
+            from hpsearch.search.jobs import run_workers
+
+            last_refresh = [time.monotonic(), count_trials(study, *FINISHED_STATES)]
+            summary.stop_reason = run_workers(
+                config, jobs=config.jobs, parent_run_id=tracker.parent_run_id,
+                deadline=deadline, reporter=reporter,
+                on_idle=lambda: _maybe_refresh(tracker, study, reporter, last_refresh))
+        else:
+            work(study, config, data=data, device=device, tracker=tracker, reporter=reporter,
+                 summary=summary, lock=lock, deadline=deadline, refresh_reports=True)
+        summary.registration = _register_if_last(study, config, data, test, tracker, device,
+                                                 lock, reporter)
         status = "FINISHED"
     except KeyboardInterrupt as exc:
         _ignore_further_signals()  # let the stores be closed cleanly
@@ -229,10 +267,162 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
         summary.stop_reason = f"interrupted by {signal.Signals(signum).name}"
         summary.exit_code = 128 + signum
     finally:
+        lock.close()
         _refresh_report(tracker, study, reporter)
         tracker.end_parent(status)
         _fill_summary(summary, study, start)
     return summary
+
+
+def work(study: optuna.Study, config: RunConfig, *, data: TrialData, device: torch.device,
+         tracker: StudyTracker, reporter: Reporter, summary: StudySummary, lock: StudyLock,
+         deadline: float | None, refresh_reports: bool) -> None:
+    """One worker's loop: take a trial slot, run the trial, until the study is done.
+
+    A slot is taken under the study lock (see :mod:`~hpsearch.search.coordination`), so
+    all workers together run exactly ``config.trials`` finished trials. When no slot is
+    left but other workers still run trials, this worker stays: if one of them dies, its
+    trial goes stale (no heartbeat), is failed and re-enqueued, and a waiting worker runs
+    it. Returns when the study is done, at ``deadline`` (``time.time()`` seconds), or
+    when ``summary.stop_reason`` is set (too many failures in a row).
+    """
+    worker = claim_worker_number(study, lock)
+    if worker:  # the study's first worker keeps --seed: a single run stays reproducible
+        study.sampler = build_sampler(dict(config.spec.sampler), seed=config.seed + worker)
+    objective = Objective(spec=config.spec, data=data, device=device, tracker=tracker,
+                          reporter=reporter, seed=config.seed, compile_model=config.compile)
+    callbacks = [reporter.trial_finished, _BestLogger(tracker),
+                 _FailureGuard(config.max_consecutive_failures, summary)]
+    if refresh_reports:
+        last_refresh = [time.monotonic(), count_trials(study, *FINISHED_STATES)]
+        callbacks.append(lambda s, t: _maybe_refresh(tracker, s, reporter, last_refresh))
+
+    def start_trial(trial: optuna.Trial) -> float:
+        lock.release()  # the trial holds its slot now: RUNNING in the storage
+        return objective(trial)
+
+    said_waiting = None
+    while summary.stop_reason is None:
+        if deadline is not None and time.time() >= deadline:
+            summary.stop_reason = f"timeout of {config.timeout_s:g} s reached"
+            return
+        with lock.hold():
+            if slots_left(study, config.trials) > 0:
+                study.optimize(start_trial, n_trials=1, callbacks=callbacks,
+                               catch=(Exception,), gc_after_trial=True)
+                said_waiting = None
+                continue
+            running = count_trials(study, TrialState.RUNNING)
+        if running == 0:
+            return
+        if said_waiting != running:
+            reporter.say(f"waiting for {running} trial(s) running on other workers (a dead "
+                         f"worker's trial is retried here)")
+            said_waiting = running
+        time.sleep(min(5.0, config.heartbeat_interval_s))
+        _fail_stale_trials(study)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _register_if_last(study, config, data, test, tracker, device, lock,
+                      reporter) -> Registration | None:
+    """Register the champion if this worker is the last: no trial of the study runs any
+    more. Under the study lock, so of two workers finishing together one registers and
+    the other finds the champion alias already on the study's best trial."""
+    with lock.hold():
+        running = count_trials(study, TrialState.RUNNING)
+        if running:
+            reporter.say(f"not registering: {running} trial(s) still running on other "
+                         "workers; the last worker to finish registers the champion")
+            return None
+        if not count_trials(study, TrialState.COMPLETE):
+            return None
+        return register_champion(study=study, info=data.info, test=test, tracker=tracker,
+                                 register_name=config.register_name, device=device)
+
+
+def _maybe_refresh(tracker: StudyTracker, study: optuna.Study, reporter: Reporter,
+                   last: list) -> None:
+    """Refresh the study report after every few trials, at most once a minute: plotting
+    grows with the study. ``last`` is [monotonic time, finished count] of the last one."""
+    now, finished = time.monotonic(), count_trials(study, *FINISHED_STATES)
+    if finished - last[1] >= REPORT_EVERY and now - last[0] >= REPORT_MIN_S:
+        _refresh_report(tracker, study, reporter)
+        last[:] = [now, finished]
+
+
+def register_study(*, study_name: str, storage: str, tracking_uri: str | None,
+                   register_name: str, data_dir: str | None = None,
+                   device: str = "auto") -> Registration:
+    """Register (again) the best trial of an existing study: ``hpsearch register``.
+
+    Evaluates the best trial's kept weights on the test set, logs the evaluation and the
+    model on a new run (``hpsearch.role`` = ``register``) in the study's experiment, and
+    registers a new version under the alias ``champion``, even if the alias already
+    points at this trial. Holds the study lock, so it never races a worker's own
+    registration.
+
+    Raises:
+        HpsearchError: no such study, no complete trial, the best trial kept no weights,
+            its data set cannot be found, or the stores cannot be reached.
+    """
+    torch_device = resolve_device(device)
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    if tracking_uri.startswith(("http://", "https://")):
+        _check_reachable(tracking_uri)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = load_existing_study(study_name, storage)
+    tracker = StudyTracker(tracking_uri=tracking_uri, study_name=study_name)
+    dataset = study.user_attrs.get("hpsearch.dataset") or _dataset_from_runs(tracker)
+    info = get_dataset_info(dataset)
+    try:
+        _, test = load_dataset(dataset, data_dir)
+    except DataNotFoundError as exc:
+        raise HpsearchError(str(exc)) from None
+    tracker.start_parent(params={"study": study_name, "dataset": dataset,
+                                 "storage": storage, "register_name": register_name},
+                         spec_yaml=None, run_tags=provenance_tags(torch_device, 0),
+                         role="register")
+    status = "FAILED"
+    lock = StudyLock(storage, study_name)
+    try:
+        with lock.hold():
+            registration = register_champion(
+                study=study, info=info, test=test, tracker=tracker,
+                register_name=register_name, device=torch_device, force=True)
+        status = "FINISHED"
+    finally:
+        lock.close()
+        tracker.end_parent(status)
+    return registration
+
+
+def load_existing_study(study_name: str, storage: str) -> optuna.Study:
+    """Load a study that must exist. Raises HpsearchError naming the storage otherwise."""
+    try:
+        names = optuna.get_all_study_names(storage=storage)
+    except Exception as exc:  # SQLAlchemy's errors vary by driver; say which URL failed
+        raise HpsearchError(f"cannot open Optuna storage {storage!r}: "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if study_name not in names:
+        raise HpsearchError(f"no study {study_name!r} in {storage}; see `hpsearch studies`")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def _dataset_from_runs(tracker: StudyTracker) -> str:
+    """The data set of a study created before studies recorded it: its parent runs'."""
+    runs = tracker.client.search_runs([tracker.experiment_id],
+                                      filter_string="tags.`hpsearch.role` = 'study'",
+                                      max_results=1)
+    if not runs or "dataset" not in runs[0].data.params:
+        raise HpsearchError(f"cannot tell the data set of study {tracker.study_name!r}: "
+                            "no hpsearch run of it in the tracking store")
+    return runs[0].data.params["dataset"]
 
 
 def _refresh_report(tracker: StudyTracker, study: optuna.Study, reporter: Reporter) -> None:
@@ -326,40 +516,18 @@ class RetryStaleTrial:
                        f"{retried_as}" if retried_as is not None else "worker died")
 
 
-def _optimize(study, config, data, device, tracker, reporter, summary) -> None:
-    objective = Objective(spec=config.spec, data=data, device=device, tracker=tracker,
-                          reporter=reporter, seed=config.seed)
-    failures = _FailureGuard(config.max_consecutive_failures, summary)
+class _BestLogger:
+    """An ``optimize`` callback: a new best trial's value and params on the parent run."""
 
-    def log_best(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def __init__(self, tracker: StudyTracker) -> None:
+        self.tracker = tracker
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE and study.best_trial.number == trial.number:
-            tracker.log_best(value=trial.value, params=trial.user_attrs["hyperparameters"],
-                             trial_number=trial.number, step=_count(study, *FINISHED_STATES))
-
-    last_refresh = [time.monotonic()]
-
-    def refresh_report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        # Plotting grows with the study: refresh every few trials, at most once a minute.
-        now = time.monotonic()
-        if (trial.number + 1) % REPORT_EVERY == 0 and now - last_refresh[0] >= REPORT_MIN_S:
-            _refresh_report(tracker, study, reporter)
-            last_refresh[0] = now
-
-    study.optimize(
-        objective,
-        timeout=config.timeout_s,
-        callbacks=[
-            optuna.study.MaxTrialsCallback(config.trials, states=FINISHED_STATES),
-            reporter.trial_finished,
-            log_best,
-            failures,
-            refresh_report,
-        ],
-        catch=(Exception,),  # a failing trial is recorded as FAIL; the study goes on
-        gc_after_trial=True,
-    )
-    if summary.stop_reason is None and _count(study, *FINISHED_STATES) < config.trials:
-        summary.stop_reason = f"timeout of {config.timeout_s:g} s reached"
+            self.tracker.log_best(value=trial.value,
+                                  params=trial.user_attrs["hyperparameters"],
+                                  trial_number=trial.number,
+                                  step=count_trials(study, *FINISHED_STATES))
 
 
 class _FailureGuard:
@@ -382,10 +550,6 @@ class _FailureGuard:
             study.stop()
 
 
-def _count(study: optuna.Study, *states: TrialState) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -405,6 +569,8 @@ def _run_params(config: RunConfig, data: TrialData, device: torch.device) -> dic
         "device": _device_name(device),
         "autocast_dtype": str(autocast_dtype(device)),
         "storage": config.storage,
+        "jobs": config.jobs,
+        "compile": config.compile,
         "register_name": config.register_name,
         "spec_source": config.spec.source,
         "hpsearch_version": __version__,
@@ -413,9 +579,9 @@ def _run_params(config: RunConfig, data: TrialData, device: torch.device) -> dic
 
 
 def _fill_summary(summary: StudySummary, study: optuna.Study, start: float) -> None:
-    summary.n_complete = _count(study, TrialState.COMPLETE)
-    summary.n_pruned = _count(study, TrialState.PRUNED)
-    summary.n_failed = _count(study, TrialState.FAIL)
+    summary.n_complete = count_trials(study, TrialState.COMPLETE)
+    summary.n_pruned = count_trials(study, TrialState.PRUNED)
+    summary.n_failed = count_trials(study, TrialState.FAIL)
     if summary.n_complete:
         best = study.best_trial
         summary.best_value, summary.best_trial = best.value, best.number

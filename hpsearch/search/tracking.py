@@ -48,6 +48,7 @@ def provenance_tags(device: torch.device, seed: int) -> dict[str, str]:
         "hpsearch.version": hpsearch.__version__,
         "hpsearch.seed": str(seed),
         "host": platform.node(),
+        "hpsearch.pid": str(os.getpid()),  # which process ran it (see close_orphaned_trial_run)
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({platform.processor() or platform.machine()})"),
         "torch_version": torch.__version__,
@@ -124,20 +125,24 @@ class StudyTracker:
             # Another worker created it between our look-up and create: use theirs.
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def start_parent(self, *, params: Mapping[str, Any], spec_yaml: str,
+    def start_parent(self, *, params: Mapping[str, Any], spec_yaml: str | None,
                      run_tags: Mapping[str, str] | None = None,
-                     inputs: Sequence[DatasetInput] = ()) -> str:
+                     inputs: Sequence[DatasetInput] = (), role: str = "study") -> str:
         """Open this invocation's parent run with its settings and the resolved spec.
+
+        ``role`` is ``study`` for ``hpsearch run``, ``register`` for ``hpsearch register``
+        (a run holding only the test evaluation and the registered model).
 
         ``run_tags`` (provenance) and ``inputs`` (the training and validation splits) are
         recorded on the parent run and on every trial run.
         """
         self.run_tags, self.inputs = dict(run_tags or {}), list(inputs)
-        run_name = f"{self.study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_name = f"{role if role != 'study' else self.study_name}-" \
+                   f"{time.strftime('%Y%m%d-%H%M%S')}"
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={"hpsearch.role": "study", "optuna.study_name": self.study_name,
+            tags={"hpsearch.role": role, "optuna.study_name": self.study_name,
                   **self.run_tags},
         )
         if self.inputs:
@@ -146,8 +151,16 @@ class StudyTracker:
         self.client.log_batch(
             self.parent_run_id, params=[Param(k, str(v)) for k, v in params.items()]
         )
-        self.client.log_text(self.parent_run_id, spec_yaml, "spec.yaml")
+        if spec_yaml is not None:
+            self.client.log_text(self.parent_run_id, spec_yaml, "spec.yaml")
         return self.parent_run_id
+
+    def attach_parent(self, parent_run_id: str, *, run_tags: Mapping[str, str] | None = None,
+                      inputs: Sequence[DatasetInput] = ()) -> None:
+        """Nest this worker's trial runs under a parent run another process opened
+        (``--jobs``): the same parent, this worker's own provenance tags."""
+        self.parent_run_id = parent_run_id
+        self.run_tags, self.inputs = dict(run_tags or {}), list(inputs)
 
     def trial_run(self, trial_number: int, params: Mapping[str, Any], *,
                   retry_of: int | None = None) -> TrialRun:
@@ -279,7 +292,8 @@ class TrialRun:
 def close_orphaned_trial_run(client: MlflowClient, run_id: str, *, reason: str,
                              retried_as: int | None) -> None:
     """End the run of a trial whose worker died (no heartbeat) as KILLED, and its parent
-    run too if it is still open: that parent belonged to the dead worker."""
+    run too if it is still open and the trial ran in the parent's own process: then that
+    process is dead. (A ``--jobs`` worker's parent run belongs to its coordinator.)"""
     tags = [RunTag("optuna.state", "FAIL"), RunTag("hpsearch.reason", reason)]
     if retried_as is not None:
         tags.append(RunTag("hpsearch.retried_as", str(retried_as)))
@@ -288,7 +302,12 @@ def close_orphaned_trial_run(client: MlflowClient, run_id: str, *, reason: str,
     if run.info.status == "RUNNING":
         client.set_terminated(run_id, "KILLED")
     parent_id = run.data.tags.get("mlflow.parentRunId")
-    if parent_id and client.get_run(parent_id).info.status == "RUNNING":
+    if not parent_id:
+        return
+    parent = client.get_run(parent_id)
+    same_process = (parent.data.tags.get("hpsearch.pid") == run.data.tags.get("hpsearch.pid")
+                    and parent.data.tags.get("host") == run.data.tags.get("host"))
+    if parent.info.status == "RUNNING" and same_process:
         client.set_tag(parent_id, "hpsearch.reason", "worker died; see its KILLED trial runs")
         client.set_terminated(parent_id, "KILLED")
 

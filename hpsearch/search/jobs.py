@@ -1,0 +1,180 @@
+"""Concurrent trials: ``--jobs N`` worker processes on one study, one progress display.
+
+Each worker is its own process (started with ``spawn``: CUDA cannot be forked) and runs the
+same loop as a single ``hpsearch run`` (:func:`hpsearch.search.study.work`) against the
+same Optuna storage and MLflow tracking store, so trial slots, heartbeats and retries work
+between them exactly as between workers on different machines. Small models leave a GPU
+mostly idle; several side by side keep it busy.
+
+Workers send their progress lines here, and this process prints them tagged ``[wK]``: one
+display. Workers run in their own process groups, so a Ctrl-C in the terminal reaches only
+this process, which passes the signal on to each worker exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue as queue_module
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hpsearch.search.progress import Reporter
+
+__all__ = ["QueueReporter", "run_workers", "worker_main"]
+
+SHUTDOWN_S = 120.0  # how long interrupted workers get to record their trials
+
+
+class QueueReporter(Reporter):
+    """A worker's reporter: lines go to the coordinating process instead of a stream."""
+
+    def __init__(self, queue: Any, worker: int, metric: str, *, verbose: bool) -> None:
+        super().__init__(metric, verbose=verbose)
+        self.queue, self.worker = queue, worker
+
+    def say(self, line: str) -> None:
+        self.queue.put(("line", self.worker, line))
+
+
+def run_workers(config: Any, *, jobs: int, parent_run_id: str, deadline: float | None,
+                reporter: Reporter, on_idle: Callable[[], None]) -> str | None:
+    """Run ``jobs`` worker processes on the study until all have ended.
+
+    Args:
+        config: the :class:`~hpsearch.search.study.RunConfig` every worker runs.
+        jobs: number of worker processes (>= 2).
+        parent_run_id: the MLflow parent run their trial runs nest under.
+        deadline: ``time.time()`` after which no worker starts a trial, or None.
+        reporter: prints the workers' lines.
+        on_idle: called about once a second while waiting (study report refreshes).
+
+    Returns:
+        Why the workers stopped early (timeout, too many failures), or None.
+
+    Raises:
+        KeyboardInterrupt: this process got SIGINT/SIGTERM; the workers got it too and
+            have ended (their running trials recorded as interrupted) when it is raised.
+    """
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    workers = [context.Process(target=worker_main, name=f"hpsearch-worker-{k}",
+                               args=(config, k, parent_run_id, deadline, messages,
+                                     reporter.verbose))
+               for k in range(1, jobs + 1)]
+    for worker in workers:
+        worker.start()
+    stop_reasons: dict[int, str | None] = {}
+    try:
+        _pump(workers, messages, reporter, stop_reasons, on_idle)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        for handled in (signal.SIGINT, signal.SIGTERM):  # one signal per worker, no more
+            signal.signal(handled, signal.SIG_IGN)
+        for worker in workers:
+            if worker.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signum)
+        _pump(workers, messages, reporter, stop_reasons, lambda: None, timeout_s=SHUTDOWN_S)
+        raise
+    for k, worker in enumerate(workers, start=1):
+        if worker.exitcode not in (0, None):
+            reporter.say(f"[w{k}] worker ended with {_exit_text(worker.exitcode)}")
+    reasons = [r for r in stop_reasons.values() if r]
+    if not stop_reasons:
+        reasons = [f"all {jobs} workers died"]
+    return reasons[0] if reasons else None
+
+
+def _pump(workers: list, messages: Any, reporter: Reporter, stop_reasons: dict,
+          on_idle: Callable[[], None], timeout_s: float | None = None) -> None:
+    """Print the workers' lines until every worker has ended (or ``timeout_s`` passed,
+    then the rest are killed)."""
+    import time
+
+    end = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        alive = [w for w in workers if w.is_alive()]
+        try:
+            kind, worker, payload = messages.get(timeout=1.0)
+        except queue_module.Empty:
+            if not alive:
+                return
+            if end is not None and time.monotonic() > end:
+                for w in alive:
+                    w.kill()
+                return
+            on_idle()
+            continue
+        if kind == "line":
+            reporter.say(f"[w{worker}] {payload}")
+        elif kind == "done":
+            stop_reasons[worker] = payload
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name} (its trial is retried by another worker)"
+    return f"exit code {code}"
+
+
+def worker_main(config: Any, worker: int, parent_run_id: str, deadline: float | None,
+                messages: Any, verbose: bool) -> None:
+    """A worker process: open the study and the tracker, then run trials until done."""
+    from hpsearch.errors import HpsearchError, raise_interrupted
+
+    os.setpgid(0, 0)  # see the module docstring: signals come from the coordinator only
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    signal.signal(signal.SIGINT, raise_interrupted)
+    reporter = QueueReporter(messages, worker, config.spec.metric, verbose=verbose)
+    try:
+        stop_reason = _work(config, parent_run_id, deadline, reporter)
+    except KeyboardInterrupt as exc:
+        for handled in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(handled, signal.SIG_IGN)
+        messages.put(("done", worker, None))
+        sys.exit(getattr(exc, "exit_code", 130))
+    except HpsearchError as exc:
+        reporter.say(f"error: {exc}")
+        sys.exit(2)
+    messages.put(("done", worker, stop_reason))
+
+
+def _work(config: Any, parent_run_id: str, deadline: float | None,
+          reporter: Reporter) -> str | None:
+    import optuna
+    import torch
+
+    from hpsearch.search import study as study_module
+    from hpsearch.search.coordination import StudyLock
+    from hpsearch.search.tracking import (
+        StudyTracker,
+        dataset_inputs,
+        provenance_tags,
+        resolve_tracking_uri,
+    )
+
+    device = study_module.resolve_device(config.device)
+    if device.type == "cpu":  # share the cores instead of each worker taking all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.jobs))
+    data, _ = study_module.load_trial_data(config)
+    tracking_uri = resolve_tracking_uri(config.tracking_uri)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = study_module.open_study(config, tracking_uri)
+    tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
+    tracker.attach_parent(parent_run_id, run_tags=provenance_tags(device, config.seed),
+                          inputs=dataset_inputs({"training": data.train, "validation": data.val},
+                                                config.spec.dataset))
+    summary = study_module.StudySummary(study_name=config.study_name,
+                                        tracking_uri=tracking_uri)
+    lock = StudyLock(config.storage, config.study_name)
+    try:
+        study_module.work(study, config, data=data, device=device, tracker=tracker,
+                          reporter=reporter, summary=summary, lock=lock, deadline=deadline,
+                          refresh_reports=False)
+    finally:
+        lock.close()
+    return summary.stop_reason
