@@ -80,9 +80,6 @@ def run_workers(config: Any, *, jobs: int, parent_run_id: str, deadline: float |
                     os.kill(worker.pid, signum)
         _pump(workers, messages, reporter, stop_reasons, lambda: None, timeout_s=SHUTDOWN_S)
         raise
-    for k, worker in enumerate(workers, start=1):
-        if worker.exitcode not in (0, None):
-            reporter.say(f"[w{k}] worker ended with {_exit_text(worker.exitcode)}")
     reasons = [r for r in stop_reasons.values() if r]
     if not stop_reasons:
         reasons = [f"all {jobs} workers died"]
@@ -92,11 +89,16 @@ def run_workers(config: Any, *, jobs: int, parent_run_id: str, deadline: float |
 def _pump(workers: list, messages: Any, reporter: Reporter, stop_reasons: dict,
           on_idle: Callable[[], None], timeout_s: float | None = None) -> None:
     """Print the workers' lines until every worker has ended (or ``timeout_s`` passed,
-    then the rest are killed)."""
+    then the rest are killed). A worker that dies is reported when it happens."""
     import time
 
     end = None if timeout_s is None else time.monotonic() + timeout_s
+    reported: set[int] = set()
     while True:
+        for k, worker in enumerate(workers, start=1):
+            if k not in reported and worker.exitcode not in (0, None) and k not in stop_reasons:
+                reporter.say(f"[w{k}] worker ended with {_exit_text(worker.exitcode)}")
+                reported.add(k)
         alive = [w for w in workers if w.is_alive()]
         try:
             kind, worker, payload = messages.get(timeout=1.0)
@@ -130,6 +132,7 @@ def worker_main(config: Any, worker: int, parent_run_id: str, deadline: float | 
     signal.signal(signal.SIGTERM, raise_interrupted)
     signal.signal(signal.SIGINT, raise_interrupted)
     reporter = QueueReporter(messages, worker, config.spec.metric, verbose=verbose)
+    reporter.say(f"worker started, pid {os.getpid()}")
     try:
         stop_reason = _work(config, parent_run_id, deadline, reporter)
     except KeyboardInterrupt as exc:

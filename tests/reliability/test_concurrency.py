@@ -1,5 +1,6 @@
 """Several ``hpsearch run`` processes started at once on one fresh study, storage and sqlite
-tracking store: no race on schema creation, no duplicate trial numbers, nothing RUNNING."""
+tracking store: no race on schema creation, no duplicate trial numbers, nothing RUNNING,
+exactly the target number of trials and one registered champion."""
 
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ def test_workers_started_at_once_share_one_fresh_study(tmp_path):
     assert numbers == list(range(len(numbers)))  # unique and gap-free
     states = [t.state.name for t in study.trials]
     assert "RUNNING" not in states and "FAIL" not in states
-    # Each worker stops once it sees the target reached; trials already under way finish.
-    assert TRIALS <= states.count("COMPLETE") <= TRIALS + WORKERS - 1
+    # Trial slots are taken under the study lock: the target is exact, never overshot.
+    assert states.count("COMPLETE") == TRIALS
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "shared"]
@@ -60,7 +61,13 @@ def test_workers_started_at_once_share_one_fresh_study(tmp_path):
     parents = [r for r in runs if r.data.tags["hpsearch.role"] == "study"]
     assert len(parents) == WORKERS
     assert {r.info.status for r in runs} == {"FINISHED"}
+    # Only the last worker to finish registers; the others find trials still running or
+    # the alias already on the study's best trial.
+    versions = client.search_model_versions("name = 'hpsearch-shared'")
+    assert len(versions) == 1
+    assert versions[0].tags["trial"] == str(study.best_trial.number)
     record(f"{WORKERS} workers started at once on a fresh sqlite study and tracking store",
            f"all exited 0; {len(numbers)} trials numbered 0..{len(numbers) - 1} without "
-           "duplicates; schema created once", f"{states.count('COMPLETE')} complete trials, "
-           f"one MLflow run each, {WORKERS} parent runs FINISHED, nothing RUNNING")
+           "duplicates; schema created once", f"exactly {states.count('COMPLETE')} complete "
+           f"trials (the target), one MLflow run each, {WORKERS} parent runs FINISHED, one "
+           "registered version")

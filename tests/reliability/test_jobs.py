@@ -1,0 +1,129 @@
+"""``hpsearch run --jobs 2``: two worker processes on one study with one progress display;
+one worker is killed (SIGKILL) mid-trial and its trial retried by the other; the budget is
+exact and the champion registered once; ``hpsearch register`` registers it again."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import clean_env, hpsearch
+from observations import record
+
+pytestmark = pytest.mark.slow
+
+TRIALS = 5
+SPEC = """
+dataset: fashion_mnist
+epochs: 3
+pruner: none
+search_space:
+  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+  batch_size: 128
+  depth: 1
+  width: 16
+  dropout: 0.0
+  arch: mlp
+"""
+ARGS = ("run", "--spec", "spec.yaml", "--study-name", "jobs", "--trials", str(TRIALS),
+        "--train-subset", "8000", "--device", "cpu", "--jobs", "2", "--heartbeat-interval", "1")
+
+
+def run_and_kill_worker_2(cwd: Path) -> tuple[int, str, int]:
+    """Start the run; once worker 2 has trained one epoch of a trial, SIGKILL it.
+
+    Returns:
+        (exit code, all stderr, number of the trial worker 2 was running).
+    """
+    (cwd / "spec.yaml").write_text(SPEC)
+    exe = Path(sys.executable).with_name("hpsearch")
+    proc = subprocess.Popen([str(exe), *ARGS], cwd=cwd, env=clean_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watchdog = threading.Timer(600, proc.kill)
+    watchdog.start()
+    pids, seen, killed_trial = {}, [], None
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            started = re.match(r"\[w(\d)\] worker started, pid (\d+)", line)
+            if started:
+                pids[started[1]] = int(started[2])
+            epoch = re.match(r"\[w2\]   trial +(\d+)  epoch   1/", line)
+            if epoch and killed_trial is None:
+                os.kill(pids["2"], signal.SIGKILL)
+                killed_trial = int(epoch[1])
+        proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+    return proc.returncode, "".join(seen), killed_trial
+
+
+def test_jobs_share_the_study_retry_a_killed_worker_and_register_once(tmp_path):
+    code, err, killed = run_and_kill_worker_2(tmp_path)
+    assert code == 0, err[-3000:]
+    assert killed is not None, err[-3000:]
+    # One display: every progress line of a trial comes tagged with its worker.
+    assert re.search(r"^\[w1\] trial +\d+  COMPLETE", err, re.M)
+    assert "[w2] worker ended with signal SIGKILL" in err
+
+    study = optuna.load_study(study_name="jobs", storage=f"sqlite:///{tmp_path / 'hpsearch.db'}")
+    states = {t.number: t.state.name for t in study.trials}
+    assert list(states) == list(range(len(states)))  # no duplicate numbers
+    assert list(states.values()).count("COMPLETE") == TRIALS  # exact, not TRIALS + 1
+    assert states[killed] == "FAIL"
+    (retry,) = [t for t in study.trials if t.system_attrs.get("retry_history") == [killed]]
+    assert retry.state.name == "COMPLETE"
+    assert retry.params == study.trials[killed].params
+    # Workers draw from differently seeded samplers: no two random draws alike.
+    fresh = [t.params["lr"] for t in study.trials if "retry_history" not in t.system_attrs]
+    assert len(set(fresh)) == len(fresh)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("jobs")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags["hpsearch.role"] == "study"]
+    assert parent.info.status == "FINISHED"
+    trial_runs = [r for r in runs if r.data.tags["hpsearch.role"] == "trial"]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in trial_runs) == list(states)
+    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {parent.info.run_id}
+    assert len({r.data.tags["hpsearch.pid"] for r in trial_runs}) == 2  # two processes
+    killed_run = next(r for r in trial_runs if r.data.tags["optuna.trial_number"] == str(killed))
+    assert killed_run.info.status == "KILLED"
+    assert killed_run.data.tags["hpsearch.retried_as"] == str(retry.number)
+
+    versions = client.search_model_versions("name = 'hpsearch-jobs'")
+    assert len(versions) == 1
+    champion = client.get_model_version_by_alias("hpsearch-jobs", "champion")
+    assert champion.tags["trial"] == str(study.best_trial.number)
+
+    # `hpsearch register` registers the best trial again, as a new version under the alias.
+    again = hpsearch(tmp_path, "register", "jobs", "--device", "cpu")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(r"registered hpsearch-jobs version 2 \(alias champion\): trial "
+                     rf"{study.best_trial.number}, test accuracy 0\.\d{{4}}", again.stdout)
+    champion = client.get_model_version_by_alias("hpsearch-jobs", "champion")
+    assert str(champion.version) == "2" and champion.tags["trial"] == str(study.best_trial.number)
+    (register_run,) = client.search_runs([experiment.experiment_id],
+                                         filter_string="tags.`hpsearch.role` = 'register'")
+    assert register_run.info.status == "FINISHED"
+    assert 0.5 < register_run.data.metrics["test_accuracy"] <= 1.0
+    record("`--jobs 2`, worker 2 SIGKILLed one epoch into a trial",
+           f"exit 0; trial {killed} FAIL, retried as trial {retry.number} by worker 1 with "
+           "the same parameters", f"exactly {TRIALS} complete trials, one parent run, one "
+           "registered version; `hpsearch register` added version 2")
+
+
+def test_register_names_a_missing_study(tmp_path):
+    result = hpsearch(tmp_path, "register", "nope", "--device", "cpu")
+    assert result.returncode == 2
+    assert "no study 'nope' in sqlite:///hpsearch.db" in result.stderr
+    assert "Traceback" not in result.stderr
