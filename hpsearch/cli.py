@@ -299,6 +299,8 @@ def _quiet_libraries() -> None:
     # Read by MLflow when it is first imported, so this must run before that import.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Runs started through a tracking server would print a "View run" link each.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -346,7 +348,11 @@ def _print_summary(summary, config) -> None:
         echo(f"{what}: {reg.name} version {reg.version} (alias champion)")
         uri = summary.tracking_uri
         echo("\nnext:")
-        echo(f"  hpsearch ui --tracking-uri {uri}   # or: mlflow ui --backend-store-uri {uri}")
+        if uri.startswith(("http://", "https://")):
+            echo(f"  open {uri} in a browser   # the tracking server's UI")
+        else:
+            echo(f"  hpsearch ui --tracking-uri {uri}   # or: mlflow ui --backend-store-uri "
+                 f"{uri}")
         echo(f"  hpsearch serve --model {reg.name} --tracking-uri {uri}   # or:")
         echo(f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{reg.name}@champion "
              f"--env-manager local --host 127.0.0.1 --port 5001")

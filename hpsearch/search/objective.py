@@ -22,7 +22,7 @@ from hpsearch.models import build_model
 from hpsearch.search.progress import Reporter
 from hpsearch.search.reports import log_prediction_grid
 from hpsearch.search.tracking import StudyTracker, TrialRun
-from hpsearch.search.train import EpochResult, autocast_dtype, build_optimizer, fit, predict
+from hpsearch.search.train import EpochResult, autocast_dtype, build_optimizer, fit
 from hpsearch.studies import StudySpec
 
 __all__ = ["Failure", "Objective", "TrialData", "build_network", "classify_failure",
@@ -95,13 +95,12 @@ class Objective:
         trial.set_user_attr("mlflow_run_id", run.run_id)
         history: list[EpochResult] = []
         names = self.data.info.class_names
-        trained: dict[str, torch.nn.Module] = {}  # the model, also when training is cut short
         try:
-            model, value = self._train(trial, params, run, history, trained)
+            model, value = self._train(trial, params, run, history)
         except optuna.TrialPruned as exc:
             diverged = trial.user_attrs.get("diverged_epoch")
             if not diverged:  # a diverged model's predictions are NaN: nothing to show
-                self._log_mistakes(run, trained.get("model"))
+                self._log_mistakes(run, history)
             extra = {"hpsearch.diverged_epoch": str(diverged)} if diverged else {}
             run.finish("PRUNED", history, names, reason=str(exc), tags=extra)
             raise
@@ -118,7 +117,7 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("epochs_run", len(history))
-        self._log_mistakes(run, model)
+        self._log_mistakes(run, history)
         best_so_far = self._is_best_so_far(trial.study, value)
         if best_so_far:
             run.log_checkpoint(model)
@@ -128,13 +127,11 @@ class Objective:
         return value
 
     def _train(self, trial: optuna.Trial, params: dict[str, Any], run: TrialRun,
-               history: list[EpochResult],
-               trained: dict[str, torch.nn.Module]) -> tuple[torch.nn.Module, float]:
+               history: list[EpochResult]) -> tuple[torch.nn.Module, float]:
         seed = self.seed + trial.number
         torch.manual_seed(seed)
         info, device = self.data.info, self.device
         model = build_network(params, info).to(device, memory_format=torch.channels_last)
-        trained["model"] = model
         train = make_loader(self.data.train, info, device, batch_size=params["batch_size"],
                             train=True, augment=self.spec.augment, seed=seed)
         val = make_loader(self.data.val, info, device)
@@ -175,15 +172,14 @@ class Objective:
             raise ValueError(f"{self.spec.metric} is {value} after the last epoch")
         return model, value
 
-    def _log_mistakes(self, run: TrialRun, model: torch.nn.Module | None) -> None:
-        """The trial's most confident validation mistakes, as an image grid."""
-        if model is None:
+    def _log_mistakes(self, run: TrialRun, history: list[EpochResult]) -> None:
+        """The trial's most confident validation mistakes as an image grid, from the last
+        epoch's validation predictions (no extra pass over the validation split)."""
+        if not history or history[-1].val.predicted is None:
             return
-        val = self.data.val
-        predicted, confidence = predict(model, make_loader(val, self.data.info, self.device),
-                                        device=self.device, amp_dtype=self.amp_dtype)
-        log_prediction_grid(run.client, run.run_id, val.images, val.labels, predicted,
-                            confidence, self.data.info.class_names,
+        val, last = self.data.val, history[-1].val
+        log_prediction_grid(run.client, run.run_id, val.images, val.labels, last.predicted,
+                            last.confidence, self.data.info.class_names,
                             artifact_file="misclassified.png",
                             title="validation mistakes, most confident first",
                             mistakes_only=True)

@@ -191,8 +191,7 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
             load_if_exists=True,
         )
     except Exception as exc:  # SQLAlchemy's errors vary by driver; say which URL failed
-        raise HpsearchError(f"cannot open Optuna storage {config.storage!r}: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise _storage_error(config.storage, exc) from None
     if study.direction.name.lower() != spec.direction:
         raise HpsearchError(f"study {config.study_name!r} in {config.storage} optimises "
                             f"{study.direction.name.lower()}, but the spec says {spec.direction}")
@@ -402,13 +401,19 @@ def register_study(*, study_name: str, storage: str, tracking_uri: str | None,
     return registration
 
 
+def _storage_error(storage: str, exc: Exception) -> HpsearchError:
+    reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    if isinstance(exc, ModuleNotFoundError) and storage.startswith("postgresql"):
+        reason += "; install the PostgreSQL driver: pip install 'hpsearch[postgres]'"
+    return HpsearchError(f"cannot open Optuna storage {storage!r}: {reason}")
+
+
 def load_existing_study(study_name: str, storage: str) -> optuna.Study:
     """Load a study that must exist. Raises HpsearchError naming the storage otherwise."""
     try:
         names = optuna.get_all_study_names(storage=storage)
     except Exception as exc:  # SQLAlchemy's errors vary by driver; say which URL failed
-        raise HpsearchError(f"cannot open Optuna storage {storage!r}: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise _storage_error(storage, exc) from None
     if study_name not in names:
         raise HpsearchError(f"no study {study_name!r} in {storage}; see `hpsearch studies`")
     return optuna.load_study(study_name=study_name, storage=storage)

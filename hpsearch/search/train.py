@@ -51,11 +51,16 @@ class EvalResult:
         accuracy: share of images whose arg-max logit is the true class, in [0, 1].
         confusion: int64 array (num_classes, num_classes); row = true class,
             column = predicted class; sums to the number of images.
+        predicted: int64 array (N,): each image's arg-max class, in batch order (the
+            split's order for an unshuffled loader); None if not recorded.
+        confidence: float32 array (N,): that class's softmax probability; None likewise.
     """
 
     loss: float
     accuracy: float
     confusion: np.ndarray
+    predicted: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,9 @@ def build_optimizer(
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        # On CUDA the fused kernel updates all parameters in one launch per step.
+        fused = all(p.is_cuda for p in model.parameters()) or None
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r}; choose one of: adamw, sgd")
@@ -156,21 +163,33 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` on ``batches`` of (float images (B, C, H, W), int64 labels (B,)).
 
-    The model is put in eval mode and left there. Raises ValueError on an empty split.
+    The model is put in eval mode and left there. Everything is read from the device once,
+    at the end. Raises ValueError on an empty split.
     """
     model.eval()
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    ones = torch.ones(0, dtype=torch.int64, device=device)
+    classes, confidences = [], []
     for x, y in batches:
+        if ones.shape[0] < y.shape[0]:  # Python ints: no device read
+            ones = torch.ones(y.shape[0], dtype=torch.int64, device=device)
         with _autocast(device, amp_dtype):
-            logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
+            logits = model(x).float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+        probability, predicted = torch.softmax(logits, dim=1).max(dim=1)
+        # index_add_ into a fixed-size tensor: bincount on CUDA reads its input's maximum
+        # back to the host to size its output, a sync per batch.
+        confusion.index_add_(0, y * num_classes + predicted, ones[: y.shape[0]])
+        classes.append(predicted)
+        confidences.append(probability)
+    if not classes:
+        raise ValueError("cannot evaluate on an empty split")
     counts = confusion.view(num_classes, num_classes).cpu().numpy()
     total = int(counts.sum())
-    if total == 0:
-        raise ValueError("cannot evaluate on an empty split")
-    return EvalResult(float(loss_sum) / total, float(np.trace(counts)) / total, counts)
+    return EvalResult(float(loss_sum) / total, float(np.trace(counts)) / total, counts,
+                      predicted=torch.cat(classes).cpu().numpy(),
+                      confidence=torch.cat(confidences).cpu().numpy())
 
 
 @torch.no_grad()

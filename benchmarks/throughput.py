@@ -1,0 +1,393 @@
+"""Training throughput (images/s) of hpsearch's loop against the conventional PyTorch loop.
+
+Both loops train the same network (``build_network``, fresh instance, same seed) on the same
+Fashion-MNIST training images with the same batch size on the same device, in one process,
+one after the other::
+
+    python benchmarks/throughput.py --batch-size 128 --batch-size 512 --epochs 3
+
+hpsearch's loop is what a trial runs: ``make_loader`` (uint8 images resident on the device,
+normalised per batch, channels-last), ``fit`` with bf16 autocast where the hardware has it
+(``autocast_dtype``) and no per-step host sync; no augmentation and no LR schedule here,
+and with ``torch.backends.cudnn.benchmark`` on, as ``hpsearch run`` sets it.
+
+The conventional loop is the one of PyTorch's and Optuna's examples: torchvision's
+``FashionMNIST`` with ``ToTensor`` + ``Normalize``, ``DataLoader(batch_size, shuffle=True)``
+(``--num-workers``, default 0 as in the examples), fp32, ``x.to(device)`` per batch and a
+``loss.item()`` per step for the running loss; cudnn.benchmark left at its default (off).
+torchvision cannot download here, so the gzip IDX files from ``--data-dir`` are decompressed
+into the folder layout torchvision expects (``ROOT/FashionMNIST/raw/``).
+
+Only training is timed (wall seconds per epoch, device synchronised); the first epoch is a
+warm-up and is reported separately; "steady" figures are the mean of the later epochs.
+Prints one JSON line per batch size on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from _common import (
+    add_common_options,
+    emit,
+    log,
+    machine_info,
+    markdown_table,
+    render_section,
+    resolve_device,
+    synchronize,
+    write_section,
+)
+from torch.utils.data import DataLoader, Subset
+from torchvision import transforms
+
+from hpsearch.data_utils import (
+    DATA_DIR_ENV_VAR,
+    DEBIAN_FASHION_MNIST_DIR,
+    ArraySplit,
+    get_dataset_info,
+    load_dataset,
+)
+from hpsearch.models import list_models
+from hpsearch.search.objective import build_network, make_loader
+from hpsearch.search.train import autocast_dtype, build_optimizer, fit
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+LR = 1e-3  # AdamW for both loops; the value does not change the cost of a step
+WEIGHT_DECAY = 5e-4
+VAL_IMAGES = 2048  # test images fit() evaluates on after each epoch (untimed)
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """What one loop measured.
+
+    Attributes:
+        epoch_seconds: wall time of each epoch's training (s), warm-up first.
+        images_per_epoch: training images processed per epoch.
+        final_loss: mean training cross-entropy of the last epoch (nats), a sanity check.
+        peak_gpu_mb: ``torch.cuda.max_memory_allocated`` during the loop (MiB), or None.
+    """
+
+    epoch_seconds: list[float]
+    images_per_epoch: int
+    final_loss: float
+    peak_gpu_mb: float | None
+
+    @property
+    def steady_seconds(self) -> float:
+        """Mean epoch time after the warm-up epoch (the only epoch if there is one)."""
+        later = self.epoch_seconds[1:] or self.epoch_seconds
+        return statistics.fmean(later)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_per_epoch / self.steady_seconds
+
+
+def default_data_dir() -> Path:
+    """Where the gzip IDX files are: ``$HPSEARCH_DATA_DIR/fashion-mnist`` or
+    ``$HPSEARCH_DATA_DIR`` when they hold them, else Debian's folder."""
+    env = os.environ.get(DATA_DIR_ENV_VAR)
+    candidates = [Path(env) / "fashion-mnist", Path(env)] if env else []
+    for folder in candidates:
+        if _source_file(folder, IDX_FILES[0]) is not None:
+            return folder
+    return DEBIAN_FASHION_MNIST_DIR
+
+
+def default_cache_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "hpsearch" / "torchvision"
+
+
+def _source_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def prepare_torchvision_root(data_dir: Path, cache_dir: Path) -> Path:
+    """Lay out the IDX files as torchvision's ``FashionMNIST(root, download=False)`` wants.
+
+    torchvision 0.29 (``datasets/mnist.py``) reads the uncompressed files
+    ``root/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``; its
+    ``_check_exists`` only tests that they exist (no checksum without ``download``).
+
+    Args:
+        data_dir: folder with the four files, gzip (``*.gz``) or already uncompressed.
+        cache_dir: becomes ``root``; files already there are reused.
+
+    Returns:
+        ``root`` to pass to ``torchvision.datasets.FashionMNIST``.
+
+    Raises:
+        SystemExit: a file is missing in ``data_dir``.
+    """
+    raw = cache_dir / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for stem in IDX_FILES:
+        target = raw / stem
+        if target.is_file():
+            continue
+        source = _source_file(data_dir, stem)
+        if source is None:
+            raise SystemExit(f"{stem}(.gz) not found in {data_dir}; pass --data-dir")
+        partial = target.with_suffix(".partial")
+        opener = gzip.open if source.suffix == ".gz" else open
+        with opener(source, "rb") as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        partial.replace(target)  # atomic: a killed run never leaves a truncated file
+    return cache_dir
+
+
+def _peak_gpu_mb(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def _reset(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def run_hpsearch_loop(params: dict, train: ArraySplit, val: ArraySplit, *,
+                      device: torch.device, batch_size: int, epochs: int, seed: int,
+                      compile_model: bool = False) -> LoopResult:
+    """Train with hpsearch's ``make_loader`` + ``fit``, as a trial does (minus augmentation,
+    schedule and tracking).
+
+    Args:
+        params: ``arch``, ``depth``, ``width``, ``dropout`` for ``build_network``.
+        train: uint8 images (N, 1, 28, 28) and int64 labels (N,).
+        val: evaluated after each epoch, outside the timed part.
+        device: where to train.
+        batch_size: images per step; the last partial batch is dropped, as in a trial.
+        epochs: epochs to train (the first is the warm-up).
+        seed: torch seed before the model is built; also the loader's seed.
+        compile_model: wrap the model in ``torch.compile``.
+    """
+    info = get_dataset_info("fashion_mnist")
+    _reset(device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as hpsearch's resolve_device
+    torch.manual_seed(seed)
+    model = build_network(params, info).to(device, memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, name="adamw", lr=LR, weight_decay=WEIGHT_DECAY)
+    if compile_model:
+        model = torch.compile(model)
+    loader = make_loader(train, info, device, batch_size=batch_size, train=True,
+                         augment=False, seed=seed)
+    history = fit(model, loader, make_loader(val, info, device), epochs=epochs,
+                  optimizer=optimizer, num_classes=info.num_classes, device=device,
+                  scheduler=None, amp_dtype=autocast_dtype(device))
+    return LoopResult([r.epoch_seconds for r in history], len(loader) * batch_size,
+                      history[-1].train_loss, _peak_gpu_mb(device))
+
+
+def run_conventional_loop(params: dict, root: Path, n_images: int, *, device: torch.device,
+                          batch_size: int, epochs: int, seed: int,
+                          num_workers: int) -> LoopResult:
+    """Train the way PyTorch's MNIST example and Optuna's PyTorch example do.
+
+    Args:
+        params: as for :func:`run_hpsearch_loop`.
+        root: torchvision root from :func:`prepare_torchvision_root`.
+        n_images: train on the first ``n_images`` training images (the same ones as the
+            hpsearch loop).
+        device, batch_size, epochs, seed: as for :func:`run_hpsearch_loop`.
+        num_workers: ``DataLoader`` worker processes (0: load in the training process).
+    """
+    info = get_dataset_info("fashion_mnist")
+    _reset(device)
+    torch.backends.cudnn.benchmark = False  # PyTorch's default, which the examples keep
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize(info.mean, info.std)])
+    dataset = torchvision.datasets.FashionMNIST(root, train=True, download=False,
+                                                transform=transform)
+    if n_images < len(dataset):
+        dataset = Subset(dataset, range(n_images))
+    torch.manual_seed(seed)
+    model = build_network(params, info).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    seconds, running_loss, steps = [], 0.0, 0
+    for _ in range(epochs):
+        model.train()
+        running_loss, steps = 0.0, 0
+        synchronize(device)
+        start = time.perf_counter()
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+            steps += 1
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return LoopResult(seconds, len(dataset), running_loss / max(steps, 1), _peak_gpu_mb(device))
+
+
+def measure(args: argparse.Namespace, batch_size: int, train: ArraySplit, val: ArraySplit,
+            root: Path, device: torch.device) -> dict:
+    """Both loops (and the compiled hpsearch loop with ``--compile``) at one batch size."""
+    params = {"arch": args.arch, "depth": args.depth, "width": args.width,
+              "dropout": args.dropout}
+    common = {"device": device, "batch_size": batch_size, "epochs": args.epochs,
+              "seed": args.seed}
+    log(f"batch size {batch_size}: hpsearch loop ...")
+    ours = run_hpsearch_loop(params, train, val, **common)
+    log(f"batch size {batch_size}: conventional loop ...")
+    conventional = run_conventional_loop(params, root, len(train), num_workers=args.num_workers,
+                                         **common)
+    amp = autocast_dtype(device)
+    record = {
+        "benchmark": "throughput",
+        "device": device.type,
+        "arch": args.arch,
+        "depth": args.depth,
+        "width": args.width,
+        "batch_size": batch_size,
+        "train_images": len(train),
+        "epochs": args.epochs,
+        "hpsearch_images_per_s": round(ours.images_per_second, 1),
+        "conventional_images_per_s": round(conventional.images_per_second, 1),
+        "ratio": round(ours.images_per_second / conventional.images_per_second, 2),
+        "hpsearch_epoch_s": round(ours.steady_seconds, 3),
+        "conventional_epoch_s": round(conventional.steady_seconds, 3),
+        "hpsearch_first_epoch_s": round(ours.epoch_seconds[0], 3),
+        "conventional_first_epoch_s": round(conventional.epoch_seconds[0], 3),
+        "hpsearch_images_per_epoch": ours.images_per_epoch,
+        "conventional_images_per_epoch": conventional.images_per_epoch,
+        "hpsearch_autocast": str(amp).removeprefix("torch.") if amp else "fp32",
+        "num_workers": args.num_workers,
+        "hpsearch_final_loss": round(ours.final_loss, 4),
+        "conventional_final_loss": round(conventional.final_loss, 4),
+        "hpsearch_peak_gpu_mb": ours.peak_gpu_mb,
+        "conventional_peak_gpu_mb": conventional.peak_gpu_mb,
+    }
+    if args.compile:
+        log(f"batch size {batch_size}: hpsearch loop, torch.compile ...")
+        compiled = run_hpsearch_loop(params, train, val, compile_model=True, **common)
+        record |= {
+            "compiled_images_per_s": round(compiled.images_per_second, 1),
+            "compiled_ratio": round(compiled.images_per_second
+                                    / conventional.images_per_second, 2),
+            "compiled_epoch_s": round(compiled.steady_seconds, 3),
+            # The first epoch pays for tracing and code generation; a steady epoch does not.
+            "compile_s": round(compiled.epoch_seconds[0] - compiled.steady_seconds, 2),
+            "compiled_peak_gpu_mb": compiled.peak_gpu_mb,
+        }
+    return record
+
+
+COLUMNS = {
+    "batch_size": "batch size",
+    "hpsearch_images_per_s": "hpsearch img/s",
+    "conventional_images_per_s": "conventional img/s",
+    "ratio": "ratio",
+    "hpsearch_epoch_s": "hpsearch epoch (s)",
+    "conventional_epoch_s": "conventional epoch (s)",
+    "hpsearch_first_epoch_s": "hpsearch 1st epoch (s)",
+    "conventional_first_epoch_s": "conventional 1st epoch (s)",
+}
+COMPILE_COLUMNS = {
+    "compiled_images_per_s": "compiled img/s",
+    "compiled_ratio": "compiled ratio",
+    "compile_s": "compile cost (s)",
+}
+GPU_COLUMNS = {
+    "hpsearch_peak_gpu_mb": "hpsearch peak GPU (MiB)",
+    "conventional_peak_gpu_mb": "conventional peak GPU (MiB)",
+}
+
+
+def docs_section(args: argparse.Namespace, records: list[dict], device: torch.device) -> str:
+    columns = dict(COLUMNS)
+    if args.compile:
+        columns |= COMPILE_COLUMNS
+    if device.type == "cuda":
+        columns |= GPU_COLUMNS
+    first = records[0]
+    notes = (
+        f"Model: `{args.arch}` depth {args.depth}, width {args.width}; {first['train_images']:,} "
+        f"Fashion-MNIST training images per epoch, {args.epochs} epochs, the first a warm-up "
+        "(its time in the \"1st epoch\" columns); img/s and epoch times are means over the "
+        "later epochs, training only. ratio = hpsearch img/s / conventional img/s.\n\n"
+        f"hpsearch: device-resident uint8 data, channels-last, {first['hpsearch_autocast']} "
+        "autocast, no per-step host sync, cudnn.benchmark on CUDA. Conventional: torchvision "
+        f"FashionMNIST + ToTensor/Normalize, DataLoader(shuffle=True, num_workers="
+        f"{args.num_workers}), fp32, `loss.item()` every step."
+    )
+    if args.compile:
+        notes += (" Compiled: the hpsearch loop with `torch.compile(model)`; compile cost = "
+                  "first epoch minus a steady epoch.")
+    return render_section("throughput", title="Training throughput: hpsearch loop vs "
+                          "conventional loop", machine=machine_info(device),
+                          body=markdown_table(records, columns), notes=notes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--batch-size", type=int, action="append",
+                        help="images per step (repeatable; default 128 and 512)")
+    parser.add_argument("--arch", default="cnn", choices=list_models())
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs per loop, the first a warm-up (default 2)")
+    parser.add_argument("--train-subset", type=int, default=None, metavar="N",
+                        help="train on the first N of the 60,000 training images (default all)")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="DataLoader workers of the conventional loop (default 0)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the hpsearch loop with torch.compile(model)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder of the Fashion-MNIST IDX files (default: "
+                             "$HPSEARCH_DATA_DIR[/fashion-mnist], else "
+                             f"{DEBIAN_FASHION_MNIST_DIR})")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="torchvision root built from them (default: "
+                             "$XDG_CACHE_HOME/hpsearch/torchvision)")
+    add_common_options(parser)
+    args = parser.parse_args()
+    if args.epochs < 1 or (args.train_subset is not None and args.train_subset < 1):
+        parser.error("--epochs and --train-subset must be >= 1")
+    device = resolve_device(args.device)
+    data_dir = args.data_dir or default_data_dir()
+    root = prepare_torchvision_root(data_dir, args.cache_dir or default_cache_dir())
+    full_train, test = load_dataset("fashion_mnist", data_dir, download=False)
+    n = min(args.train_subset or len(full_train), len(full_train))
+    train = ArraySplit(full_train.images[:n], full_train.labels[:n])
+    val = ArraySplit(test.images[:VAL_IMAGES], test.labels[:VAL_IMAGES])
+    records = []
+    for batch_size in args.batch_size or [128, 512]:
+        records.append(measure(args, batch_size, train, val, root, device))
+        emit(records[-1])
+    if args.write_docs:
+        write_section(args.docs, "throughput", docs_section(args, records, device))
+
+
+if __name__ == "__main__":
+    main()
