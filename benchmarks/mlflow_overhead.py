@@ -17,11 +17,11 @@ already part of the client time). Prints one JSON line per trial and a summary l
 * ``mlflow_client_s``: seconds inside MlflowClient calls;
 * ``figures_build_s`` / ``figures_save_s``: building / rendering figures (the latter is
   included in ``mlflow_client_s``);
-* ``mistakes_predict_s``: inference on the validation split for the misclassified grid;
 * ``trial_wall_s``: the whole ``Objective.__call__``; ``fit_s``: its ``fit()`` call
   (training, validation and the per-epoch callback with its ``log_batch``);
-* ``mlflow_share`` = client / wall; ``tracking_share`` = (client + figure building +
-  mistakes inference) / wall: what the trial would save without tracking.
+* ``mlflow_share`` = client / wall; ``tracking_share`` = (client + figure building) / wall:
+  what the trial would save without tracking. (The misclassified grid reuses the last
+  epoch's validation predictions: no extra inference.)
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class Timers:
 
 def instrument(tracker: StudyTracker, client_timers: Timers, other: Timers,
                device: torch.device) -> None:
-    """Wrap the tracker's client methods and hpsearch's figure, fit and predict calls.
+    """Wrap the tracker's client methods and hpsearch's figure and fit calls.
 
     The client is patched on the instance (every ``TrialRun`` shares it); hpsearch's
     functions are patched where they are looked up (module globals), for this process only.
@@ -126,8 +126,6 @@ def instrument(tracker: StudyTracker, client_timers: Timers, other: Timers,
         return call
 
     objective_module.fit = other.wrap(synchronized(objective_module.fit), "fit")
-    objective_module.predict = other.wrap(synchronized(objective_module.predict),
-                                          "mistakes_predict")
 
 
 def trial_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,7 +188,7 @@ def trial_record(trial: optuna.Trial, wall: float, client_timers: Timers, other:
                  study: optuna.Study, device: torch.device) -> dict:
     client_s = sum(client_timers.seconds.values())
     frozen = study.trials[trial.number]
-    tracking_s = client_s + other.seconds["figures_build"] + other.seconds["mistakes_predict"]
+    tracking_s = client_s + other.seconds["figures_build"]
     calls = {name: {"calls": client_timers.calls[name], "s": round(s, 4)}
              for name, s in sorted(client_timers.seconds.items(), key=lambda kv: -kv[1])}
     return {
@@ -204,7 +202,6 @@ def trial_record(trial: optuna.Trial, wall: float, client_timers: Timers, other:
         "mlflow_client_s": round(client_s, 3),
         "figures_build_s": round(other.seconds["figures_build"], 3),
         "figures_save_s": round(other.seconds["figures_save"], 3),
-        "mistakes_predict_s": round(other.seconds["mistakes_predict"], 3),
         "tracking_s": round(tracking_s, 3),
         "mlflow_share": round(client_s / wall, 4),
         "tracking_share": round(tracking_s / wall, 4),
@@ -253,7 +250,6 @@ TRIAL_COLUMNS = {
     "mlflow_client_s": "MLflow client (s)",
     "figures_build_s": "figures built (s)",
     "figures_save_s": "figures saved (s, in client)",
-    "mistakes_predict_s": "mistakes inference (s)",
     "mlflow_share": "MLflow share",
     "tracking_share": "tracking share",
 }

@@ -37,7 +37,7 @@ def main() -> None:
 @click.option("--study-name", default=None, help="Optuna study / MLflow experiment name "
                                                   "(default: the data set's name).")
 @click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
-              help="Optuna storage URL.")
+              envvar="HPSEARCH_STORAGE", help="Optuna storage URL [env: HPSEARCH_STORAGE].")
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
@@ -169,7 +169,7 @@ def serve(model, host, port, tracking_uri) -> None:
 
 @main.command()
 @click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
-              help="Optuna storage URL.")
+              envvar="HPSEARCH_STORAGE", help="Optuna storage URL [env: HPSEARCH_STORAGE].")
 def studies(storage) -> None:
     """List the studies in a storage with their trial counts and best value."""
     _quiet_libraries()
@@ -185,7 +185,7 @@ def studies(storage) -> None:
 @main.command()
 @click.argument("study_name")
 @click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
-              help="Optuna storage URL.")
+              envvar="HPSEARCH_STORAGE", help="Optuna storage URL [env: HPSEARCH_STORAGE].")
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--register-name", default=None,
@@ -222,7 +222,7 @@ def register(study_name, storage, tracking_uri, register_name, data_dir, device)
 @main.command()
 @click.argument("study_name")
 @click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
-              help="Optuna storage URL.")
+              envvar="HPSEARCH_STORAGE", help="Optuna storage URL [env: HPSEARCH_STORAGE].")
 @click.option("--top", type=int, default=20, show_default=True, help="Rows to show (0: all).")
 def show(study_name, storage, top) -> None:
     """Print the leaderboard of STUDY_NAME's trials, best first."""

@@ -57,7 +57,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without MLflow/hpsearch settings, with this interpreter's bin
     first on PATH (``mlflow models serve`` execs uvicorn from PATH)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "HPSEARCH_DATA_DIR")}
+           if k not in ("MLFLOW_TRACKING_URI", "HPSEARCH_DATA_DIR", "HPSEARCH_STORAGE")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env | extra
 

@@ -169,9 +169,10 @@ def test_the_champion_is_registered_exactly_once(outcome):
 
 
 def test_register_command_adds_a_version_through_the_server(outcome, mlflow_server, tmp_path):
-    result = hpsearch(tmp_path, "register", STUDY, "--storage", outcome.storage,
-                      "--tracking-uri", mlflow_server.url, "--device", "cpu",
-                      env=clean_env(OMP_NUM_THREADS="1"))
+    # The storage URL (with a password, in real use) from the environment, not argv.
+    result = hpsearch(tmp_path, "register", STUDY, "--tracking-uri", mlflow_server.url,
+                      "--device", "cpu",
+                      env=clean_env(OMP_NUM_THREADS="1", HPSEARCH_STORAGE=outcome.storage))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"registered hpsearch-{STUDY} version 2 (alias champion)" in result.stdout
     champion = outcome.client.get_model_version_by_alias(f"hpsearch-{STUDY}", "champion")
