@@ -8,6 +8,7 @@ runs only what is missing.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import hashlib
@@ -309,6 +310,7 @@ def work(study: optuna.Study, config: RunConfig, *, data: TrialData, device: tor
             if slots_left(study, config.trials) > 0:
                 study.optimize(start_trial, n_trials=1, callbacks=callbacks,
                                catch=(Exception,), gc_after_trial=True)
+                _return_freed_memory()
                 said_waiting = None
                 continue
             running = count_trials(study, TrialState.RUNNING)
@@ -320,6 +322,16 @@ def work(study: optuna.Study, config: RunConfig, *, data: TrialData, device: tor
             said_waiting = running
         time.sleep(min(5.0, config.heartbeat_interval_s))
         _fail_stale_trials(study)
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap memory the last trial freed back to the OS. glibc keeps freed memory
+    for reuse, so without this a study's resident memory stays at the high-water mark of
+    its largest trial so far and creeps up with each new largest one."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:
