@@ -201,7 +201,9 @@ def run_once(args: argparse.Namespace, executable: str, jobs: int,
     study_name = f"e2e-jobs{jobs}"
     storage = f"sqlite:///{workdir / 'hpsearch.db'}"
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    command = [executable, "run", "--dataset", args.dataset, "--trials", str(args.trials),
+    source = ["--spec", str(Path(args.spec).resolve())] if args.spec else ["--dataset",
+                                                                          args.dataset]
+    command = [executable, "run", *source, "--trials", str(args.trials),
                "--study-name", study_name, "--jobs", str(jobs)]
     if args.epochs is not None:
         command += ["--epochs", str(args.epochs)]
@@ -281,8 +283,15 @@ COLUMNS = {
 }
 
 
+def section_name(args: argparse.Namespace) -> str:
+    """The built-in spec's section, or a second one for a ``--spec`` run."""
+    return "end_to_end_spec" if args.spec else "end_to_end"
+
+
 def docs_section(args: argparse.Namespace, records: list[dict[str, Any]],
                  device: torch.device) -> str:
+    spec_text = f"--spec {Path(args.spec).name}" if args.spec else f"--dataset {args.dataset}"
+    title_suffix = f" ({Path(args.spec).name})" if args.spec else ""
     columns = dict(COLUMNS)
     if device.type == "cuda":
         columns["peak_gpu_used_mb"] = "peak GPU used (MiB, nvidia-smi)"
@@ -293,7 +302,7 @@ def docs_section(args: argparse.Namespace, records: list[dict[str, Any]],
               else "all training images")
     epochs = f"at most {args.epochs} epoch(s)" if args.epochs else "the spec's epochs"
     notes = (
-        f"Budget: `hpsearch run --dataset {args.dataset} --trials {args.trials}` with "
+        f"Budget: `hpsearch run {spec_text} --trials {args.trials}` with "
         f"{epochs} per trial and {subset}, sqlite stores in a fresh temp dir per row, device "
         f"{device.type}. Wall time covers the whole command (data loading, trials, test "
         "evaluation and registration of the champion). trials/hour = (complete + pruned) / "
@@ -301,7 +310,8 @@ def docs_section(args: argparse.Namespace, records: list[dict[str, Any]],
         "the command and its child processes: RSS summed over processes (shared pages "
         "counted in each) and PSS summed (shared pages split)."
     )
-    return render_section("end_to_end", title="End to end: a fixed search budget with "
+    return render_section(section_name(args), title=f"End to end{title_suffix}: a fixed "
+                          "search budget with "
                           "--jobs 1, 2, 4", machine=machine_info(device),
                           body=markdown_table(rows, columns), notes=notes)
 
@@ -313,6 +323,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, action="append",
                         help="parallel workers of `hpsearch run` (repeatable; default 1 2 4)")
     parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--spec", default=None,
+                        help="a study spec file instead of --dataset's built-in one (e.g. "
+                             "one architecture, so every trial costs the same); its table "
+                             "goes to its own docs section")
     parser.add_argument("--trials", type=int, default=20,
                         help="finished trials per study (default 20)")
     parser.add_argument("--epochs", type=int, default=None,
@@ -335,7 +349,7 @@ def main() -> None:
         emit(records[-1])
     emit(speedups(records))
     if args.write_docs:
-        write_section(args.docs, "end_to_end", docs_section(args, records, device))
+        write_section(args.docs, section_name(args), docs_section(args, records, device))
     if any(r["exit_code"] != 0 or "error" in r for r in records):
         sys.exit(1)
 

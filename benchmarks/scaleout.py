@@ -54,7 +54,9 @@ def run_workers(args: argparse.Namespace, executable: str, workers: int, storage
                 tracking_uri: str, device: torch.device) -> dict[str, Any]:
     """K workers on study ``scaleout-K``; their wall time, exit codes and the study."""
     study = f"scaleout-{workers}"
-    command = [executable, "run", "--dataset", args.dataset, "--trials", str(args.trials),
+    source = ["--spec", str(Path(args.spec).resolve())] if args.spec else ["--dataset",
+                                                                          args.dataset]
+    command = [executable, "run", *source, "--trials", str(args.trials),
                "--study-name", study, "--storage", storage, "--tracking-uri", tracking_uri,
                "--device", device.type, "--quiet"]
     if args.epochs is not None:
@@ -101,8 +103,9 @@ def docs_section(args: argparse.Namespace, records: list[dict], latencies: list[
     latency_table = markdown_table(latencies, {
         "store": "tracking store", "call": "call", "p50_ms": "p50 (ms)", "p99_ms": "p99 (ms)",
         "mean_ms": "mean (ms)", "mean_ms_per_metric": "per metric (ms)"})
+    source = f"--spec {Path(args.spec).name}" if args.spec else f"--dataset {args.dataset}"
     notes = (
-        f"`hpsearch run --dataset {args.dataset} --trials {args.trials}`"
+        f"`hpsearch run {source} --trials {args.trials}`"
         f"{f' --epochs {args.epochs}' if args.epochs else ''}"
         f"{f' --train-subset {args.train_subset}' if args.train_subset else ''}, started K "
         "times at once on one study in PostgreSQL with one `mlflow server` (PostgreSQL "
@@ -125,6 +128,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, action="append",
                         help="worker processes (repeatable; default 1 3)")
     parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--spec", default=None,
+                        help="a study spec file instead of --dataset's built-in one")
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--train-subset", type=int, default=None, metavar="N")

@@ -299,6 +299,7 @@ def measure(args: argparse.Namespace, batch_size: int, train: ArraySplit, val: A
 
 
 COLUMNS = {
+    "arch": "model",
     "batch_size": "batch size",
     "hpsearch_images_per_s": "hpsearch img/s",
     "conventional_images_per_s": "conventional img/s",
@@ -327,7 +328,8 @@ def docs_section(args: argparse.Namespace, records: list[dict], device: torch.de
         columns |= GPU_COLUMNS
     first = records[0]
     notes = (
-        f"Model: `{args.arch}` depth {args.depth}, width {args.width}; {first['train_images']:,} "
+        f"Models: {', '.join(f'`{a}`' for a in args.arch or ['cnn'])} depth {args.depth}, "
+        f"width {args.width}; {first['train_images']:,} "
         f"Fashion-MNIST training images per epoch, {args.epochs} epochs, the first a warm-up "
         "(its time in the \"1st epoch\" columns); img/s and epoch times are means over the "
         "later epochs, training only. ratio = hpsearch img/s / conventional img/s.\n\n"
@@ -350,7 +352,8 @@ def main() -> None:
                                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("--batch-size", type=int, action="append",
                         help="images per step (repeatable; default 128 and 512)")
-    parser.add_argument("--arch", default="cnn", choices=list_models())
+    parser.add_argument("--arch", action="append", choices=list_models(),
+                        help="architecture (repeatable; default cnn), same depth and width")
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--dropout", type=float, default=0.1)
@@ -382,9 +385,11 @@ def main() -> None:
     train = ArraySplit(full_train.images[:n], full_train.labels[:n])
     val = ArraySplit(test.images[:VAL_IMAGES], test.labels[:VAL_IMAGES])
     records = []
-    for batch_size in args.batch_size or [128, 512]:
-        records.append(measure(args, batch_size, train, val, root, device))
-        emit(records[-1])
+    for arch in args.arch or ["cnn"]:
+        for batch_size in args.batch_size or [128, 512]:
+            one = argparse.Namespace(**{**vars(args), "arch": arch})
+            records.append(measure(one, batch_size, train, val, root, device))
+            emit(records[-1])
     if args.write_docs:
         write_section(args.docs, "throughput", docs_section(args, records, device))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 
 import click
@@ -161,10 +160,7 @@ def serve(model, host, port, tracking_uri) -> None:
                "--env-manager", "local", "--host", host, "--port", str(port)]
     click.echo(f"serving {uri} from {tracking} on http://{host}:{port}/invocations "
                f"(mlflow {mlflow.__version__})", err=True)
-    try:
-        sys.exit(subprocess.call(command, env=env))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    _exec(command, env)
 
 
 @main.command()
@@ -260,10 +256,16 @@ def ui(tracking_uri, host, port) -> None:
     command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "ui",
                "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     click.echo(f"MLflow UI for {uri} on http://{host}:{port}", err=True)
-    try:
-        sys.exit(subprocess.call(command))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    # The UI needs none of MLflow's background job runners (GenAI scorers): 7 processes less.
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    _exec(command, env)
+
+
+def _exec(command: list[str], env: dict[str, str]) -> None:
+    """Become ``command``: Ctrl-C and SIGTERM then reach MLflow's server itself, which
+    stops its own workers; a child process would be orphaned with them instead."""
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
 
 
 def _with_storage(storage: str, read):

@@ -93,6 +93,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_closes(port: int, timeout_s: float = 20) -> bool:
+    """Whether nothing accepts connections on loopback ``port`` within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return True
+        time.sleep(0.2)
+    return False
+
+
 def wait_until_ready(port: int, server: subprocess.Popen, timeout_s: float = 120,
                      path: str = "/ping") -> None:
     """Poll ``path`` until the server answers; fail with its stderr if it exits."""

@@ -27,6 +27,7 @@ from conftest import (
     clean_env,
     free_port,
     hpsearch,
+    port_closes,
     post_images,
     wait_until_ready,
 )
@@ -187,6 +188,8 @@ def test_ui_command_starts_the_mlflow_ui_on_loopback(study_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # SIGTERM reached MLflow's server itself (hpsearch execs it): nothing left listening.
+    assert port_closes(port)
 
 
 def test_same_command_again_resumes_without_new_trials_then_adds_missing_ones(study_dir,

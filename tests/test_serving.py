@@ -17,7 +17,15 @@ from PIL import Image
 
 from hpsearch.data_utils import MAX_BATCH, load_dataset
 
-from conftest import MODEL, clean_env, free_port, hpsearch, post_images, wait_until_ready
+from conftest import (
+    MODEL,
+    clean_env,
+    free_port,
+    hpsearch,
+    port_closes,
+    post_images,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -157,3 +165,5 @@ def test_serve_command_starts_the_champion_on_loopback(study_dir, tracking_uri, 
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # SIGTERM reached MLflow's server itself (hpsearch execs it): nothing left listening.
+    assert port_closes(port)

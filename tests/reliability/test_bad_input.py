@@ -31,6 +31,7 @@ CASES = {
     "invalid spec value": (["--spec", "spec.yaml"], "dataset: fashion_mnist\nepochs: 0\n",
                            "epochs: must be >= 1"),
     "--trials 0": (["--trials", "0"], None, "--trials must be >= 1"),
+    "--jobs 0": (["--jobs", "0"], None, "--jobs must be >= 1"),
     "unknown device": (["--device", "tpu"], None, "Invalid value for '--device'"),
     "data dir that does not exist": (["--data-dir", "/nonexistent/data"], None,
                                      "does not exist"),

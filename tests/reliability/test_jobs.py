@@ -127,3 +127,53 @@ def test_register_names_a_missing_study(tmp_path):
     assert result.returncode == 2
     assert "no study 'nope' in sqlite:///hpsearch.db" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_with_jobs_interrupts_every_worker_once_and_resumes(tmp_path):
+    """SIGINT to the `hpsearch run --jobs 2` process (as Ctrl-C in its terminal): each
+    worker's running trial ends as interrupted, the command exits 130, nothing stays
+    RUNNING; the same command again finishes exactly the target."""
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    exe = Path(sys.executable).with_name("hpsearch")
+    args = [a if a != "jobs" else "jobs-int" for a in ARGS]
+    proc = subprocess.Popen([str(exe), *args], cwd=tmp_path, env=clean_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watchdog = threading.Timer(600, proc.kill)
+    watchdog.start()
+    training, seen = set(), []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            epoch = re.match(r"\[w(\d)\]   trial +\d+  epoch   1/", line)
+            if epoch:
+                training.add(epoch[1])
+                if training == {"1", "2"}:
+                    proc.send_signal(signal.SIGINT)
+                    break
+        _, err = proc.communicate(timeout=180)
+    finally:
+        watchdog.cancel()
+    err = "".join(seen) + err
+    assert proc.returncode == 130, err[-3000:]
+    assert "finished trials are kept: run the same command to resume" in err
+    assert "Traceback" not in err
+
+    storage = f"sqlite:///{tmp_path / 'hpsearch.db'}"
+    study = optuna.load_study(study_name="jobs-int", storage=storage)
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    interrupted = [t for t in study.trials if t.state.name == "FAIL"]
+    assert interrupted and all(t.user_attrs["fail_reason"] == "interrupted by SIGINT"
+                               for t in interrupted)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("jobs-int").experiment_id])
+    assert {r.info.status for r in runs if r.data.tags["hpsearch.role"] == "study"} == {"KILLED"}
+    assert "RUNNING" not in {r.info.status for r in runs}
+
+    again = hpsearch(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = optuna.load_study(study_name="jobs-int", storage=storage)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == TRIALS
+    record("`--jobs 2`, SIGINT to `hpsearch run` while both workers train",
+           f"exit 130; {len(interrupted)} running trial(s) FAIL \"interrupted by SIGINT\", "
+           "their runs and the parent run KILLED, nothing RUNNING",
+           f"the same command again: exit 0, exactly {TRIALS} complete trials")
