@@ -29,8 +29,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.errors import HpsearchError
+
 __all__ = ["FINISHED_STATES", "StudyLock", "claim_worker_number", "count_trials",
-           "slots_left"]
+           "schema_lock", "slots_left"]
 
 # Trials that count towards --trials: both produced a validation curve.
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -69,6 +71,8 @@ class StudyLock:
         storage_url: the Optuna storage URL (``sqlite:///...``, ``postgresql://...``,
             ``mysql://...``).
         study_name: the study; workers of other studies in the same storage do not wait.
+            (Any name works: ``hpsearch:schema`` serialises the creation of a database's
+            tables by workers started at once.)
 
     A storage of another kind gets no lock (``supported`` is False): the trial budget may
     then be overshot by concurrent workers, as with plain Optuna.
@@ -168,3 +172,28 @@ def _sqlite_lock_path(storage_url: str, study_name: str) -> Path:
     database = str(Path(storage_url[len("sqlite:///"):]).resolve())
     digest = hashlib.sha1(f"{database}\0{study_name}".encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir(), f"hpsearch-study-{digest}.lock")
+
+
+@contextlib.contextmanager
+def schema_lock(*urls: str) -> Iterator[None]:
+    """Serialise the first use of shared databases by workers started at once: Optuna and
+    MLflow both create their schema on first use, and two creators race (sqlite: "table
+    already exists"; PostgreSQL: a unique violation in its type catalogue). A named lock
+    on each database (see :class:`StudyLock`), taken in a fixed order.
+
+    Raises:
+        HpsearchError: a database cannot be reached to take its lock.
+    """
+    with contextlib.ExitStack() as stack:
+        for url in sorted(set(urls)):
+            lock = StudyLock(url, "hpsearch:schema")
+            if not lock.supported:
+                continue
+            stack.callback(lock.close)
+            try:
+                lock.acquire()
+            except Exception as exc:  # the driver's errors vary; say which URL failed
+                what = "Optuna storage" if url in urls[:1] else "MLflow tracking store"
+                raise HpsearchError(f"cannot open {what} {url!r}: {type(exc).__name__}: "
+                                    f"{(str(exc).splitlines() or [''])[0]}") from None
+        yield

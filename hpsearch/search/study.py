@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import fcntl
-import hashlib
 import os
 import signal
 import tempfile
@@ -19,7 +17,6 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ from hpsearch.search.coordination import (
     StudyLock,
     claim_worker_number,
     count_trials,
+    schema_lock,
     slots_left,
 )
 from hpsearch.search.objective import Objective, TrialData
@@ -228,7 +226,7 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     # The reporter says it in one line; Optuna's warnings would add a traceback per failure
     # (each failed trial's traceback is on its MLflow run as traceback.txt).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    with _init_lock(config.storage, tracking_uri):
+    with schema_lock(config.storage, tracking_uri):
         study = open_study(config, tracking_uri)
         tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
     summary = StudySummary(study_name=config.study_name, tracking_uri=tracking_uri)
@@ -485,21 +483,6 @@ def _check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         reason = getattr(exc, "reason", exc)
         raise HpsearchError(f"cannot reach the MLflow tracking server at {tracking_uri} "
                             f"({reason}); start it or pass another --tracking-uri") from None
-
-
-@contextlib.contextmanager
-def _init_lock(*urls: str) -> Iterator[None]:
-    """Serialise the first use of shared sqlite files by workers started at once: both
-    Optuna and MLflow create their schema on first use, and two creators race."""
-    paths = sorted({str(Path(u[len("sqlite:///"):]).resolve())
-                    for u in urls if u.startswith("sqlite:///")})
-    with contextlib.ExitStack() as stack:
-        for path in paths:
-            # In the temp dir, keyed by the file's path: nothing extra in the user's directory.
-            name = f"hpsearch-{hashlib.sha1(path.encode()).hexdigest()[:16]}.lock"
-            handle = stack.enter_context(open(Path(tempfile.gettempdir(), name), "a"))
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def _ignore_further_signals() -> None:
