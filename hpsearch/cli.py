@@ -13,6 +13,17 @@ from hpsearch import __version__
 from hpsearch.errors import HpsearchError, raise_interrupted
 from hpsearch.studies import SpecError, load_builtin_spec, load_spec
 
+# Options several commands share, spelled once.
+storage_option = click.option(
+    "--storage", default="sqlite:///hpsearch.db", show_default=True, envvar="HPSEARCH_STORAGE",
+    help="Optuna storage URL [env: HPSEARCH_STORAGE].")
+tracking_uri_option = click.option(
+    "--tracking-uri", default=None,
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None, envvar="HPSEARCH_DATA_DIR",
+    help="Where the data set's files are or go [env: HPSEARCH_DATA_DIR].")
+
 
 @click.group()
 @click.version_option(__version__, prog_name="hpsearch")
@@ -35,13 +46,9 @@ def main() -> None:
               help="Train on only N training images (quick runs).")
 @click.option("--study-name", default=None, help="Optuna study / MLflow experiment name "
                                                   "(default: the data set's name).")
-@click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
-              envvar="HPSEARCH_STORAGE", help="Optuna storage URL [env: HPSEARCH_STORAGE].")
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              envvar="HPSEARCH_DATA_DIR", help="Where the data set's files are or go "
-                                               "[env: HPSEARCH_DATA_DIR].")
+@storage_option
+@tracking_uri_option
+@data_dir_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Training device; auto picks CUDA when present.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -110,8 +117,7 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
               help="Registered model NAME or NAME@ALIAS (alias default: champion).")
 @click.option("--run", "run_id", default=None,
               help="Use the model logged in this MLflow run instead of a registered one.")
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@tracking_uri_option
 def predict(images, model, run_id, tracking_uri) -> None:
     """Classify IMAGES (PNG/JPEG files or .npy arrays) with a registered or logged model."""
     _quiet_libraries()
@@ -135,8 +141,7 @@ def predict(images, model, run_id, tracking_uri) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the model to the network.")
 @click.option("--port", type=int, default=5001, show_default=True)
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@tracking_uri_option
 def serve(model, host, port, tracking_uri) -> None:
     """Serve the champion with `mlflow models serve --env-manager local`."""
     _quiet_libraries()
@@ -164,8 +169,7 @@ def serve(model, host, port, tracking_uri) -> None:
 
 
 @main.command()
-@click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
-              envvar="HPSEARCH_STORAGE", help="Optuna storage URL [env: HPSEARCH_STORAGE].")
+@storage_option
 def studies(storage) -> None:
     """List the studies in a storage with their trial counts and best value."""
     _quiet_libraries()
@@ -180,15 +184,11 @@ def studies(storage) -> None:
 
 @main.command()
 @click.argument("study_name")
-@click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
-              envvar="HPSEARCH_STORAGE", help="Optuna storage URL [env: HPSEARCH_STORAGE].")
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@storage_option
+@tracking_uri_option
 @click.option("--register-name", default=None,
               help="Registered model name (default: hpsearch-STUDY_NAME).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              envvar="HPSEARCH_DATA_DIR", help="Where the data set's files are or go "
-                                               "[env: HPSEARCH_DATA_DIR].")
+@data_dir_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Where to evaluate the model on the test set.")
 def register(study_name, storage, tracking_uri, register_name, data_dir, device) -> None:
@@ -217,8 +217,7 @@ def register(study_name, storage, tracking_uri, register_name, data_dir, device)
 
 @main.command()
 @click.argument("study_name")
-@click.option("--storage", default="sqlite:///hpsearch.db", show_default=True,
-              envvar="HPSEARCH_STORAGE", help="Optuna storage URL [env: HPSEARCH_STORAGE].")
+@storage_option
 @click.option("--top", type=int, default=20, show_default=True, help="Rows to show (0: all).")
 def show(study_name, storage, top) -> None:
     """Print the leaderboard of STUDY_NAME's trials, best first."""
@@ -240,8 +239,7 @@ def show(study_name, storage, top) -> None:
 
 
 @main.command()
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@tracking_uri_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the UI to the network.")
 @click.option("--port", type=int, default=5000, show_default=True)

@@ -48,6 +48,23 @@ enqueue_trials:
 STUDY_ARGS = ("run", "--spec", "spec.yaml", "--study-name", STUDY, "--train-subset",
               str(N_TRAIN), "--device", "cpu", "--seed", "0")
 
+def tiny_mlp_spec(epochs: int) -> str:
+    """A spec of one-layer MLPs of width 16 (seconds per trial on a CPU), no pruning, only
+    the learning rate searched: for tests of workers and stores, not of the search."""
+    return f"""
+dataset: fashion_mnist
+epochs: {epochs}
+pruner: none
+search_space:
+  lr: {{type: float, low: 1.0e-3, high: 1.0e-2, log: true}}
+  batch_size: 128
+  depth: 1
+  width: 16
+  dropout: 0.0
+  arch: mlp
+"""
+
+
 needs_fashion_mnist = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")

@@ -12,24 +12,13 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import clean_env
+from conftest import clean_env, tiny_mlp_spec
 from observations import record
 
 pytestmark = pytest.mark.slow
 
 WORKERS, TRIALS = 3, 6
-SPEC = """
-dataset: fashion_mnist
-epochs: 1
-pruner: none
-search_space:
-  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-  batch_size: 128
-  depth: 1
-  width: 16
-  dropout: 0.0
-  arch: mlp
-"""
+SPEC = tiny_mlp_spec(epochs=1)
 
 
 def test_workers_started_at_once_share_one_fresh_study(tmp_path):

@@ -16,24 +16,13 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import clean_env, hpsearch
+from conftest import clean_env, hpsearch, tiny_mlp_spec
 from observations import record
 
 pytestmark = pytest.mark.slow
 
 TRIALS = 5
-SPEC = """
-dataset: fashion_mnist
-epochs: 3
-pruner: none
-search_space:
-  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-  batch_size: 128
-  depth: 1
-  width: 16
-  dropout: 0.0
-  arch: mlp
-"""
+SPEC = tiny_mlp_spec(epochs=3)
 ARGS = ("run", "--spec", "spec.yaml", "--study-name", "jobs", "--trials", str(TRIALS),
         "--train-subset", "8000", "--device", "cpu", "--jobs", "2", "--heartbeat-interval", "1")
 

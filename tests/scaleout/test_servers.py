@@ -12,23 +12,12 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import hpsearch, needs_fashion_mnist
+from conftest import hpsearch, needs_fashion_mnist, tiny_mlp_spec
 
 pytestmark = pytest.mark.slow
 
 STUDY, TRIALS = "so1", 2
-SPEC = """
-dataset: fashion_mnist
-epochs: 1
-pruner: none
-search_space:
-  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-  batch_size: 128
-  depth: 1
-  width: [16]
-  dropout: 0.0
-  arch: [mlp]
-"""
+SPEC = tiny_mlp_spec(epochs=1)
 
 
 def test_servers_take_a_study_and_a_proxied_artifact(postgres, mlflow_server, tmp_path):

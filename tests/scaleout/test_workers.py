@@ -19,23 +19,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import clean_env, hpsearch, needs_fashion_mnist
+from conftest import clean_env, hpsearch, needs_fashion_mnist, tiny_mlp_spec
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 STUDY, TRIALS, WORKERS = "three", 12, 3
-SPEC = """
-dataset: fashion_mnist
-epochs: 3
-pruner: none
-search_space:
-  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-  batch_size: 128
-  depth: 1
-  width: 16
-  dropout: 0.0
-  arch: mlp
-"""
+SPEC = tiny_mlp_spec(epochs=3)
 
 
 @dataclass(frozen=True)
