@@ -340,7 +340,10 @@ def docs_section(args: argparse.Namespace, records: list[dict], device: torch.de
     )
     if args.compile:
         notes += (" Compiled: the hpsearch loop with `torch.compile(model)`; compile cost = "
-                  "first epoch minus a steady epoch.")
+                  "first epoch minus a steady epoch. Inductor caches compiled graphs on "
+                  "disk, so a model compiled before (in an earlier run, or at another "
+                  "batch size) compiles here in under a second; only a first compile "
+                  "shows the full cost.")
     return render_section("throughput", title="Training throughput: hpsearch loop vs "
                           "conventional loop", machine=machine_info(device),
                           body=markdown_table(records, columns), notes=notes)

@@ -110,6 +110,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants (found first, so none is orphaned unseen):
+    a watchdog's way out of a hung run whose worker processes would keep its pipes open."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, []))
+    for each in found:
+        try:
+            os.kill(each, 9)
+        except OSError:
+            pass
+
+
 def port_closes(port: int, timeout_s: float = 20) -> bool:
     """Whether nothing accepts connections on loopback ``port`` within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

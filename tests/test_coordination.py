@@ -110,3 +110,17 @@ def test_worker_numbers_are_distinct_and_recorded_in_the_study(study, storage):
     assert [claim_worker_number(study, lock) for _ in range(3)] == [0, 1, 2]
     assert optuna.load_study(study_name="s", storage=storage).user_attrs["hpsearch.workers"] == 3
     lock.close()
+
+
+def test_default_jobs_is_one_on_a_cpu_and_at_most_four_on_a_gpu(monkeypatch):
+    import torch
+
+    from hpsearch.search.study import default_jobs
+
+    assert default_jobs(torch.device("cpu")) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_jobs(torch.device("cuda")) == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert default_jobs(torch.device("cuda")) == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert default_jobs(torch.device("cuda")) == 1

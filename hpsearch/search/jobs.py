@@ -7,8 +7,11 @@ between them exactly as between workers on different machines. Small models leav
 mostly idle; several side by side keep it busy.
 
 Workers send their progress lines here, and this process prints them tagged ``[wK]``: one
-display. Workers run in their own process groups, so a Ctrl-C in the terminal reaches only
-this process, which passes the signal on to each worker exactly once.
+display. Each worker has a pipe of its own: a worker killed in the middle of a write can then
+garble only its own pipe, whereas with one shared ``multiprocessing.Queue`` it can die
+holding the queue's lock and hang every other worker (seen: a SIGKILLed worker left the
+survivor unable to exit). Workers run in their own process groups, so a Ctrl-C in the
+terminal reaches only this process, which passes the signal on to each worker exactly once.
 """
 
 from __future__ import annotations
@@ -16,28 +19,29 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import queue as queue_module
 import signal
 import sys
+import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from hpsearch.search.progress import Reporter
 
-__all__ = ["QueueReporter", "run_workers", "worker_main"]
+__all__ = ["PipeReporter", "run_workers", "worker_main"]
 
 SHUTDOWN_S = 120.0  # how long interrupted workers get to record their trials
 
 
-class QueueReporter(Reporter):
+class PipeReporter(Reporter):
     """A worker's reporter: lines go to the coordinating process instead of a stream."""
 
-    def __init__(self, queue: Any, worker: int, metric: str, *, verbose: bool) -> None:
+    def __init__(self, connection: Connection, metric: str, *, verbose: bool) -> None:
         super().__init__(metric, verbose=verbose)
-        self.queue, self.worker = queue, worker
+        self.connection = connection
 
     def say(self, line: str) -> None:
-        self.queue.put(("line", self.worker, line))
+        self.connection.send(("line", line))
 
 
 def run_workers(config: Any, *, jobs: int, parent_run_id: str, deadline: float | None,
@@ -60,16 +64,19 @@ def run_workers(config: Any, *, jobs: int, parent_run_id: str, deadline: float |
             have ended (their running trials recorded as interrupted) when it is raised.
     """
     context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
-    workers = [context.Process(target=worker_main, name=f"hpsearch-worker-{k}",
-                               args=(config, k, parent_run_id, deadline, messages,
-                                     reporter.verbose))
-               for k in range(1, jobs + 1)]
-    for worker in workers:
+    workers, pipes = [], {}
+    for k in range(1, jobs + 1):
+        receiving, sending = context.Pipe(duplex=False)
+        worker = context.Process(target=worker_main, name=f"hpsearch-worker-{k}",
+                                 args=(config, k, parent_run_id, deadline, sending,
+                                       reporter.verbose))
         worker.start()
+        sending.close()  # the worker holds the only writing end: EOF when it is gone
+        workers.append(worker)
+        pipes[receiving] = k
     stop_reasons: dict[int, str | None] = {}
     try:
-        _pump(workers, messages, reporter, stop_reasons, on_idle)
+        _pump(workers, pipes, reporter, stop_reasons, on_idle)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         for handled in (signal.SIGINT, signal.SIGTERM):  # one signal per worker, no more
@@ -78,7 +85,7 @@ def run_workers(config: Any, *, jobs: int, parent_run_id: str, deadline: float |
             if worker.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signum)
-        _pump(workers, messages, reporter, stop_reasons, lambda: None, timeout_s=SHUTDOWN_S)
+        _pump(workers, pipes, reporter, stop_reasons, lambda: None, timeout_s=SHUTDOWN_S)
         raise
     reasons = [r for r in stop_reasons.values() if r]
     if not stop_reasons:
@@ -86,35 +93,41 @@ def run_workers(config: Any, *, jobs: int, parent_run_id: str, deadline: float |
     return reasons[0] if reasons else None
 
 
-def _pump(workers: list, messages: Any, reporter: Reporter, stop_reasons: dict,
-          on_idle: Callable[[], None], timeout_s: float | None = None) -> None:
-    """Print the workers' lines until every worker has ended (or ``timeout_s`` passed,
-    then the rest are killed). A worker that dies is reported when it happens."""
-    import time
-
+def _pump(workers: list, pipes: dict[Connection, int], reporter: Reporter,
+          stop_reasons: dict, on_idle: Callable[[], None],
+          timeout_s: float | None = None) -> None:
+    """Print the workers' lines until every worker has ended and its pipe is drained (or
+    ``timeout_s`` passed: then the rest are killed). A worker that dies is reported when it
+    happens."""
     end = None if timeout_s is None else time.monotonic() + timeout_s
     reported: set[int] = set()
-    while True:
+    while pipes:
+        ready_pipes = wait(list(pipes), timeout=1.0)
+        for ready in ready_pipes:
+            k = pipes[ready]
+            try:
+                kind, payload = ready.recv()
+            except (EOFError, OSError):  # the worker exited (or died mid-message)
+                ready.close()
+                del pipes[ready]
+                continue
+            if kind == "line":
+                reporter.say(f"[w{k}] {payload}")
+            elif kind == "done":
+                stop_reasons[k] = payload
         for k, worker in enumerate(workers, start=1):
             if k not in reported and worker.exitcode not in (0, None) and k not in stop_reasons:
                 reporter.say(f"[w{k}] worker ended with {_exit_text(worker.exitcode)}")
                 reported.add(k)
-        alive = [w for w in workers if w.is_alive()]
-        try:
-            kind, worker, payload = messages.get(timeout=1.0)
-        except queue_module.Empty:
-            if not alive:
-                return
-            if end is not None and time.monotonic() > end:
-                for w in alive:
-                    w.kill()
-                return
+        if end is not None and time.monotonic() > end:
+            for worker in workers:
+                if worker.is_alive():
+                    worker.kill()
+            return
+        if not ready_pipes:
             on_idle()
-            continue
-        if kind == "line":
-            reporter.say(f"[w{worker}] {payload}")
-        elif kind == "done":
-            stop_reasons[worker] = payload
+    for worker in workers:
+        worker.join()
 
 
 def _exit_text(code: int) -> str:
@@ -124,26 +137,26 @@ def _exit_text(code: int) -> str:
 
 
 def worker_main(config: Any, worker: int, parent_run_id: str, deadline: float | None,
-                messages: Any, verbose: bool) -> None:
+                connection: Connection, verbose: bool) -> None:
     """A worker process: open the study and the tracker, then run trials until done."""
     from hpsearch.errors import HpsearchError, raise_interrupted
 
     os.setpgid(0, 0)  # see the module docstring: signals come from the coordinator only
     signal.signal(signal.SIGTERM, raise_interrupted)
     signal.signal(signal.SIGINT, raise_interrupted)
-    reporter = QueueReporter(messages, worker, config.spec.metric, verbose=verbose)
+    reporter = PipeReporter(connection, config.spec.metric, verbose=verbose)
     reporter.say(f"worker started, pid {os.getpid()}")
     try:
         stop_reason = _work(config, parent_run_id, deadline, reporter)
     except KeyboardInterrupt as exc:
         for handled in (signal.SIGINT, signal.SIGTERM):
             signal.signal(handled, signal.SIG_IGN)
-        messages.put(("done", worker, None))
+        connection.send(("done", None))
         sys.exit(getattr(exc, "exit_code", 130))
     except HpsearchError as exc:
         reporter.say(f"error: {exc}")
         sys.exit(2)
-    messages.put(("done", worker, stop_reason))
+    connection.send(("done", stop_reason))
 
 
 def _work(config: Any, parent_run_id: str, deadline: float | None,

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import clean_env, hpsearch, tiny_mlp_spec
+from conftest import clean_env, hpsearch, kill_tree, tiny_mlp_spec
 from observations import record
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def run_and_kill_worker_2(cwd: Path) -> tuple[int, str, int]:
     exe = Path(sys.executable).with_name("hpsearch")
     proc = subprocess.Popen([str(exe), *ARGS], cwd=cwd, env=clean_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    watchdog = threading.Timer(600, proc.kill)
+    watchdog = threading.Timer(600, kill_tree, args=(proc.pid,))
     watchdog.start()
     pids, seen, killed_trial = {}, [], None
     try:
@@ -127,7 +127,7 @@ def test_ctrl_c_with_jobs_interrupts_every_worker_once_and_resumes(tmp_path):
     args = [a if a != "jobs" else "jobs-int" for a in ARGS]
     proc = subprocess.Popen([str(exe), *args], cwd=tmp_path, env=clean_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    watchdog = threading.Timer(600, proc.kill)
+    watchdog = threading.Timer(600, kill_tree, args=(proc.pid,))
     watchdog.start()
     training, seen = set(), []
     try:
