@@ -64,8 +64,8 @@ def main() -> None:
               help="Trials run at once, each in its own worker process [default: 1 on a "
                    "CPU, up to 4 on a GPU].")
 @click.option("--compile", "compile_model", is_flag=True,
-              help="Train through torch.compile (compiles once per trial; pays off for "
-                   "long trials).")
+              help="Train through torch.compile (compiles once per trial; measured slower "
+                   "than eager on a 2-core CPU, see docs/benchmarks.md).")
 @click.option("--quiet", is_flag=True, help="One line per trial instead of per epoch.")
 def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name, storage,
         tracking_uri, data_dir, device, seed, register_name, max_failures, heartbeat_interval,
