@@ -222,16 +222,10 @@ def register(study_name, storage, tracking_uri, register_name, data_dir, device)
 def show(study_name, storage, top) -> None:
     """Print the leaderboard of STUDY_NAME's trials, best first."""
     _quiet_libraries()
-    import optuna
-
     from hpsearch.search.reports import leaderboard
+    from hpsearch.search.study import load_existing_study
 
-    def load(url):
-        if study_name not in optuna.get_all_study_names(storage=url):
-            raise HpsearchError(f"no study {study_name!r} in {url}; see `hpsearch studies`")
-        return leaderboard(optuna.load_study(study_name=study_name, storage=url))
-
-    board = _with_storage(storage, load)
+    board = _with_storage(storage, lambda url: leaderboard(load_existing_study(study_name, url)))
     shown = board if top <= 0 else board.head(top)
     click.echo(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
     if len(shown) < len(board):

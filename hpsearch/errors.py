@@ -3,6 +3,7 @@ interruption raised by a termination signal."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 
@@ -31,3 +32,11 @@ class Interrupted(KeyboardInterrupt):
 def raise_interrupted(signum: int, frame: object = None) -> None:
     """Signal handler for SIGTERM (and SIGINT): unwind like Ctrl-C."""
     raise Interrupted(signum)
+
+
+def ignore_further_signals() -> None:
+    """After the first SIGINT/SIGTERM: ignore the next ones, so the stores are closed
+    cleanly instead of being interrupted half-way."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signum, signal.SIG_IGN)

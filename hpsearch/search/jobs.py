@@ -26,6 +26,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from hpsearch.errors import HpsearchError, ignore_further_signals, raise_interrupted
 from hpsearch.search.progress import Reporter
 
 __all__ = ["PipeReporter", "run_workers", "worker_main"]
@@ -79,8 +80,7 @@ def run_workers(config: Any, *, jobs: int, parent_run_id: str, deadline: float |
         _pump(workers, pipes, reporter, stop_reasons, on_idle)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        for handled in (signal.SIGINT, signal.SIGTERM):  # one signal per worker, no more
-            signal.signal(handled, signal.SIG_IGN)
+        ignore_further_signals()  # one signal per worker, no more
         for worker in workers:
             if worker.is_alive():
                 with contextlib.suppress(ProcessLookupError):
@@ -139,7 +139,6 @@ def _exit_text(code: int) -> str:
 def worker_main(config: Any, worker: int, parent_run_id: str, deadline: float | None,
                 connection: Connection, verbose: bool) -> None:
     """A worker process: open the study and the tracker, then run trials until done."""
-    from hpsearch.errors import HpsearchError, raise_interrupted
 
     os.setpgid(0, 0)  # see the module docstring: signals come from the coordinator only
     signal.signal(signal.SIGTERM, raise_interrupted)
@@ -149,8 +148,7 @@ def worker_main(config: Any, worker: int, parent_run_id: str, deadline: float | 
     try:
         stop_reason = _work(config, parent_run_id, deadline, reporter)
     except KeyboardInterrupt as exc:
-        for handled in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(handled, signal.SIG_IGN)
+        ignore_further_signals()
         connection.send(("done", None))
         sys.exit(getattr(exc, "exit_code", 130))
     except HpsearchError as exc:

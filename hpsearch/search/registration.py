@@ -36,7 +36,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.search.objective import build_network, make_loader
 from hpsearch.search.reports import log_prediction_grid
 from hpsearch.search.tracking import CHECKPOINT_PATH, StudyTracker
-from hpsearch.search.train import evaluate, predict
+from hpsearch.search.train import EvalResult, evaluate
 
 __all__ = ["CHAMPION_ALIAS", "ImageClassifier", "Registration", "register_champion"]
 
@@ -105,7 +105,7 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     result = evaluate(network.to(device), make_loader(test, info, device),
                       num_classes=info.num_classes, device=device)
     tracker.log_test_evaluation(result, info.class_names, trial_number=best.number)
-    _log_test_grids(tracker, network, test, info, device)
+    _log_test_grids(tracker, result, test, info)
     network = network.cpu().eval()
     mlflow.set_tracking_uri(tracker.tracking_uri)
     with mlflow.start_run(run_id=tracker.parent_run_id):
@@ -117,17 +117,16 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     return Registration(register_name, version, best.number, result.accuracy)
 
 
-def _log_test_grids(tracker: StudyTracker, network: nn.Module, test: ArraySplit,
-                    info: DatasetInfo, device: torch.device) -> None:
-    """The champion's prediction grids on the test set."""
-    run_id = tracker.parent_run_id
-    predicted, confidence = predict(network, make_loader(test, info, device), device=device)
+def _log_test_grids(tracker: StudyTracker, result: EvalResult, test: ArraySplit,
+                    info: DatasetInfo) -> None:
+    """The champion's prediction grids on the test set, from its test evaluation."""
     for artifact_file, title, mistakes_only in (
             ("test_sample_predictions.png", "test set: first images", False),
             ("test_worst_mistakes.png", "test set: most confident mistakes", True)):
-        log_prediction_grid(tracker.client, run_id, test.images, test.labels, predicted,
-                            confidence, info.class_names, artifact_file=artifact_file,
-                            title=title, mistakes_only=mistakes_only)
+        log_prediction_grid(tracker.client, tracker.parent_run_id, test.images, test.labels,
+                            result.predicted, result.confidence, info.class_names,
+                            artifact_file=artifact_file, title=title,
+                            mistakes_only=mistakes_only)
 
 
 def _load_trial_network(trial: optuna.trial.FrozenTrial, info: DatasetInfo,

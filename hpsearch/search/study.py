@@ -7,7 +7,6 @@ runs only what is missing.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import os
@@ -32,7 +31,7 @@ from hpsearch.data_utils import (
     load_dataset,
     split_train_val,
 )
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, ignore_further_signals
 from hpsearch.search.components import build_pruner, build_sampler
 from hpsearch.search.coordination import (
     FINISHED_STATES,
@@ -247,11 +246,10 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
         if config.jobs > 1:
             from hpsearch.search.jobs import run_workers
 
-            last_refresh = [time.monotonic(), count_trials(study, *FINISHED_STATES)]
+            refresh = _ReportRefresher(tracker, study, reporter)
             summary.stop_reason = run_workers(
                 config, jobs=config.jobs, parent_run_id=tracker.parent_run_id,
-                deadline=deadline, reporter=reporter,
-                on_idle=lambda: _maybe_refresh(tracker, study, reporter, last_refresh))
+                deadline=deadline, reporter=reporter, on_idle=refresh)
         else:
             work(study, config, data=data, device=device, tracker=tracker, reporter=reporter,
                  summary=summary, lock=lock, deadline=deadline, refresh_reports=True)
@@ -259,7 +257,7 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
                                                  lock, reporter)
         status = "FINISHED"
     except KeyboardInterrupt as exc:
-        _ignore_further_signals()  # let the stores be closed cleanly
+        ignore_further_signals()
         status = "KILLED"
         signum = getattr(exc, "signum", signal.SIGINT)
         summary.stop_reason = f"interrupted by {signal.Signals(signum).name}"
@@ -292,8 +290,8 @@ def work(study: optuna.Study, config: RunConfig, *, data: TrialData, device: tor
     callbacks = [reporter.trial_finished, _BestLogger(tracker),
                  _FailureGuard(config.max_consecutive_failures, summary)]
     if refresh_reports:
-        last_refresh = [time.monotonic(), count_trials(study, *FINISHED_STATES)]
-        callbacks.append(lambda s, t: _maybe_refresh(tracker, s, reporter, last_refresh))
+        refresh = _ReportRefresher(tracker, study, reporter)
+        callbacks.append(lambda study, trial: refresh())
 
     def start_trial(trial: optuna.Trial) -> float:
         lock.release()  # the trial holds its slot now: RUNNING in the storage
@@ -355,14 +353,20 @@ def _register_if_last(study, config, data, test, tracker, device, lock,
                                  register_name=config.register_name, device=device)
 
 
-def _maybe_refresh(tracker: StudyTracker, study: optuna.Study, reporter: Reporter,
-                   last: list) -> None:
-    """Refresh the study report after every few trials, at most once a minute: plotting
-    grows with the study. ``last`` is [monotonic time, finished count] of the last one."""
-    now, finished = time.monotonic(), count_trials(study, *FINISHED_STATES)
-    if finished - last[1] >= REPORT_EVERY and now - last[0] >= REPORT_MIN_S:
-        _refresh_report(tracker, study, reporter)
-        last[:] = [now, finished]
+class _ReportRefresher:
+    """Refreshes the study report after every few finished trials, at most once a minute:
+    plotting grows with the study. Called after each trial, or while waiting for workers."""
+
+    def __init__(self, tracker: StudyTracker, study: optuna.Study, reporter: Reporter) -> None:
+        self.tracker, self.study, self.reporter = tracker, study, reporter
+        self.last_time = time.monotonic()
+        self.last_finished = count_trials(study, *FINISHED_STATES)
+
+    def __call__(self) -> None:
+        now, finished = time.monotonic(), count_trials(self.study, *FINISHED_STATES)
+        if finished - self.last_finished >= REPORT_EVERY and now - self.last_time >= REPORT_MIN_S:
+            _refresh_report(self.tracker, self.study, self.reporter)
+            self.last_time, self.last_finished = now, finished
 
 
 def register_study(*, study_name: str, storage: str, tracking_uri: str | None,
@@ -483,12 +487,6 @@ def _check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         reason = getattr(exc, "reason", exc)
         raise HpsearchError(f"cannot reach the MLflow tracking server at {tracking_uri} "
                             f"({reason}); start it or pass another --tracking-uri") from None
-
-
-def _ignore_further_signals() -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(signum, signal.SIG_IGN)
 
 
 class RetryStaleTrial:

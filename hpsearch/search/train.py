@@ -28,7 +28,6 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "fit",
-    "predict",
 ]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -169,18 +168,16 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    ones = torch.ones(0, dtype=torch.int64, device=device)
     classes, confidences = [], []
     for x, y in batches:
-        if ones.shape[0] < y.shape[0]:  # Python ints: no device read
-            ones = torch.ones(y.shape[0], dtype=torch.int64, device=device)
         with _autocast(device, amp_dtype):
             logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         probability, predicted = torch.softmax(logits, dim=1).max(dim=1)
         # index_add_ into a fixed-size tensor: bincount on CUDA reads its input's maximum
         # back to the host to size its output, a sync per batch.
-        confusion.index_add_(0, y * num_classes + predicted, ones[: y.shape[0]])
+        cells = y * num_classes + predicted
+        confusion.index_add_(0, cells, torch.ones_like(cells))
         classes.append(predicted)
         confidences.append(probability)
     if not classes:
@@ -190,25 +187,6 @@ def evaluate(
     return EvalResult(float(loss_sum) / total, float(np.trace(counts)) / total, counts,
                       predicted=torch.cat(classes).cpu().numpy(),
                       confidence=torch.cat(confidences).cpu().numpy())
-
-
-@torch.no_grad()
-def predict(model: nn.Module, batches: Batches, *, device: torch.device,
-            amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted class and its softmax probability for every image, in batch order.
-
-    Returns:
-        (int64 array (N,), float32 array (N,)); read from the device once, at the end.
-    """
-    model.eval()
-    classes, confidences = [], []
-    for x, _ in batches:
-        with _autocast(device, amp_dtype):
-            logits = model(x)
-        probabilities, predicted = torch.softmax(logits.float(), dim=1).max(dim=1)
-        classes.append(predicted)
-        confidences.append(probabilities)
-    return torch.cat(classes).cpu().numpy(), torch.cat(confidences).cpu().numpy()
 
 
 def fit(
