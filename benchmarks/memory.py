@@ -45,8 +45,9 @@ from _common import (
     write_section,
 )
 
+from hpsearch.search.config import RunConfig
 from hpsearch.search.progress import Reporter
-from hpsearch.search.study import RunConfig, run_study
+from hpsearch.search.study import run_study
 from hpsearch.studies import load_builtin_spec
 
 SMALL_SPACE: dict[str, Any] = {

@@ -55,14 +55,15 @@ from _common import (
 )
 
 import hpsearch.search.objective as objective_module
-import hpsearch.search.reports as reports_module
-import hpsearch.search.tracking as tracking_module
+import hpsearch.tracking.report as report_module
+import hpsearch.tracking.runs as runs_module
 from hpsearch.data_utils import get_dataset_info, load_dataset, split_train_val
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.progress import Reporter
-from hpsearch.search.reports import log_study_report
-from hpsearch.search.tracking import StudyTracker, dataset_inputs, provenance_tags
 from hpsearch.studies import load_builtin_spec
+from hpsearch.tracking.provenance import dataset_inputs, provenance_tags
+from hpsearch.tracking.report import log_study_report
+from hpsearch.tracking.runs import StudyTracker
 
 
 class Timers:
@@ -111,9 +112,9 @@ def instrument(tracker: StudyTracker, client_timers: Timers, other: Timers,
         if not name.startswith("_") and inspect.isfunction(member):
             setattr(client, name, client_timers.wrap(getattr(client, name), name,
                                                      outermost=True))
-    for module, name in ((tracking_module, "confusion_matrix_figure"),
-                         (tracking_module, "learning_curves_figure"),
-                         (reports_module, "image_grid_figure")):
+    for module, name in ((runs_module, "confusion_matrix_figure"),
+                         (runs_module, "learning_curves_figure"),
+                         (report_module, "image_grid_figure")):
         setattr(module, name, other.wrap(getattr(module, name), "figures_build"))
     matplotlib.figure.Figure.savefig = other.wrap(matplotlib.figure.Figure.savefig,
                                                   "figures_save")

@@ -59,9 +59,9 @@ from hpsearch.data_utils import (
     get_dataset_info,
     load_dataset,
 )
-from hpsearch.models import list_models
-from hpsearch.search.objective import build_network, make_loader
-from hpsearch.search.train import autocast_dtype, build_optimizer, fit
+from hpsearch.models import build_network, list_models
+from hpsearch.params import TrialParams
+from hpsearch.training import autocast_dtype, build_optimizer, fit, make_loader
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -167,14 +167,14 @@ def _reset(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def run_hpsearch_loop(params: dict, train: ArraySplit, val: ArraySplit, *,
+def run_hpsearch_loop(params: TrialParams, train: ArraySplit, val: ArraySplit, *,
                       device: torch.device, batch_size: int, epochs: int, seed: int,
                       compile_model: bool = False) -> LoopResult:
     """Train with hpsearch's ``make_loader`` + ``fit``, as a trial does (minus augmentation,
     schedule and tracking).
 
     Args:
-        params: ``arch``, ``depth``, ``width``, ``dropout`` for ``build_network``.
+        params: the network's ``arch``, ``depth``, ``width`` and ``dropout``.
         train: uint8 images (N, 1, 28, 28) and int64 labels (N,).
         val: evaluated after each epoch, outside the timed part.
         device: where to train.
@@ -200,7 +200,7 @@ def run_hpsearch_loop(params: dict, train: ArraySplit, val: ArraySplit, *,
                       history[-1].train_loss, _peak_gpu_mb(device))
 
 
-def run_conventional_loop(params: dict, root: Path, n_images: int, *, device: torch.device,
+def run_conventional_loop(params: TrialParams, root: Path, n_images: int, *, device: torch.device,
                           batch_size: int, epochs: int, seed: int,
                           num_workers: int) -> LoopResult:
     """Train the way PyTorch's MNIST example and Optuna's PyTorch example do.
@@ -248,8 +248,8 @@ def run_conventional_loop(params: dict, root: Path, n_images: int, *, device: to
 def measure(args: argparse.Namespace, batch_size: int, train: ArraySplit, val: ArraySplit,
             root: Path, device: torch.device) -> dict:
     """Both loops (and the compiled hpsearch loop with ``--compile``) at one batch size."""
-    params = {"arch": args.arch, "depth": args.depth, "width": args.width,
-              "dropout": args.dropout}
+    params = TrialParams(arch=args.arch, depth=args.depth, width=args.width,
+                         dropout=args.dropout, lr=LR, batch_size=batch_size)
     common = {"device": device, "batch_size": batch_size, "epochs": args.epochs,
               "seed": args.seed}
     log(f"batch size {batch_size}: hpsearch loop ...")

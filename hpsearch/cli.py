@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 
 import click
 
 from hpsearch import __version__
-from hpsearch.errors import HpsearchError, raise_interrupted
-from hpsearch.studies import SpecError, load_builtin_spec, load_spec
+from hpsearch.data_utils import list_datasets
+from hpsearch.errors import HpsearchError, handle_termination_signals
+from hpsearch.studies import SpecError
 
 # Options several commands share, spelled once.
 storage_option = click.option(
@@ -32,8 +32,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--dataset", default=None,
-              help="Built-in study: fashion_mnist (default), mnist or cifar10.")
+@click.option("--dataset", default=None, help=(
+    f"Data set whose built-in study to run: {', '.join(list_datasets())} "
+    "(default: fashion_mnist)."))
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), default=None,
               help="Your own study spec (YAML); see hpsearch/studies/*.yaml.")
 @click.option("--trials", type=int, default=50, show_default=True,
@@ -76,36 +77,23 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
     far and exits with 130 or 143; the same command again resumes the study.
     """
     _quiet_libraries()
-    # SIGTERM unwinds like Ctrl-C, so the stores are left consistent.
-    signal.signal(signal.SIGTERM, raise_interrupted)
-    from hpsearch.search.progress import Reporter
-    from hpsearch.search.study import RunConfig, run_study
+    _headless()
+    handle_termination_signals()  # SIGTERM unwinds like Ctrl-C: the stores stay consistent
+    from hpsearch.api import run as run_api
 
     try:
-        spec = _resolve_spec(dataset, spec_path, epochs)
-        if trials < 1:
-            raise HpsearchError(f"--trials must be >= 1, got {trials}")
-        if train_subset is not None and train_subset < 1:
-            raise HpsearchError(f"--train-subset must be >= 1, got {train_subset}")
-        if timeout_s is not None and timeout_s <= 0:
-            raise HpsearchError(f"--timeout must be > 0 seconds, got {timeout_s:g}")
-        if max_failures < 1 or heartbeat_interval < 1:
-            raise HpsearchError("--max-failures and --heartbeat-interval must be >= 1")
-        if jobs is not None and jobs < 1:
-            raise HpsearchError(f"--jobs must be >= 1, got {jobs}")
-        study_name = study_name or spec.dataset
-        config = RunConfig(
-            spec=spec, trials=trials, study_name=study_name,
-            register_name=register_name or f"hpsearch-{study_name}", storage=storage,
-            tracking_uri=tracking_uri, timeout_s=timeout_s, train_subset=train_subset,
-            data_dir=data_dir, device=device, seed=seed, max_consecutive_failures=max_failures,
-            heartbeat_interval_s=heartbeat_interval, jobs=jobs, compile=compile_model)
-        summary = run_study(config, Reporter(spec.metric, verbose=not quiet))
+        summary = run_api(
+            dataset=dataset, spec=spec_path, trials=trials, epochs=epochs,
+            timeout_s=timeout_s, train_subset=train_subset, study_name=study_name,
+            storage=storage, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
+            seed=seed, register_name=register_name, max_failures=max_failures,
+            heartbeat_interval_s=heartbeat_interval, jobs=jobs, compile=compile_model,
+            quiet=quiet)
     except (HpsearchError, SpecError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt as exc:  # before the study started: nothing to summarise
         sys.exit(getattr(exc, "exit_code", 130))
-    _print_summary(summary, config)
+    _print_summary(summary)
     if summary.exit_code:
         click.echo("finished trials are kept: run the same command to resume", err=True)
         sys.exit(summary.exit_code)
@@ -121,7 +109,8 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
 def predict(images, model, run_id, tracking_uri) -> None:
     """Classify IMAGES (PNG/JPEG files or .npy arrays) with a registered or logged model."""
     _quiet_libraries()
-    from hpsearch.search.predict import model_uri, predict_files
+    from hpsearch.serving.predict import predict_files
+    from hpsearch.serving.uris import model_uri
 
     try:
         missing = [p for p in images if not os.path.isfile(p)]
@@ -147,8 +136,8 @@ def serve(model, host, port, tracking_uri) -> None:
     _quiet_libraries()
     import mlflow
 
-    from hpsearch.search.predict import model_uri
-    from hpsearch.search.tracking import resolve_tracking_uri
+    from hpsearch.serving.uris import model_uri
+    from hpsearch.tracking.provenance import resolve_tracking_uri
 
     uri, tracking = model_uri(model), resolve_tracking_uri(tracking_uri)
     try:
@@ -173,7 +162,7 @@ def serve(model, host, port, tracking_uri) -> None:
 def studies(storage) -> None:
     """List the studies in a storage with their trial counts and best value."""
     _quiet_libraries()
-    from hpsearch.search.reports import study_overview
+    from hpsearch.tracking.tables import study_overview
 
     overview = _with_storage(storage, study_overview)
     if overview.empty:
@@ -198,7 +187,8 @@ def register(study_name, storage, tracking_uri, register_name, data_dir, device)
     (say, after a worker died while registering, or to a new --register-name).
     """
     _quiet_libraries()
-    signal.signal(signal.SIGTERM, raise_interrupted)
+    _headless()
+    handle_termination_signals()
     from hpsearch.search.study import register_study
 
     try:
@@ -222,8 +212,8 @@ def register(study_name, storage, tracking_uri, register_name, data_dir, device)
 def show(study_name, storage, top) -> None:
     """Print the leaderboard of STUDY_NAME's trials, best first."""
     _quiet_libraries()
-    from hpsearch.search.reports import leaderboard
-    from hpsearch.search.study import load_existing_study
+    from hpsearch.search.storage import load_existing_study
+    from hpsearch.tracking.tables import leaderboard
 
     board = _with_storage(storage, lambda url: leaderboard(load_existing_study(study_name, url)))
     shown = board if top <= 0 else board.head(top)
@@ -240,7 +230,7 @@ def show(study_name, storage, top) -> None:
 def ui(tracking_uri, host, port) -> None:
     """Start the MLflow UI on the tracking store."""
     _quiet_libraries()
-    from hpsearch.search.tracking import resolve_tracking_uri
+    from hpsearch.tracking.provenance import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -298,23 +288,11 @@ def _quiet_libraries() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _headless() -> None:
+    """This process draws figures for files only: no display, whatever $DISPLAY says."""
+    import matplotlib
 
-def _resolve_spec(dataset: str | None, spec_path: str | None, epochs: int | None):
-    if spec_path is not None:
-        spec = load_spec(spec_path)
-        if dataset is not None and dataset != spec.dataset:
-            raise HpsearchError(f"--dataset {dataset} disagrees with {spec_path}, which says "
-                                f"dataset: {spec.dataset}")
-    else:
-        try:
-            spec = load_builtin_spec(dataset or "fashion_mnist")
-        except ValueError as exc:
-            raise HpsearchError(f"--dataset: {exc}") from None
-    if epochs is not None:
-        if epochs < 1:
-            raise HpsearchError(f"--epochs must be >= 1, got {epochs}")
-        spec = spec.replace(epochs=epochs)
-    return spec
+    matplotlib.use("Agg")
 
 
 def _fail(message: str) -> None:
@@ -322,7 +300,7 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _print_summary(summary, config) -> None:
+def _print_summary(summary) -> None:
     from hpsearch.search.progress import format_params
 
     echo = click.echo
@@ -333,7 +311,7 @@ def _print_summary(summary, config) -> None:
     if summary.best_value is None:
         echo("no trial completed, so no model was registered")
         return
-    echo(f"best {config.spec.metric} {summary.best_value:.4f} (trial {summary.best_trial}): "
+    echo(f"best {summary.metric} {summary.best_value:.4f} (trial {summary.best_trial}): "
          f"{format_params(summary.best_params)}")
     reg = summary.registration
     if reg is not None:
@@ -350,6 +328,33 @@ def _print_summary(summary, config) -> None:
         echo(f"  hpsearch serve --model {reg.name} --tracking-uri {uri}   # or:")
         echo(f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{reg.name}@champion "
              f"--env-manager local --host 127.0.0.1 --port 5001")
+
+
+@main.group()
+def spec() -> None:
+    """Study specs: the JSON Schema of a spec file, and the built-in specs to copy."""
+
+
+@spec.command("schema")
+def spec_schema_command() -> None:
+    """Print the JSON Schema of a study spec file (for editors: validation, completion)."""
+    import json
+
+    from hpsearch.studies import spec_schema
+
+    click.echo(json.dumps(spec_schema(), indent=2))
+
+
+@spec.command("show")
+@click.argument("name")
+def spec_show(name) -> None:
+    """Print built-in spec NAME (fashion_mnist, mnist, cifar10) as YAML, to copy and edit."""
+    from hpsearch.studies import builtin_spec_text
+
+    try:
+        click.echo(builtin_spec_text(name), nl=False)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 if __name__ == "__main__":

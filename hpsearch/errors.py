@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 
 
 class HpsearchError(Exception):
@@ -29,14 +30,50 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+_pending: int | None = None  # a signal whose Interrupted has not been handled yet
+
+
 def raise_interrupted(signum: int, frame: object = None) -> None:
-    """Signal handler for SIGTERM (and SIGINT): unwind like Ctrl-C."""
+    """Signal handler for SIGTERM and SIGINT: unwind like Ctrl-C.
+
+    Python runs a handler between any two bytecodes, also inside a weakref callback or a
+    ``__del__`` (a garbage-collected figure, say), where an exception cannot propagate: it
+    prints "Exception ignored" and goes on. So the signal is also remembered, and
+    :func:`check_interrupted` raises it again at the next safe point.
+    """
+    global _pending
+    _pending = signum
     raise Interrupted(signum)
+
+
+def handle_termination_signals() -> None:
+    """Make SIGINT and SIGTERM raise :class:`Interrupted` in this process (its main thread).
+
+    An Interrupted swallowed in a weakref callback or ``__del__`` is not printed as
+    "Exception ignored ... Traceback": :func:`check_interrupted` raises it again.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_interrupted)
+    sys.unraisablehook = _unraisable
+
+
+def _unraisable(unraisable) -> None:
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)
+
+
+def check_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal arrived whose exception was swallowed (see
+    :func:`raise_interrupted`). A flag check: cheap enough for every training step."""
+    if _pending is not None:
+        raise Interrupted(_pending)
 
 
 def ignore_further_signals() -> None:
     """After the first SIGINT/SIGTERM: ignore the next ones, so the stores are closed
-    cleanly instead of being interrupted half-way."""
+    cleanly instead of being interrupted half-way. Marks the interruption as handled."""
+    global _pending
+    _pending = None
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signum, signal.SIG_IGN)

@@ -115,7 +115,7 @@ def test_worker_numbers_are_distinct_and_recorded_in_the_study(study, storage):
 def test_default_jobs_is_one_on_a_cpu_and_at_most_four_on_a_gpu(monkeypatch):
     import torch
 
-    from hpsearch.search.study import default_jobs
+    from hpsearch.search.runner import default_jobs
 
     assert default_jobs(torch.device("cpu")) == 1
     monkeypatch.setattr("os.cpu_count", lambda: 16)

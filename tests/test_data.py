@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -14,16 +15,16 @@ import torch
 from hpsearch.data_utils import (
     ArraySplit,
     DataNotFoundError,
-    DeviceLoader,
+    get_dataset,
     get_dataset_info,
     load_dataset,
-    normalize,
-    random_crop,
-    random_hflip,
+    loading,
     read_cifar_batch,
+    read_idx_labels,
+    registry,
     split_train_val,
 )
-from hpsearch.data_utils import datasets as ds
+from hpsearch.training import DeviceLoader, normalize, random_crop, random_hflip
 
 REAL_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = (
@@ -99,11 +100,17 @@ def unnormalize(x: torch.Tensor, name: str) -> torch.Tensor:
     return ((x.float() * std + mean) * 255).round()
 
 
+def debian_copy_at(monkeypatch, folder: Path) -> None:
+    """Make the registered Fashion-MNIST source look for Debian's copy in ``folder``."""
+    source = dataclasses.replace(get_dataset("fashion_mnist"), system_folders=(folder,))
+    monkeypatch.setitem(registry._SOURCES, "fashion_mnist", source)
+
+
 @pytest.fixture
 def isolated_sources(monkeypatch, tmp_path):
     """No env var, no Debian copy, an empty cache: only what a test writes can be found."""
     monkeypatch.delenv("HPSEARCH_DATA_DIR", raising=False)
-    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-copy")
+    debian_copy_at(monkeypatch, tmp_path / "no-debian-copy")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path
 
@@ -142,7 +149,7 @@ def test_fashion_mnist_found_in_debian_folder_without_data_dir(monkeypatch, tmp_
     debian = tmp_path / "debian"
     arrays = write_idx_set(debian)
     monkeypatch.delenv("HPSEARCH_DATA_DIR", raising=False)
-    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST_DIR", debian)
+    debian_copy_at(monkeypatch, debian)
     train, _ = load_dataset("fashion_mnist", download=False)
     np.testing.assert_array_equal(train.images[:, 0], arrays[0])
 
@@ -181,11 +188,11 @@ def test_cut_gzip_stream_and_bad_magic_raise_value_error(tmp_path):
     write_idx(cut, np.arange(50, dtype=np.uint8))
     cut.write_bytes(cut.read_bytes()[:20])
     with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz"):
-        ds.read_idx_labels(cut)
+        read_idx_labels(cut)
     images_as_labels = tmp_path / "train-labels-idx1-ubyte"
     write_idx(images_as_labels, np.zeros((2, 28, 28), np.uint8))
     with pytest.raises(ValueError, match=r"magic.*2049.*2051"):
-        ds.read_idx_labels(images_as_labels)
+        read_idx_labels(images_as_labels)
 
 
 # ----------------------------------------------------------------------------------- CIFAR
@@ -235,7 +242,7 @@ def test_failed_download_reason_appears_in_error(isolated_sources, monkeypatch):
     def no_network(name, root):
         raise OSError("[Errno -3] Temporary failure in name resolution\nlong traceback")
 
-    monkeypatch.setattr(ds, "_download_with_torchvision", no_network)
+    monkeypatch.setattr(loading, "_download_with_torchvision", no_network)
     with pytest.raises(DataNotFoundError) as err:
         load_dataset("cifar10", download=True)
     msg = str(err.value)
@@ -250,14 +257,14 @@ def test_download_result_is_read_with_own_readers(isolated_sources, monkeypatch)
     def fake_download(name, root):
         write_idx_set(root / "MNIST" / "raw", n_train=12)
 
-    monkeypatch.setattr(ds, "_download_with_torchvision", fake_download)
+    monkeypatch.setattr(loading, "_download_with_torchvision", fake_download)
     train, _ = load_dataset("mnist", download=True)
     assert len(train) == 12
     assert (isolated_sources / "cache" / "hpsearch" / "data" / "MNIST" / "raw").is_dir()
 
 
 def test_nonexistent_explicit_data_dir_fails_at_once(isolated_sources, monkeypatch):
-    monkeypatch.setattr(ds, "_download_with_torchvision", pytest.fail)
+    monkeypatch.setattr(loading, "_download_with_torchvision", pytest.fail)
     missing = isolated_sources / "typo"
     with pytest.raises(DataNotFoundError, match=f"{missing} .*does not exist"):
         load_dataset("mnist", missing)

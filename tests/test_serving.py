@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hpsearch.data_utils import MAX_BATCH, load_dataset
+from hpsearch.data_utils import load_dataset
+from hpsearch.serving.images import MAX_BATCH
 
 from conftest import (
     MODEL,

@@ -11,7 +11,6 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch.search.components import build_pruner, build_sampler
 from hpsearch.studies import (
     HYPERPARAMETERS,
     ParamSpec,
@@ -21,6 +20,7 @@ from hpsearch.studies import (
     load_builtin_spec,
     load_spec,
 )
+from hpsearch.studies.components import build_pruner, build_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -442,3 +442,67 @@ def test_pruner_argument_of_the_wrong_type_fails_at_load(tmp_path: Path) -> None
         load_spec(_spec_with(tmp_path, _top(pruner={"name": "median", "n_warmup_steps": -1})))
     assert info.value.key == "pruner"
     assert "median rejects" in info.value.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON Schema and the built-in specs from the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from hpsearch.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_published_schema_accepts_the_builtin_specs_and_rejects_typos() -> None:
+    import json
+
+    import jsonschema
+
+    result = _cli("spec", "schema")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.output)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for name in builtin_spec_names():
+        validator.validate(yaml.safe_load(load_builtin_spec(name).to_yaml()))
+    assert schema["properties"]["dataset"]["enum"] == ["cifar10", "fashion_mnist", "mnist"]
+    typo = copy.deepcopy(BASE) | {"epoch": 3}
+    assert any("epoch" in e.message for e in validator.iter_errors(typo))
+    bad_range = copy.deepcopy(BASE)
+    bad_range["search_space"]["lr"] = {"type": "float", "low": 1e-4, "hihg": 0.1}
+    assert list(validator.iter_errors(bad_range))
+
+
+@pytest.mark.parametrize("name", builtin_spec_names())
+def test_spec_show_prints_the_builtin_file_with_its_comments(name: str) -> None:
+    result = _cli("spec", "show", name)
+    assert result.exit_code == 0
+    assert result.output.startswith("#")
+    assert yaml.safe_load(result.output)["dataset"] == name
+
+
+def test_spec_show_of_an_unknown_name_lists_the_choices() -> None:
+    result = _cli("spec", "show", "imagenet")
+    assert result.exit_code == 2
+    assert "unknown dataset 'imagenet'; choose one of: cifar10, fashion_mnist, mnist" in (
+        result.output)
+
+
+def test_a_registered_data_set_without_its_own_spec_gets_the_default_one(monkeypatch) -> None:
+    import dataclasses as dc
+
+    from hpsearch.data_utils import get_dataset, list_datasets, registry
+
+    list_datasets()
+    source = get_dataset("mnist")
+    monkeypatch.setitem(registry._SOURCES, "mnist_copy",
+                        dc.replace(source, info=dc.replace(source.info, name="mnist_copy")))
+
+    spec = load_builtin_spec("mnist_copy")
+
+    assert spec.dataset == "mnist_copy" and spec.source == "built-in spec _default.yaml"
+    assert builtin_spec_names() == ["cifar10", "fashion_mnist", "mnist"]

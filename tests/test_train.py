@@ -15,7 +15,8 @@ from torch import nn
 from hpsearch.data_utils import ArraySplit, DatasetInfo
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.progress import Reporter
-from hpsearch.search.train import (
+from hpsearch.studies import load_builtin_spec
+from hpsearch.training import (
     EpochResult,
     EvalResult,
     TrainingDiverged,
@@ -23,7 +24,6 @@ from hpsearch.search.train import (
     evaluate,
     fit,
 )
-from hpsearch.studies import load_builtin_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -1,49 +1,49 @@
-"""Data sets, device-resident loading and batched augmentation for hpsearch.
+"""Data sets: a registry of sources (one file per data set), readers for the original file
+formats, the offline-first loader and the seeded validation split. Needs numpy, not torch.
 
-``load_dataset`` reads the original Fashion-MNIST, MNIST or CIFAR-10 files (offline first),
-``split_train_val`` carves a seeded validation split, and ``DeviceLoader`` serves normalised,
-optionally augmented batches from uint8 tensors kept on the training device.
+``load_dataset`` reads Fashion-MNIST, MNIST or CIFAR-10 from their original files (offline
+first, else torchvision's download) and ``split_train_val`` carves a seeded validation split.
 """
 
-from hpsearch.data_utils.augment import random_crop, random_hflip
-from hpsearch.data_utils.datasets import (
-    DATA_DIR_ENV_VAR,
-    DATASETS,
-    DEBIAN_FASHION_MNIST_DIR,
-    ArraySplit,
-    DataNotFoundError,
-    DatasetInfo,
-    default_data_dir,
-    get_dataset_info,
-    load_dataset,
+from hpsearch.data_utils.arrays import ArraySplit, split_train_val
+from hpsearch.data_utils.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
+from hpsearch.data_utils.formats import (
+    DataFileError,
     read_cifar_batch,
     read_idx_images,
     read_idx_labels,
-    split_train_val,
 )
-from hpsearch.data_utils.images import MAX_BATCH, InvalidImages, accepted_shapes, to_unit_batch
-from hpsearch.data_utils.loader import DeviceLoader, normalize
+from hpsearch.data_utils.loading import (
+    DATA_DIR_ENV_VAR,
+    DataNotFoundError,
+    default_data_dir,
+    load_dataset,
+)
+from hpsearch.data_utils.registry import (
+    DatasetInfo,
+    DatasetSource,
+    get_dataset,
+    get_dataset_info,
+    list_datasets,
+    register_dataset,
+)
 
 __all__ = [
-    "MAX_BATCH",
-    "DATASETS",
     "DATA_DIR_ENV_VAR",
     "DEBIAN_FASHION_MNIST_DIR",
     "ArraySplit",
+    "DataFileError",
     "DataNotFoundError",
     "DatasetInfo",
-    "DeviceLoader",
-    "InvalidImages",
-    "accepted_shapes",
+    "DatasetSource",
     "default_data_dir",
+    "get_dataset",
     "get_dataset_info",
+    "list_datasets",
     "load_dataset",
-    "normalize",
-    "random_crop",
-    "random_hflip",
     "read_cifar_batch",
     "read_idx_images",
     "read_idx_labels",
+    "register_dataset",
     "split_train_val",
-    "to_unit_batch",
 ]

@@ -1,11 +1,16 @@
 """Image-classifier families for the search, built by name.
 
-Importing this package registers the ``cnn``, ``mlp``, ``resnet`` and ``vgg`` builders, which all
-share one keyword-only signature (in_channels, image_size, num_classes, depth, width, dropout);
-use :func:`build_model` to build one from a search configuration.
+Every family registers a builder taking the keyword arguments of :data:`BUILDER_DEFAULTS`;
+:func:`build_model` builds one by name and :func:`build_network` from a trial's parameters.
+Importing this package loads no torch: the families are imported on first use.
 """
 
-from hpsearch.models import cnn, mlp, resnet, vgg  # noqa: F401  (imported to register)
-from hpsearch.models.registry import build_model, list_models, register_model
+from hpsearch.models.registry import (
+    BUILDER_DEFAULTS,
+    build_model,
+    build_network,
+    list_models,
+    register_model,
+)
 
-__all__ = ["build_model", "list_models", "register_model"]
+__all__ = ["BUILDER_DEFAULTS", "build_model", "build_network", "list_models", "register_model"]

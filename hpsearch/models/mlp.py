@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from hpsearch.models.registry import check_builder_args, register_model
+from hpsearch.models.registry import register_model
 
 
 def _hidden_layer(in_features: int, out_features: int, dropout: float) -> nn.Sequential:
@@ -16,47 +16,17 @@ def _hidden_layer(in_features: int, out_features: int, dropout: float) -> nn.Seq
 
 
 @register_model("mlp")
-def mlp(
-    *,
-    in_channels: int = 1,
-    image_size: int = 28,
-    num_classes: int = 10,
-    depth: int = 2,
-    width: int = 32,
-    dropout: float = 0.0,
-) -> nn.Module:
+def mlp(*, in_channels: int, image_size: int, num_classes: int, depth: int, width: int,
+        dropout: float) -> nn.Module:
     """Builds a fully connected classifier, the baseline the convolutional families must beat.
 
     Layout: flatten -> ``depth`` x (Linear -> BatchNorm1d -> ReLU -> Dropout) with ``8 * width``
-    hidden units each -> Linear to ``num_classes``. BatchNorm: Ioffe & Szegedy 2015,
-    arXiv:1502.03167; dropout: Srivastava et al. 2014, JMLR 15(56).
-
-    Args:
-        in_channels: Channels C of the input images.
-        image_size: Height and width H = W of the (square) input images; fixes the input size
-            of the first Linear layer.
-        num_classes: Number of output logits.
-        depth: Number of hidden layers.
-        width: Hidden layers have ``8 * width`` units, so that ``width`` spans a parameter range
-            comparable to the channel counts of the convolutional families.
-        dropout: Drop probability after every hidden layer.
-
-    Returns:
-        A module mapping float32 images (N, C, H, W) to float32 logits (N, num_classes). In
-        training mode N must be at least 2 (BatchNorm1d needs a batch statistic).
-
-    Raises:
-        ValueError: If ``in_channels``, ``image_size``, ``num_classes``, ``depth`` or ``width`` is
-            below 1, or ``dropout`` is outside [0, 1).
+    hidden units each (so that ``width`` spans a parameter range comparable to the channel
+    counts of the convolutional families) -> Linear to ``num_classes``. BatchNorm: Ioffe &
+    Szegedy 2015, arXiv:1502.03167; dropout: Srivastava et al. 2014, JMLR 15(56). In training
+    mode N must be at least 2 (BatchNorm1d needs a batch statistic). Arguments: see
+    :func:`hpsearch.models.build_model`.
     """
-    check_builder_args(
-        in_channels=in_channels,
-        image_size=image_size,
-        num_classes=num_classes,
-        depth=depth,
-        width=width,
-        dropout=dropout,
-    )
     hidden = 8 * width
     in_sizes = [in_channels * image_size * image_size] + [hidden] * (depth - 1)
     return nn.Sequential(

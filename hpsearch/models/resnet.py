@@ -2,7 +2,8 @@
 
 from torch import Tensor, nn
 
-from hpsearch.models.registry import check_builder_args, register_model
+from hpsearch.models._layers import pooled_head
+from hpsearch.models.registry import register_model
 
 _STAGE_MULTIPLIERS = (1, 2, 4)
 _STAGE_STRIDES = (1, 2, 2)
@@ -66,46 +67,17 @@ def _init_weights(model: nn.Module) -> None:
 
 
 @register_model("resnet")
-def resnet(
-    *,
-    in_channels: int = 1,
-    image_size: int = 28,
-    num_classes: int = 10,
-    depth: int = 2,
-    width: int = 32,
-    dropout: float = 0.0,
-) -> nn.Module:
+def resnet(*, in_channels: int, image_size: int, num_classes: int, depth: int, width: int,
+           dropout: float) -> nn.Module:
     """Builds a residual network of basic blocks (He et al. 2015, arXiv:1512.03385).
 
     Layout: stem conv3x3 (``width`` channels) -> BatchNorm2d -> ReLU, then 3 stages of
     ``depth`` :class:`BasicBlock` each, with ``width``, ``2 * width`` and ``4 * width`` channels
     and strides 1, 2, 2 (the paper's CIFAR-10 layout, where depth = n gives ResNet-(6n + 2)),
-    then global average pool -> Dropout -> Linear.
-
-    Args:
-        in_channels: Channels C of the input images.
-        image_size: Height and width H = W of the (square) input images; only validated, since
-            global pooling makes the network independent of the input size.
-        num_classes: Number of output logits.
-        depth: Basic blocks per stage.
-        width: Channels of the stem and the first stage; the later stages have 2x and 4x.
-        dropout: Drop probability before the final Linear layer.
-
-    Returns:
-        A module mapping float32 images (N, C, H, W) to float32 logits (N, num_classes).
-
-    Raises:
-        ValueError: If ``in_channels``, ``image_size``, ``num_classes``, ``depth`` or ``width`` is
-            below 1, or ``dropout`` is outside [0, 1).
+    then global average pool -> Dropout -> Linear. ``image_size`` is only validated: global
+    pooling makes the network independent of the input size. Arguments: see
+    :func:`hpsearch.models.build_model`.
     """
-    check_builder_args(
-        in_channels=in_channels,
-        image_size=image_size,
-        num_classes=num_classes,
-        depth=depth,
-        width=width,
-        dropout=dropout,
-    )
     channels = [width * m for m in _STAGE_MULTIPLIERS]
     stages = [
         _make_stage(c_in, c_out, depth, stride)
@@ -116,10 +88,7 @@ def resnet(
         nn.BatchNorm2d(width),
         nn.ReLU(inplace=True),
         *stages,
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Dropout(dropout),
-        nn.Linear(channels[-1], num_classes),
+        *pooled_head(channels[-1], num_classes, dropout),
     )
     _init_weights(model)
     return model

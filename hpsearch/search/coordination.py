@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, check_interrupted
 
 __all__ = ["FINISHED_STATES", "StudyLock", "claim_worker_number", "count_trials",
            "schema_lock", "slots_left"]
@@ -98,6 +98,7 @@ class StudyLock:
             self._held = True
             return
         while not self._try_acquire():
+            check_interrupted()
             time.sleep(POLL_S)
         self._held = True
 

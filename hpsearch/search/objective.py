@@ -17,19 +17,19 @@ from typing import Any
 import optuna
 import torch
 
-from hpsearch.data_utils import ArraySplit, DatasetInfo, DeviceLoader
-from hpsearch.models import build_model
+from hpsearch.data_utils import ArraySplit, DatasetInfo
+from hpsearch.models import build_network
+from hpsearch.params import TrialParams
 from hpsearch.search.progress import Reporter
-from hpsearch.search.reports import log_prediction_grid
-from hpsearch.search.tracking import StudyTracker, TrialRun
-from hpsearch.search.train import EpochResult, autocast_dtype, build_optimizer, fit
 from hpsearch.studies import StudySpec
+from hpsearch.tracking.report import log_prediction_grid
+from hpsearch.tracking.runs import StudyTracker, TrialRun
+from hpsearch.training.device import autocast_dtype
+from hpsearch.training.loader import make_loader
+from hpsearch.training.loop import EpochResult, fit
+from hpsearch.training.optim import build_optimizer, one_cycle
 
-__all__ = ["Failure", "Objective", "TrialData", "build_network", "classify_failure",
-           "make_loader"]
-
-# Validation and test batches: large, since no gradients are kept.
-EVAL_BATCH_SIZE = 1024
+__all__ = ["Failure", "Objective", "TrialData", "classify_failure"]
 
 
 @dataclass(frozen=True)
@@ -39,31 +39,6 @@ class TrialData:
     info: DatasetInfo
     train: ArraySplit
     val: ArraySplit
-
-
-def build_network(params: dict[str, Any], info: DatasetInfo) -> torch.nn.Module:
-    """The architecture ``params`` describe, shaped for data set ``info``."""
-    return build_model(
-        params["arch"],
-        in_channels=info.in_channels,
-        image_size=info.image_size,
-        num_classes=info.num_classes,
-        depth=params["depth"],
-        width=params["width"],
-        dropout=params["dropout"],
-    )
-
-
-def make_loader(split: ArraySplit, info: DatasetInfo, device: torch.device, *,
-                batch_size: int = EVAL_BATCH_SIZE, train: bool = False, augment: bool = False,
-                seed: int = 0) -> DeviceLoader:
-    """A device-resident loader yielding channels-last batches (faster convolutions on
-    both cuDNN and oneDNN); training loaders shuffle and drop the last partial batch (a
-    batch of one breaks batch norm), unless the split is smaller than one batch."""
-    return DeviceLoader(split, info=info, batch_size=batch_size, device=device,
-                        shuffle=train, augment=train and augment,
-                        drop_last=train and len(split) >= batch_size, seed=seed,
-                        channels_last=True)
 
 
 class Objective:
@@ -89,59 +64,79 @@ class Objective:
         self.amp_dtype = autocast_dtype(device)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = {p.name: p.suggest(trial) for p in self.spec.search_space}
-        trial.set_user_attr("hyperparameters", params)
-        run = self.tracker.trial_run(trial.number, params, retry_of=_retry_of(trial))
-        trial.set_user_attr("mlflow_run_id", run.run_id)
         history: list[EpochResult] = []
-        names = self.data.info.class_names
+        started: dict[str, Any] = {}  # the trial's params and run, once they exist
         try:
-            model, value = self._train(trial, params, run, history)
+            return self._trial(trial, history, started)
         except optuna.TrialPruned as exc:
             diverged = trial.user_attrs.get("diverged_epoch")
             if not diverged:  # a diverged model's predictions are NaN: nothing to show
-                self._log_mistakes(run, history)
+                self._log_mistakes(started["run"], history)
             extra = {"hpsearch.diverged_epoch": str(diverged)} if diverged else {}
-            run.finish("PRUNED", history, names, reason=str(exc), tags=extra)
+            started["run"].finish("PRUNED", history, self.data.info.class_names,
+                                  reason=str(exc), tags=extra)
             raise
         except BaseException as exc:
-            failure = classify_failure(exc, params)
-            trial.set_user_attr("fail_reason", failure.reason)
-            trial.set_user_attr("failure_kind", failure.kind)
-            if failure.kind != "interrupted":
-                run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
-            run.finish("FAIL", history, names, reason=failure.reason, status=failure.run_status,
-                       tags={"hpsearch.failure_kind": failure.kind})
-            if failure.kind == "out_of_memory":
-                _release_memory(exc, self.device)
+            self._record_failure(trial, exc, started, history)
             raise
         finally:
             trial.set_user_attr("epochs_run", len(history))
+
+    def _trial(self, trial: optuna.Trial, history: list[EpochResult],
+               started: dict[str, Any]) -> float:
+        """Sample, open the run, train, log; fills ``started`` as things come to exist."""
+        params = started["params"] = TrialParams.from_dict(self.spec.sample(trial))
+        trial.set_user_attr("hyperparameters", params.to_dict())
+        run = started["run"] = self.tracker.trial_run(trial.number, params.to_dict(),
+                                                      retry_of=_retry_of(trial))
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        model, value = self._train(trial, params, run, history)
         self._log_mistakes(run, history)
         best_so_far = self._is_best_so_far(trial.study, value)
         if best_so_far:
             run.log_checkpoint(model)
             trial.set_user_attr("checkpoint", True)
-        run.finish("COMPLETE", history, names, value=value,
+        run.finish("COMPLETE", history, self.data.info.class_names, value=value,
                    tags={"hpsearch.best_so_far": str(best_so_far).lower()})
         return value
 
-    def _train(self, trial: optuna.Trial, params: dict[str, Any], run: TrialRun,
+    def _record_failure(self, trial: optuna.Trial, exc: BaseException,
+                        started: dict[str, Any], history: list[EpochResult]) -> None:
+        """Say why the trial failed, whatever raised (sampling, building, training,
+        logging): on the trial first, then on its run if it has one. A failure to log the
+        failure to MLflow must not hide the original one."""
+        failure = classify_failure(exc, started.get("params"))
+        trial.set_user_attr("fail_reason", failure.reason)
+        trial.set_user_attr("failure_kind", failure.kind)
+        run = started.get("run")
+        if run is not None:
+            try:
+                if failure.kind != "interrupted":
+                    run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
+                run.finish("FAIL", history, self.data.info.class_names, reason=failure.reason,
+                           status=failure.run_status,
+                           tags={"hpsearch.failure_kind": failure.kind})
+            except Exception as logging_error:  # the store is down, say: keep the reason
+                self.reporter.say(f"trial {trial.number}: its failure was not logged to "
+                                  f"MLflow ({type(logging_error).__name__}: {logging_error})")
+        if failure.kind == "out_of_memory":
+            _release_memory(exc, self.device)
+
+    def _train(self, trial: optuna.Trial, params: TrialParams, run: TrialRun,
                history: list[EpochResult]) -> tuple[torch.nn.Module, float]:
         seed = self.seed + trial.number
         torch.manual_seed(seed)
         info, device = self.data.info, self.device
         model = build_network(params, info).to(device, memory_format=torch.channels_last)
-        train = make_loader(self.data.train, info, device, batch_size=params["batch_size"],
+        train = make_loader(self.data.train, info, device, batch_size=params.batch_size,
                             train=True, augment=self.spec.augment, seed=seed)
         val = make_loader(self.data.val, info, device)
-        optimizer = build_optimizer(model, name=params["optimizer"], lr=params["lr"],
-                                    weight_decay=params["weight_decay"])
-        # One-cycle schedule over the most epochs a trial may run (Smith & Topin 2017), so a
-        # trial Hyperband keeps running sees the same schedule as one that started fresh.
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=params["lr"], total_steps=self.spec.epochs * len(train),
-            pct_start=0.25)
+        optimizer = build_optimizer(model, name=params.optimizer, lr=params.lr,
+                                    weight_decay=params.weight_decay)
+        # One-cycle schedule over the most epochs a trial may run, so a trial the pruner
+        # keeps running sees the same schedule as one that started fresh.
+        scheduler = one_cycle(optimizer, max_lr=params.lr,
+                              total_steps=self.spec.epochs * len(train))
 
         def on_epoch(result: EpochResult) -> None:
             history.append(result)
@@ -165,7 +160,7 @@ class Objective:
         network = torch.compile(model) if self.compile_model else model
         fit(network, train, val, epochs=self.spec.epochs, optimizer=optimizer,
             scheduler=scheduler, num_classes=info.num_classes, device=device,
-            label_smoothing=params["label_smoothing"], amp_dtype=self.amp_dtype,
+            label_smoothing=params.label_smoothing, amp_dtype=self.amp_dtype,
             on_epoch=on_epoch)
         value = history[-1].metrics()[self.spec.metric]
         if not math.isfinite(value):
@@ -219,16 +214,16 @@ class Failure:
     run_status: str
 
 
-def classify_failure(exc: BaseException, params: dict[str, Any]) -> Failure:
-    """Classify the exception that ended a trial trained with ``params``."""
+def classify_failure(exc: BaseException, params: TrialParams | None) -> Failure:
+    """Classify the exception that ended a trial trained with ``params`` (None: it failed
+    before its parameters were drawn)."""
     if isinstance(exc, KeyboardInterrupt):
         signum = getattr(exc, "signum", signal.SIGINT)
         return Failure("interrupted", f"interrupted by {signal.Signals(signum).name}", "KILLED")
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-    if _is_out_of_memory(exc):
-        reason = (f"out of memory with batch_size {params['batch_size']} and arch "
-                  f"{params['arch']} (depth {params['depth']}, width {params['width']}): "
-                  f"{first_line}")
+    if _is_out_of_memory(exc) and params is not None:
+        reason = (f"out of memory with batch_size {params.batch_size} and arch "
+                  f"{params.arch} (depth {params.depth}, width {params.width}): {first_line}")
         return Failure("out_of_memory", reason, "FAILED")
     return Failure("error", f"{type(exc).__name__}: {first_line}", "FAILED")
 

@@ -6,11 +6,12 @@ Plain lines rather than a redrawn bar, so logs of overnight runs stay readable.
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import optuna
 
-from hpsearch.search.train import EpochResult
+if TYPE_CHECKING:
+    from hpsearch.training import EpochResult
 
 __all__ = ["Reporter", "format_params"]
 

@@ -1,13 +1,16 @@
-"""Study specs: one YAML per built-in study and the loader that validates them."""
+"""Study specs: one YAML per built-in study, their validating loader and JSON Schema, and the
+registry of Optuna samplers and pruners. Loads no torch."""
 
+from hpsearch.params import HYPERPARAMETERS
+from hpsearch.studies.space import ParamSpec
 from hpsearch.studies.spec import (
-    HYPERPARAMETERS,
-    ParamSpec,
     SpecError,
     StudySpec,
     builtin_spec_names,
+    builtin_spec_text,
     load_builtin_spec,
     load_spec,
+    spec_schema,
 )
 
 __all__ = [
@@ -16,6 +19,8 @@ __all__ = [
     "SpecError",
     "StudySpec",
     "builtin_spec_names",
+    "builtin_spec_text",
     "load_builtin_spec",
     "load_spec",
+    "spec_schema",
 ]

@@ -13,8 +13,9 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 import hpsearch.search.objective as objective_module
+from hpsearch.search.config import RunConfig
 from hpsearch.search.progress import Reporter
-from hpsearch.search.study import RunConfig, run_study
+from hpsearch.search.study import run_study
 from hpsearch.studies import load_spec
 
 from observations import record
@@ -47,7 +48,7 @@ def faulty_networks(monkeypatch):
     faults = {NAN: "nan", OOM: "oom", BUG: "bug"}
 
     def build(params, info):
-        fault = faults.get(params["lr"])
+        fault = faults.get(params.lr)
         return Faulty(real(params, info), fault) if fault else real(params, info)
 
     monkeypatch.setattr(objective_module, "build_network", build)

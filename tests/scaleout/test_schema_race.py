@@ -8,8 +8,9 @@ import multiprocessing
 
 import pytest
 
+from hpsearch.search.config import RunConfig
 from hpsearch.search.coordination import schema_lock
-from hpsearch.search.study import RunConfig, open_study
+from hpsearch.search.storage import open_study
 from hpsearch.studies import load_builtin_spec
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 """Concurrent trials: ``--jobs N`` worker processes on one study, one progress display.
 
 Each worker is its own process (started with ``spawn``: CUDA cannot be forked) and runs the
-same loop as a single ``hpsearch run`` (:func:`hpsearch.search.study.work`) against the
+same :class:`~hpsearch.search.runner.StudyRunner` as a single ``hpsearch run``, against the
 same Optuna storage and MLflow tracking store, so trial slots, heartbeats and retries work
 between them exactly as between workers on different machines. Small models leave a GPU
 mostly idle; several side by side keep it busy.
@@ -24,9 +24,14 @@ import sys
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any
 
-from hpsearch.errors import HpsearchError, ignore_further_signals, raise_interrupted
+from hpsearch.errors import (
+    HpsearchError,
+    check_interrupted,
+    handle_termination_signals,
+    ignore_further_signals,
+)
+from hpsearch.search.config import RunConfig, StudySummary
 from hpsearch.search.progress import Reporter
 
 __all__ = ["PipeReporter", "run_workers", "worker_main"]
@@ -45,12 +50,12 @@ class PipeReporter(Reporter):
         self.connection.send(("line", line))
 
 
-def run_workers(config: Any, *, jobs: int, parent_run_id: str, deadline: float | None,
+def run_workers(config: RunConfig, *, jobs: int, parent_run_id: str, deadline: float | None,
                 reporter: Reporter, on_idle: Callable[[], None]) -> str | None:
     """Run ``jobs`` worker processes on the study until all have ended.
 
     Args:
-        config: the :class:`~hpsearch.search.study.RunConfig` every worker runs.
+        config: what every worker runs.
         jobs: number of worker processes (>= 2).
         parent_run_id: the MLflow parent run their trial runs nest under.
         deadline: ``time.time()`` after which no worker starts a trial, or None.
@@ -102,6 +107,7 @@ def _pump(workers: list, pipes: dict[Connection, int], reporter: Reporter,
     end = None if timeout_s is None else time.monotonic() + timeout_s
     reported: set[int] = set()
     while pipes:
+        check_interrupted()
         ready_pipes = wait(list(pipes), timeout=1.0)
         for ready in ready_pipes:
             k = pipes[ready]
@@ -136,13 +142,12 @@ def _exit_text(code: int) -> str:
     return f"exit code {code}"
 
 
-def worker_main(config: Any, worker: int, parent_run_id: str, deadline: float | None,
+def worker_main(config: RunConfig, worker: int, parent_run_id: str, deadline: float | None,
                 connection: Connection, verbose: bool) -> None:
     """A worker process: open the study and the tracker, then run trials until done."""
 
     os.setpgid(0, 0)  # see the module docstring: signals come from the coordinator only
-    signal.signal(signal.SIGTERM, raise_interrupted)
-    signal.signal(signal.SIGINT, raise_interrupted)
+    handle_termination_signals()
     reporter = PipeReporter(connection, config.spec.metric, verbose=verbose)
     reporter.say(f"worker started, pid {os.getpid()}")
     try:
@@ -157,38 +162,24 @@ def worker_main(config: Any, worker: int, parent_run_id: str, deadline: float | 
     connection.send(("done", stop_reason))
 
 
-def _work(config: Any, parent_run_id: str, deadline: float | None,
+def _work(config: RunConfig, parent_run_id: str, deadline: float | None,
           reporter: Reporter) -> str | None:
     import optuna
     import torch
 
-    from hpsearch.search import study as study_module
-    from hpsearch.search.coordination import StudyLock
-    from hpsearch.search.tracking import (
-        StudyTracker,
-        dataset_inputs,
-        provenance_tags,
-        resolve_tracking_uri,
-    )
+    from hpsearch.search.runner import StudyRunner
+    from hpsearch.training.device import resolve_device
 
-    device = study_module.resolve_device(config.device)
-    if device.type == "cpu":  # share the cores instead of each worker taking all of them
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # this process's own setting
+    if resolve_device(config.device).type == "cpu":
+        # Share the cores instead of each worker taking all of them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.jobs))
-    data, _ = study_module.load_trial_data(config)
-    tracking_uri = resolve_tracking_uri(config.tracking_uri)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = study_module.open_study(config, tracking_uri)
-    tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
-    tracker.attach_parent(parent_run_id, run_tags=provenance_tags(device, config.seed),
-                          inputs=dataset_inputs({"training": data.train, "validation": data.val},
-                                                config.spec.dataset))
-    summary = study_module.StudySummary(study_name=config.study_name,
-                                        tracking_uri=tracking_uri)
-    lock = StudyLock(config.storage, config.study_name)
+    runner = StudyRunner.open(config, reporter)
+    summary = StudySummary(study_name=config.study_name,
+                           tracking_uri=runner.tracker.tracking_uri)
     try:
-        study_module.work(study, config, data=data, device=device, tracker=tracker,
-                          reporter=reporter, summary=summary, lock=lock, deadline=deadline,
-                          refresh_reports=False)
+        runner.attach_parent(parent_run_id)
+        runner.work(summary, deadline=deadline, refresh_reports=False)
     finally:
-        lock.close()
+        runner.close()
     return summary.stop_reason

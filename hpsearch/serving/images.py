@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hpsearch.data_utils.datasets import DatasetInfo
+from hpsearch.data_utils import DatasetInfo
 
 __all__ = ["MAX_BATCH", "InvalidImages", "accepted_shapes", "to_unit_batch"]
 

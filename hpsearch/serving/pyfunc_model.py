@@ -3,14 +3,14 @@
 MLflow copies this file into the logged model and runs it when the model is loaded (by
 ``mlflow models serve``, ``mlflow.pyfunc.load_model`` or ``hpsearch predict``). Loading then:
 
-1. imports ``hpsearch.models`` and ``hpsearch.data_utils`` (shipped inside the model
+1. imports hpsearch's model, data set and image-checking code (shipped inside the model
    through ``code_paths``, so hpsearch need not be installed where it is served);
 2. reads ``config.json`` (architecture, hyperparameters, data set facts) as JSON;
 3. reads the weights with ``torch.load(weights_only=True)``, which only admits tensors and
    plain containers: no pickled Python objects are executed.
 
 Input: a column ``images`` with one image per row, or an array (N, ...): integer pixels
-0..255 or float pixels 0..1, in the layouts of :func:`hpsearch.data_utils.accepted_shapes`.
+0..255 or float pixels 0..1, in the layouts of :func:`hpsearch.serving.images.accepted_shapes`.
 Output, per row: ``class_index`` (int), ``label`` (class name) and ``probabilities``
 (softmax over all classes, in class-index order). A bad request raises an MlflowException
 with INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400.
@@ -28,8 +28,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from hpsearch.data_utils import DatasetInfo, InvalidImages, to_unit_batch
-from hpsearch.models import build_model
+from hpsearch.data_utils import DatasetInfo
+from hpsearch.params import TrialParams
+from hpsearch.serving.classifier import NormalizingClassifier
+from hpsearch.serving.images import MAX_BATCH, InvalidImages, accepted_shapes, to_unit_batch
 
 INPUT_COLUMN = "images"
 
@@ -58,24 +60,18 @@ class BadRequest(MlflowException):
             self._fixed_message = value
 
 
-class ImageClassifierModel(PythonModel):
-    """Pyfunc wrapper: validation, normalisation, network, softmax, class names."""
+class ChampionModel(PythonModel):
+    """Pyfunc wrapper: checks the images, runs the :class:`NormalizingClassifier`, answers
+    softmax probabilities and class names."""
 
     def load_context(self, context) -> None:
         with open(context.artifacts["config"]) as f:
             config = json.load(f)
         self.info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v
                                    for k, v in config["dataset"].items()})
-        params = config["hyperparameters"]
-        self.network = build_model(
-            params["arch"], in_channels=self.info.in_channels, image_size=self.info.image_size,
-            num_classes=self.info.num_classes, depth=params["depth"], width=params["width"],
-            dropout=params["dropout"])
         state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
-        self.network.load_state_dict(state)
-        self.network.eval()
-        self.mean = torch.tensor(self.info.mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(self.info.std).view(1, -1, 1, 1)
+        self.classifier = NormalizingClassifier.from_weights(
+            TrialParams.from_dict(config["hyperparameters"]), self.info, state)
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         images = _images_of(model_input)
@@ -84,8 +80,8 @@ class ImageClassifierModel(PythonModel):
         except InvalidImages as exc:
             raise BadRequest(f"{exc}. {self.expected()}") from None
         with torch.no_grad():
-            logits = self.network((torch.from_numpy(batch) - self.mean) / self.std)
-            probabilities = torch.softmax(logits.float(), dim=1).numpy()
+            probabilities = torch.softmax(self.classifier(torch.from_numpy(batch)), dim=1)
+        probabilities = probabilities.numpy()
         index = probabilities.argmax(axis=1)
         return pd.DataFrame({
             "class_index": index.astype(np.int64),
@@ -94,8 +90,6 @@ class ImageClassifierModel(PythonModel):
         })
 
     def expected(self) -> str:
-        from hpsearch.data_utils import MAX_BATCH, accepted_shapes
-
         shapes = " or ".join(str(s) for s in accepted_shapes(self.info))
         return (f"Expected: 1 to {MAX_BATCH} {self.info.name} images, each {shapes}, integer "
                 f"pixels 0..255 or float pixels 0..1, sent as {{\"inputs\": [image, ...]}}")
@@ -115,4 +109,4 @@ def _images_of(model_input):
     return model_input
 
 
-mlflow.models.set_model(ImageClassifierModel())
+mlflow.models.set_model(ChampionModel())

@@ -3,11 +3,12 @@ once on the test set, logged as an MLflow model and registered under the alias `
 
 Two models are logged on the parent run:
 
-- ``model`` (registered): a pyfunc "model from code" (``serving_model.py``) that takes raw
+- ``model`` (registered): a pyfunc "model from code" (``pyfunc_model.py``) that takes raw
   images (integer 0..255 or float 0..1, several layouts) and answers class index, class name
   and probabilities; its weights are a state dict read with ``weights_only=True``;
-- ``network``: the bare network with its normalisation, through ``mlflow.pytorch.log_model``
-  in MLflow's ``pt2`` format (a ``torch.export`` program), for users who want a torch module.
+- ``network``: the :class:`NormalizingClassifier` (normalisation + network), through
+  ``mlflow.pytorch.log_model`` in MLflow's ``pt2`` format (a ``torch.export`` program), for
+  users who want a torch module.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,18 +31,21 @@ from mlflow.types.schema import AnyType, Array
 from torch import nn
 
 import hpsearch
-from hpsearch.data_utils import MAX_BATCH, ArraySplit, DatasetInfo, accepted_shapes
+from hpsearch.data_utils import ArraySplit, DatasetInfo
 from hpsearch.errors import HpsearchError
-from hpsearch.search.objective import build_network, make_loader
-from hpsearch.search.reports import log_prediction_grid
-from hpsearch.search.tracking import CHECKPOINT_PATH, StudyTracker
-from hpsearch.search.train import EvalResult, evaluate
+from hpsearch.params import TrialParams
+from hpsearch.serving.classifier import NormalizingClassifier
+from hpsearch.serving.images import MAX_BATCH, accepted_shapes
+from hpsearch.serving.uris import CHAMPION_ALIAS
+from hpsearch.tracking.provenance import using_tracking_uri
+from hpsearch.tracking.report import log_prediction_grid
+from hpsearch.tracking.runs import CHECKPOINT_PATH, StudyTracker
+from hpsearch.training.loader import make_loader
+from hpsearch.training.loop import EvalResult, evaluate
 
-__all__ = ["CHAMPION_ALIAS", "ImageClassifier", "Registration", "register_champion"]
-
-CHAMPION_ALIAS = "champion"
+__all__ = ["Registration", "register_champion"]
 # The pyfunc model from code; MLflow runs this file when the model is loaded.
-SERVING_MODEL_FILE = Path(__file__).with_name("serving_model.py")
+SERVING_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 
 @dataclass(frozen=True)
@@ -62,22 +65,6 @@ class Registration:
     trial_number: int
     test_accuracy: float
     newly_registered: bool = True
-
-
-class ImageClassifier(nn.Module):
-    """A trained network with its input normalisation built in.
-
-    Input: float32 pixel values in [0, 1], shape (N, C, H, W). Output: logits (N, classes).
-    """
-
-    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.network = network
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network((x - self.mean) / self.std)
 
 
 def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySplit,
@@ -101,16 +88,16 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
         return existing
     if not best.user_attrs.get("checkpoint"):
         raise HpsearchError(f"trial {best.number} of study {study.study_name!r} kept no weights")
-    network = _load_trial_network(best, info, tracker)
-    result = evaluate(network.to(device), make_loader(test, info, device),
+    classifier = _load_trial_classifier(best, info, tracker)
+    result = evaluate(classifier.network.to(device), make_loader(test, info, device),
                       num_classes=info.num_classes, device=device)
     tracker.log_test_evaluation(result, info.class_names, trial_number=best.number)
     _log_test_grids(tracker, result, test, info)
-    network = network.cpu().eval()
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    with mlflow.start_run(run_id=tracker.parent_run_id):
-        _log_network(ImageClassifier(network, info.mean, info.std).eval(), test)
-        version = _log_serving_model(network, best, info, test, register_name)
+    classifier = classifier.cpu().eval()
+    with using_tracking_uri(tracker.tracking_uri), \
+            mlflow.start_run(run_id=tracker.parent_run_id):
+        _log_network(classifier, test)
+        version = _log_serving_model(classifier.network, best, info, test, register_name)
     _describe_version(tracker, register_name, version, best, info, study.study_name,
                       result.accuracy)
     tracker.client.set_registered_model_alias(register_name, CHAMPION_ALIAS, version)
@@ -129,14 +116,14 @@ def _log_test_grids(tracker: StudyTracker, result: EvalResult, test: ArraySplit,
                             mistakes_only=mistakes_only)
 
 
-def _load_trial_network(trial: optuna.trial.FrozenTrial, info: DatasetInfo,
-                        tracker: StudyTracker) -> nn.Module:
+def _load_trial_classifier(trial: optuna.trial.FrozenTrial, info: DatasetInfo,
+                           tracker: StudyTracker) -> NormalizingClassifier:
     path = mlflow.artifacts.download_artifacts(
         run_id=trial.user_attrs["mlflow_run_id"], artifact_path=CHECKPOINT_PATH,
         tracking_uri=tracker.tracking_uri)
-    network = build_network(trial.user_attrs["hyperparameters"], info)
-    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return network.eval()
+    return NormalizingClassifier.from_weights(
+        TrialParams.from_dict(trial.user_attrs["hyperparameters"]), info,
+        torch.load(path, map_location="cpu", weights_only=True))
 
 
 def _requirements() -> list[str]:
@@ -145,8 +132,8 @@ def _requirements() -> list[str]:
             f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"]
 
 
-def _log_network(classifier: ImageClassifier, test: ArraySplit) -> None:
-    """The bare network (float pixels in [0, 1], (N, C, H, W) -> logits) in pt2 format."""
+def _log_network(classifier: NormalizingClassifier, test: ArraySplit) -> None:
+    """The classifier (float pixels in [0, 1], (N, C, H, W) -> logits) in pt2 format."""
     # Batch > 1 so MLflow's export marks the batch dimension dynamic.
     example = test.images[:4].astype(np.float32) / 255.0
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """Predictions from a registered or logged champion, through the same pyfunc model code that
-``mlflow models serve`` runs (``serving_model.py``)."""
+``mlflow models serve`` runs (``pyfunc_model.py``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from hpsearch.errors import HpsearchError
-from hpsearch.search.registration import CHAMPION_ALIAS
+from hpsearch.tracking.provenance import resolve_tracking_uri, using_tracking_uri
 
-__all__ = ["Prediction", "model_uri", "load_serving_model", "predict_files", "read_images"]
+__all__ = ["Prediction", "load_serving_model", "predict_files", "read_images"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -29,25 +29,14 @@ class Prediction:
     probability: float
 
 
-def model_uri(model: str | None = None, run_id: str | None = None) -> str:
-    """``models:/NAME@ALIAS`` for a registered model (alias defaults to champion), or
-    ``runs:/RUN_ID/model`` for the model logged in a run; a full URI is kept as is."""
-    if run_id:
-        return f"runs:/{run_id}/model"
-    if model and ":/" in model:
-        return model
-    name, _, alias = (model or "hpsearch-fashion_mnist").partition("@")
-    return f"models:/{name}@{alias or CHAMPION_ALIAS}"
-
-
 def load_serving_model(uri: str, tracking_uri: str | None = None):
     """Load the pyfunc model at ``uri``. Raises HpsearchError if it cannot be found."""
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     try:
-        return mlflow.pyfunc.load_model(uri)
+        with using_tracking_uri(tracking_uri):
+            return mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
-        raise HpsearchError(f"cannot load model {uri} from {mlflow.get_tracking_uri()}: "
+        raise HpsearchError(f"cannot load model {uri} from {tracking_uri}: "
                             f"{exc.message.splitlines()[0]}") from None
 
 

@@ -14,82 +14,25 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
-import mlflow
 import numpy as np
 import torch
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from matplotlib.figure import Figure
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hpsearch.search.plots import confusion_matrix_figure, learning_curves_figure
-from hpsearch.search.reports import per_class_report, safe_name
-from hpsearch.search.train import EpochResult, EvalResult
+from hpsearch.tracking.figures import confusion_matrix_figure, learning_curves_figure
+from hpsearch.training.loop import EpochResult, EvalResult
+from hpsearch.training.metrics import per_class_report, safe_name
 
 __all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "StudyTracker", "TrialRun",
-           "close_orphaned_trial_run", "log_confusion", "resolve_tracking_uri"]
+           "close_orphaned_trial_run", "log_confusion", "log_figure"]
 
 # Where a trial's weights (a state dict, loadable with weights_only=True) are logged.
 CHECKPOINT_PATH = "checkpoint/state_dict.pt"
 # Optuna trial state -> MLflow run status. A pruned trial was stopped early on purpose:
 # KILLED, never FAILED.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-
-
-def provenance_tags(device: torch.device, seed: int) -> dict[str, str]:
-    """Where and with what a run was made: device, versions, git commit, host, seed."""
-    import platform
-
-    import optuna
-
-    import hpsearch
-
-    tags = {
-        "hpsearch.version": hpsearch.__version__,
-        "hpsearch.seed": str(seed),
-        "host": platform.node(),
-        "hpsearch.pid": str(os.getpid()),  # which process ran it (see close_orphaned_trial_run)
-        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"cpu ({platform.processor() or platform.machine()})"),
-        "torch_version": torch.__version__,
-        "cuda_version": str(torch.version.cuda),
-        "optuna_version": optuna.__version__,
-        "mlflow_version": mlflow.__version__,
-    }
-    commit = _git_commit(os.path.dirname(hpsearch.__file__))
-    if commit:
-        tags["hpsearch.git_commit"] = commit
-    return tags
-
-
-def _git_commit(directory: str) -> str | None:
-    """The checkout's commit when hpsearch runs from a git clone, else None."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
-                             text=True, timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def dataset_inputs(splits: Mapping[str, Any], name: str) -> list[DatasetInput]:
-    """MLflow dataset inputs (name, digest, size) for ``{context: ArraySplit}``."""
-    inputs = []
-    for context, split in splits.items():
-        dataset = mlflow.data.from_numpy(features=split.images, targets=split.labels,
-                                         name=f"{name}-{context}")
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(),
-                                   tags=[InputTag("mlflow.data.context", context)]))
-    return inputs
-
-
-def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's own default."""
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.get_tracking_uri()
 
 
 class StudyTracker:
@@ -258,7 +201,7 @@ class TrialRun:
             self._log_per_class(per_class_report(last.val.confusion, class_names), last.epoch)
             fig = learning_curves_figure(history, title=f"{state.lower()} after "
                                                         f"{last.epoch} epoch(s)")
-            _log_figure(self.client, self.run_id, fig, "learning_curves.png")
+            log_figure(self.client, self.run_id, fig, "learning_curves.png")
         run_tags = [RunTag("optuna.state", state), RunTag("epochs_run", str(len(history)))]
         if reason:
             run_tags.append(RunTag("hpsearch.reason", reason[:4000]))
@@ -327,13 +270,11 @@ def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,
         "columns": "predicted class",
     }
     client.log_dict(run_id, payload, f"{name}.json")
-    _log_figure(client, run_id, confusion_matrix_figure(counts, class_names, title=title),
+    log_figure(client, run_id, confusion_matrix_figure(counts, class_names, title=title),
                 f"{name}.png")
 
 
-def _log_figure(client: MlflowClient, run_id: str, fig: plt.Figure, name: str) -> None:
-    try:
-        client.log_figure(run_id, fig, name)
-    finally:
-        plt.close(fig)
+def log_figure(client: MlflowClient, run_id: str, figure: Figure, name: str) -> None:
+    """Log ``figure`` as the artifact ``name`` (PNG)."""
+    client.log_figure(run_id, figure, name)
 

@@ -1,24 +1,27 @@
-"""Matplotlib figures logged to MLflow: confusion matrices and learning curves."""
+"""Matplotlib figures logged to MLflow: confusion matrices, learning curves, image grids.
+
+Built as ``matplotlib.figure.Figure`` objects, not through pyplot: no backend is chosen and
+no global figure state is touched, so drawing works on servers and leaves a notebook's
+matplotlib as it was.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
-from hpsearch.search.train import EpochResult
+if TYPE_CHECKING:
+    from hpsearch.training import EpochResult
 
 __all__ = ["confusion_matrix_figure", "image_grid_figure", "learning_curves_figure"]
 
 
 def confusion_matrix_figure(
     confusion: np.ndarray, class_names: Sequence[str], *, title: str
-) -> plt.Figure:
+) -> Figure:
     """Counts (rows = true class, columns = predicted class) as an annotated heat map.
 
     Args:
@@ -30,7 +33,8 @@ def confusion_matrix_figure(
     # Fixed margins in inches (room for the longest class names) instead of tight_layout,
     # which draws the whole figure once more: every trial draws one of these.
     width, height = 2.2 + 0.6 * n, 2.0 + 0.6 * n
-    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100)
+    ax = fig.subplots()
     fig.subplots_adjust(left=1.3 / width, right=1 - 0.2 / width, bottom=1.3 / height,
                         top=1 - 0.4 / height)
     ax.imshow(confusion, cmap="Blues")
@@ -44,10 +48,11 @@ def confusion_matrix_figure(
     return fig
 
 
-def learning_curves_figure(history: Sequence[EpochResult], *, title: str) -> plt.Figure:
+def learning_curves_figure(history: Sequence[EpochResult], *, title: str) -> Figure:
     """Training and validation loss and accuracy per epoch, side by side."""
     epochs = [r.epoch for r in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    fig = Figure(figsize=(9, 3.5), dpi=100)
+    loss_ax, acc_ax = fig.subplots(1, 2)
     # Fixed margins rather than tight_layout (one draw less per trial).
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.83, wspace=0.25)
     loss_ax.plot(epochs, [r.train_loss for r in history], "o-", label="train")
@@ -67,7 +72,7 @@ def learning_curves_figure(history: Sequence[EpochResult], *, title: str) -> plt
 
 
 def image_grid_figure(images: np.ndarray, titles: Sequence[str], *, title: str,
-                      columns: int = 6) -> plt.Figure:
+                      columns: int = 6) -> Figure:
     """Images with a caption each (e.g. "true: Shirt / pred: T-shirt/top 0.91").
 
     The images are tiled into one picture drawn on one axes with a text per tile: one axes
@@ -90,7 +95,8 @@ def image_grid_figure(images: np.ndarray, titles: Sequence[str], *, title: str,
         r, c = divmod(i, columns)
         top, left = r * tile_h + caption, c * tile_w + pad // 2
         canvas[top:top + height, left:left + width] = image.transpose(1, 2, 0)
-    fig, ax = plt.subplots(figsize=(1.9 * columns, 2.1 * rows + 0.4), dpi=100)
+    fig = Figure(figsize=(1.9 * columns, 2.1 * rows + 0.4), dpi=100)
+    ax = fig.subplots()
     ax.imshow(canvas[..., 0] if channels == 1 else canvas, cmap="gray" if channels == 1 else None,
               vmin=0, vmax=255, interpolation="nearest")
     for i, text in enumerate(titles[:k]):

@@ -15,22 +15,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hpsearch.data_utils.augment import random_crop, random_hflip
-from hpsearch.data_utils.datasets import ArraySplit, DatasetInfo
+from hpsearch.data_utils import ArraySplit, DatasetInfo
+from hpsearch.training.augment import random_crop, random_hflip
+
+__all__ = ["EVAL_BATCH_SIZE", "DeviceLoader", "make_loader", "normalization", "normalize"]
+
+# Validation and test batches: large, since no gradients are kept.
+EVAL_BATCH_SIZE = 1024
+
+
+def normalization(info: DatasetInfo, *, pixel_scale: float, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(scale, shift)``, each (1, C, 1, 1), such that
+    ``x * scale + shift == (x / pixel_scale - mean) / std``: one fused multiply-add per
+    pixel. ``pixel_scale`` is 255 for uint8 pixels, 1 for pixels already in [0, 1]."""
+    mean = torch.tensor(info.mean, dtype=torch.float64)
+    std = torch.tensor(info.std, dtype=torch.float64)
+    scale = (1.0 / (pixel_scale * std)).to(device=device, dtype=dtype).view(1, -1, 1, 1)
+    shift = (-mean / std).to(device=device, dtype=dtype).view(1, -1, 1, 1)
+    return scale, shift
 
 
 @functools.lru_cache(maxsize=32)
 def _channel_stats(
     info: DatasetInfo, device: torch.device, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
-    """Per-channel (1/(255*std), -mean/std) of shape (1, C, 1, 1), built once per device/dtype."""
-    mean = torch.tensor(info.mean, dtype=torch.float64)
-    std = torch.tensor(info.std, dtype=torch.float64)
-    # Folding 1/255 and the division into one scale and shift makes normalising one fused
-    # multiply-add per pixel.
-    scale = (1.0 / (255.0 * std)).to(device=device, dtype=dtype).view(1, -1, 1, 1)
-    shift = (-mean / std).to(device=device, dtype=dtype).view(1, -1, 1, 1)
-    return scale, shift
+    """:func:`normalization` of uint8 pixels, built once per data set, device and dtype."""
+    return normalization(info, pixel_scale=255.0, device=device, dtype=dtype)
 
 
 def normalize(
@@ -181,3 +192,15 @@ def _to_device(array: np.ndarray, device: torch.device) -> Tensor:
     # from_numpy needs a writable, contiguous array; np.require copies only when it is not.
     host = torch.from_numpy(np.require(array, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
     return host.to(device)
+
+
+def make_loader(split: ArraySplit, info: DatasetInfo, device: torch.device, *,
+                batch_size: int = EVAL_BATCH_SIZE, train: bool = False, augment: bool = False,
+                seed: int = 0) -> DeviceLoader:
+    """A device-resident loader yielding channels-last batches (faster convolutions on
+    both cuDNN and oneDNN); training loaders shuffle and drop the last partial batch (a
+    batch of one breaks batch norm), unless the split is smaller than one batch."""
+    return DeviceLoader(split, info=info, batch_size=batch_size, device=device,
+                        shuffle=train, augment=train and augment,
+                        drop_last=train and len(split) >= batch_size, seed=seed,
+                        channels_last=True)

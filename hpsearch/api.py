@@ -1,0 +1,138 @@
+"""The Python API: ``hpsearch.run(...)`` from a notebook or a script, as ``hpsearch run`` from
+the shell (the command line calls this function)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpsearch.errors import HpsearchError
+from hpsearch.studies import StudySpec, load_builtin_spec, load_spec
+
+if TYPE_CHECKING:
+    from hpsearch.search.config import RunConfig, StudySummary
+    from hpsearch.search.progress import Reporter
+
+__all__ = ["make_config", "run"]
+
+
+def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = None,
+        trials: int = 50, epochs: int | None = None, timeout_s: float | None = None,
+        train_subset: int | None = None, study_name: str | None = None,
+        storage: str | None = None, tracking_uri: str | None = None,
+        data_dir: str | None = None, device: str = "auto", seed: int = 0,
+        register_name: str | None = None, max_failures: int = 5,
+        heartbeat_interval_s: int = 10, jobs: int | None = None, compile: bool = False,
+        quiet: bool = False, reporter: Reporter | None = None) -> StudySummary:
+    """Run (or resume) a study and register its champion; the same as ``hpsearch run``.
+
+    Example::
+
+        import hpsearch
+
+        summary = hpsearch.run(dataset="fashion_mnist", trials=10, epochs=3,
+                               train_subset=10_000)
+        print(summary.best_value, summary.registration.test_accuracy)
+
+    Args:
+        dataset: built-in study (``fashion_mnist``, ``mnist``, ``cifar10``); default
+            ``fashion_mnist`` unless ``spec`` is given.
+        spec: a study spec file's path, or a :class:`~hpsearch.studies.StudySpec`.
+        trials: the study's target number of finished (complete or pruned) trials.
+        epochs: most epochs per trial (default: the spec's).
+        timeout_s: start no new trial after this many seconds.
+        train_subset: train on only this many training images.
+        study_name: Optuna study and MLflow experiment name (default: the data set's).
+        storage: Optuna storage URL (default: ``$HPSEARCH_STORAGE``, else
+            ``sqlite:///hpsearch.db``).
+        tracking_uri: MLflow tracking URI (default: MLflow's: ``$MLFLOW_TRACKING_URI``,
+            else ``sqlite:///mlflow.db``).
+        data_dir: where the data set's files are (default: ``$HPSEARCH_DATA_DIR``, Debian's
+            copy, the download cache).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seeds the sampler, the validation split and every trial.
+        register_name: registered model name (default ``hpsearch-STUDY``).
+        max_failures: stop after this many trials in a row failed with an error.
+        heartbeat_interval_s: seconds between a running trial's heartbeats.
+        jobs: trials run at once in worker processes (default: 1 on a CPU).
+        compile: train through ``torch.compile``.
+        quiet: one progress line per trial instead of one per epoch.
+        reporter: where progress goes (default: stderr).
+
+    Returns:
+        The :class:`~hpsearch.search.config.StudySummary`: trial counts, the best trial, the
+        registered champion and its test accuracy (``summary.registration``). After Ctrl-C
+        the summary so far, with ``exit_code`` 130.
+
+    Raises:
+        HpsearchError: bad arguments, missing or corrupt data, unusable stores.
+        SpecError: an invalid spec file (its message names file, key and reason).
+
+    Nothing global is left changed: MLflow's tracking URI and Optuna's verbosity are the
+    caller's again when it returns, and no signal handler is installed.
+    """
+    from hpsearch.search.progress import Reporter
+    from hpsearch.search.study import run_study
+
+    config = make_config(
+        dataset=dataset, spec=spec, trials=trials, epochs=epochs, timeout_s=timeout_s,
+        train_subset=train_subset, study_name=study_name, storage=storage,
+        tracking_uri=tracking_uri, data_dir=data_dir, device=device, seed=seed,
+        register_name=register_name, max_failures=max_failures,
+        heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile)
+    return run_study(config, reporter or Reporter(config.spec.metric, verbose=not quiet))
+
+
+def make_config(*, dataset: str | None, spec: str | Path | StudySpec | None, trials: int,
+                epochs: int | None, timeout_s: float | None, train_subset: int | None,
+                study_name: str | None, storage: str | None, tracking_uri: str | None,
+                data_dir: str | None, device: str, seed: int, register_name: str | None,
+                max_failures: int, heartbeat_interval_s: int, jobs: int | None,
+                compile: bool) -> RunConfig:
+    """Check the arguments of :func:`run` and resolve them into a ``RunConfig``.
+
+    Raises:
+        HpsearchError: a value out of range, or ``dataset`` disagreeing with the spec.
+        SpecError: an invalid spec file.
+    """
+    from hpsearch.search.config import DEFAULT_STORAGE, RunConfig
+
+    study_spec = _resolve_spec(dataset, spec, epochs)
+    if trials < 1:
+        raise HpsearchError(f"--trials must be >= 1, got {trials}")
+    if train_subset is not None and train_subset < 1:
+        raise HpsearchError(f"--train-subset must be >= 1, got {train_subset}")
+    if timeout_s is not None and timeout_s <= 0:
+        raise HpsearchError(f"--timeout must be > 0 seconds, got {timeout_s:g}")
+    if max_failures < 1 or heartbeat_interval_s < 1:
+        raise HpsearchError("--max-failures and --heartbeat-interval must be >= 1")
+    if jobs is not None and jobs < 1:
+        raise HpsearchError(f"--jobs must be >= 1, got {jobs}")
+    study_name = study_name or study_spec.dataset
+    return RunConfig(
+        spec=study_spec, trials=trials, study_name=study_name,
+        register_name=register_name or f"hpsearch-{study_name}",
+        storage=storage or os.environ.get("HPSEARCH_STORAGE") or DEFAULT_STORAGE,
+        tracking_uri=tracking_uri, timeout_s=timeout_s, train_subset=train_subset,
+        data_dir=data_dir, device=device, seed=seed, max_consecutive_failures=max_failures,
+        heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile)
+
+
+def _resolve_spec(dataset: str | None, spec: str | Path | StudySpec | None,
+                  epochs: int | None) -> StudySpec:
+    if spec is not None:
+        study_spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+        if dataset is not None and dataset != study_spec.dataset:
+            raise HpsearchError(f"--dataset {dataset} disagrees with {study_spec.source}, "
+                                f"which says dataset: {study_spec.dataset}")
+    else:
+        try:
+            study_spec = load_builtin_spec(dataset or "fashion_mnist")
+        except ValueError as exc:
+            raise HpsearchError(f"--dataset: {exc}") from None
+    if epochs is not None:
+        if epochs < 1:
+            raise HpsearchError(f"--epochs must be >= 1, got {epochs}")
+        study_spec = study_spec.replace(epochs=epochs)
+    return study_spec

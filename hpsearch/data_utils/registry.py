@@ -1,0 +1,120 @@
+"""The data set registry: one :class:`DatasetSource` per data set, registered by name.
+
+Each data set is one module of this package that calls :func:`register_dataset`; the modules
+are imported on first use. A new data set is one new file here (see ``fashion_mnist.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpsearch._imports import import_submodules
+
+if TYPE_CHECKING:
+    from hpsearch.data_utils.arrays import ArraySplit
+
+__all__ = ["DatasetInfo", "DatasetSource", "get_dataset", "get_dataset_info", "list_datasets",
+           "register_dataset"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static description of an image classification data set.
+
+    Attributes:
+        name: Registry key, e.g. ``"fashion_mnist"``.
+        in_channels: Number of image channels C (1 for grey scale, 3 for RGB).
+        image_size: Side length H == W of the square images, in pixels.
+        num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
+        class_names: Human-readable class names, indexed by label.
+        mean: Per-channel mean of the training images on the 0-1 pixel scale.
+        std: Per-channel standard deviation of the training images on the 0-1 pixel scale.
+        hflip: Whether random horizontal flips are a label-preserving augmentation.
+        crop_padding: Zero padding in pixels on each side before the random crop.
+    """
+
+    name: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool
+    crop_padding: int
+
+
+# Reads a folder: (train, test), or a short reason when the folder lacks the files.
+FolderReader = Callable[[Path, DatasetInfo], "tuple[ArraySplit, ArraySplit] | str"]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a data set's files come from and how they are read.
+
+    Attributes:
+        info: what the data set is.
+        url: where its files are published.
+        files: the files a folder must hold, in words (for "put ... in a folder" messages).
+        read: reads those files from a folder (see :data:`FolderReader`).
+        folders: sub-folders of a data folder to look in, in order (``""`` is the folder).
+        torchvision_class: the ``torchvision.datasets`` class that downloads the files.
+        download_folder: where that class leaves the raw files under its root.
+        system_folders: installed copies looked in after the data folder (Debian's package).
+        install_hint: how to install such a copy, or ``""``.
+    """
+
+    info: DatasetInfo
+    url: str
+    files: str
+    read: FolderReader
+    folders: tuple[str, ...]
+    torchvision_class: str
+    download_folder: str
+    system_folders: tuple[Path, ...] = ()
+    install_hint: str = ""
+
+
+_SOURCES: dict[str, DatasetSource] = {}
+_NOT_DATA_SETS = {"registry", "arrays", "formats", "loading"}  # this package's machinery
+
+
+def register_dataset(source: DatasetSource) -> DatasetSource:
+    """Register ``source`` under ``source.info.name``.
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    if source.info.name in _SOURCES:
+        raise ValueError(f"dataset {source.info.name!r} is already registered")
+    _SOURCES[source.info.name] = source
+    return source
+
+
+def list_datasets() -> list[str]:
+    """The registered data set names, sorted."""
+    import_submodules(__package__, _NOT_DATA_SETS)
+    return sorted(_SOURCES)
+
+
+def get_dataset(name: str) -> DatasetSource:
+    """The registered source of data set ``name``.
+
+    Raises:
+        ValueError: If ``name`` is not registered; the message lists the choices.
+    """
+    import_submodules(__package__, _NOT_DATA_SETS)
+    try:
+        return _SOURCES[name]
+    except KeyError:
+        choices = ", ".join(sorted(_SOURCES))
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {choices}") from None
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of data set ``name``; ValueError listing the choices if
+    there is none."""
+    return get_dataset(name).info

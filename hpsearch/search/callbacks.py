@@ -1,0 +1,78 @@
+"""``study.optimize`` callbacks of a worker: the best trial on the parent run, the
+consecutive-failure guard, and the study report's refresh."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.search.config import StudySummary
+from hpsearch.search.coordination import FINISHED_STATES, count_trials
+from hpsearch.search.progress import Reporter
+from hpsearch.tracking.report import log_study_report
+from hpsearch.tracking.runs import StudyTracker
+
+__all__ = ["BestLogger", "FailureGuard", "ReportRefresher", "refresh_report"]
+
+REPORT_EVERY = 5  # trials between refreshes of the study report on the parent run...
+REPORT_MIN_S = 60.0  # ...and seconds at least between two refreshes
+
+
+class BestLogger:
+    """A new best trial's value and params on the parent run."""
+
+    def __init__(self, tracker: StudyTracker) -> None:
+        self.tracker = tracker
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE and study.best_trial.number == trial.number:
+            self.tracker.log_best(value=trial.value,
+                                  params=trial.user_attrs["hyperparameters"],
+                                  trial_number=trial.number,
+                                  step=count_trials(study, *FINISHED_STATES))
+
+
+class FailureGuard:
+    """Stops the study after ``limit`` trials in a row failed with an error: a bug, not bad
+    luck. Out-of-memory failures depend on the sampled configuration and do not count;
+    any other failure does, also one that happened before the objective could classify it."""
+
+    def __init__(self, limit: int, summary: StudySummary) -> None:
+        self.limit, self.summary, self.in_a_row = limit, summary, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.in_a_row = 0
+        elif trial.user_attrs.get("failure_kind") != "out_of_memory":
+            self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            reason = trial.user_attrs.get("fail_reason", "see the trial's traceback.txt")
+            self.summary.stop_reason = (f"stopped after {self.in_a_row} failed trials in a "
+                                        f"row; last: {reason}")
+            study.stop()
+
+
+def refresh_report(tracker: StudyTracker, study: optuna.Study, reporter: Reporter) -> None:
+    """Log the study report on the parent run; a failure here must not end the study."""
+    try:
+        log_study_report(tracker.client, tracker.parent_run_id, study)
+    except Exception as exc:  # plotting or logging trouble: say so, keep going
+        reporter.say(f"warning: study report not logged: {type(exc).__name__}: {exc}")
+
+
+class ReportRefresher:
+    """Refreshes the study report after every few finished trials, at most once a minute:
+    plotting grows with the study. Called after each trial, or while waiting for workers."""
+
+    def __init__(self, tracker: StudyTracker, study: optuna.Study, reporter: Reporter) -> None:
+        self.tracker, self.study, self.reporter = tracker, study, reporter
+        self.last_time = time.monotonic()
+        self.last_finished = count_trials(study, *FINISHED_STATES)
+
+    def __call__(self, *_: object) -> None:
+        now, finished = time.monotonic(), count_trials(self.study, *FINISHED_STATES)
+        if finished - self.last_finished >= REPORT_EVERY and now - self.last_time >= REPORT_MIN_S:
+            refresh_report(self.tracker, self.study, self.reporter)
+            self.last_time, self.last_finished = now, finished

@@ -1,0 +1,90 @@
+"""What a study run is asked to do (:class:`RunConfig`) and what it did (:class:`StudySummary`).
+Plain data: no torch, Optuna or MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.studies import StudySpec
+
+if TYPE_CHECKING:
+    from hpsearch.serving.registration import Registration
+
+__all__ = ["DEFAULT_STORAGE", "RunConfig", "StudySummary"]
+
+DEFAULT_STORAGE = "sqlite:///hpsearch.db"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``hpsearch run`` resolved from its options.
+
+    Attributes:
+        spec: the study spec, CLI overrides applied.
+        trials: target number of finished trials in the study (>= 1).
+        study_name: Optuna study name; also the MLflow experiment name.
+        register_name: registered model name for the champion.
+        storage: Optuna storage URL.
+        tracking_uri: MLflow tracking URI, or None for ``MLFLOW_TRACKING_URI`` / default.
+        timeout_s: stop starting new trials after this many seconds, or None.
+        train_subset: train on only this many training images, or None for all.
+        data_dir: where to look for (and download) the data set, or None.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seeds the sampler, the validation split and each trial's torch RNG.
+        max_consecutive_failures: stop the study after this many trials in a row failed
+            with an error (not counting out-of-memory failures or interruptions).
+        heartbeat_interval_s: seconds between a running trial's heartbeats; a trial silent
+            for 3 intervals is taken for dead (its worker was killed) and retried.
+        jobs: trials run at once, each in its own worker process (>= 1), or None for the
+            device's default (1 on a CPU).
+        compile: train through ``torch.compile`` (compiled once per trial).
+    """
+
+    spec: StudySpec
+    trials: int
+    study_name: str
+    register_name: str
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str | None = None
+    timeout_s: float | None = None
+    train_subset: int | None = None
+    data_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    max_consecutive_failures: int = 5
+    heartbeat_interval_s: int = 10
+    jobs: int | None = 1
+    compile: bool = False
+
+
+@dataclass
+class StudySummary:
+    """What a study run produced, for the closing summary.
+
+    Attributes:
+        study_name: the Optuna study (and MLflow experiment).
+        tracking_uri: the MLflow tracking store its runs went to.
+        metric: the objective's metric (``val_accuracy`` or ``val_loss``).
+        n_complete, n_pruned, n_failed: the study's trials by state, after this run.
+        best_value: the best trial's value of ``metric``, or None if none completed.
+        best_trial: its number; best_params: its hyperparameters.
+        registration: the champion registered by this run (or found registered), or None.
+        wall_seconds: this run's wall time.
+        stop_reason: why the run stopped before the target, or None.
+        exit_code: 0, or 128 + the signal number when interrupted.
+    """
+
+    study_name: str
+    tracking_uri: str
+    metric: str = "val_accuracy"
+    n_complete: int = 0
+    n_pruned: int = 0
+    n_failed: int = 0
+    best_value: float | None = None
+    best_trial: int | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    registration: Registration | None = None
+    wall_seconds: float = 0.0
+    stop_reason: str | None = None
+    exit_code: int = 0  # 128 + signal number when interrupted

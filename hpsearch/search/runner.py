@@ -1,0 +1,279 @@
+"""The study runner: the one place that opens a study's device, data, Optuna storage, MLflow
+tracker and objective, and runs trials until the study has its target.
+
+Used by ``hpsearch run`` in one process, by each ``--jobs`` worker process, and by
+``hpsearch register`` (:meth:`StudyRunner.open_existing`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import time
+from dataclasses import dataclass
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from hpsearch import __version__
+from hpsearch.data_utils import (
+    ArraySplit,
+    DataFileError,
+    DataNotFoundError,
+    get_dataset_info,
+    load_dataset,
+    split_train_val,
+)
+from hpsearch.errors import HpsearchError, check_interrupted
+from hpsearch.search.callbacks import BestLogger, FailureGuard, ReportRefresher
+from hpsearch.search.config import RunConfig, StudySummary
+from hpsearch.search.coordination import (
+    StudyLock,
+    claim_worker_number,
+    count_trials,
+    schema_lock,
+    slots_left,
+)
+from hpsearch.search.objective import Objective, TrialData
+from hpsearch.search.preflight import preflight
+from hpsearch.search.progress import Reporter
+from hpsearch.search.storage import fail_stale_trials, load_existing_study, open_study
+from hpsearch.serving.registration import Registration, register_champion
+from hpsearch.studies.components import build_sampler
+from hpsearch.tracking.provenance import dataset_inputs, provenance_tags, resolve_tracking_uri
+from hpsearch.tracking.runs import StudyTracker
+from hpsearch.training.device import autocast_dtype, device_name, resolve_device
+
+__all__ = ["StudyRunner", "default_jobs", "load_data"]
+
+
+def default_jobs(device: torch.device) -> int:
+    """Worker processes when ``--jobs`` is not given: 1 on a CPU (one trial already uses
+    every core), else up to 4 small models side by side on the GPU, one CPU core each to
+    queue their kernels."""
+    if device.type != "cuda":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def load_data(dataset: str, data_dir: str | None) -> tuple[ArraySplit, ArraySplit]:
+    """The data set's official (train, test) splits.
+
+    Raises:
+        HpsearchError: the files are missing, or present but unusable (the message names
+            the file and what is wrong).
+    """
+    try:
+        return load_dataset(dataset, data_dir)
+    except (DataNotFoundError, DataFileError, pickle.UnpicklingError) as exc:
+        raise HpsearchError(str(exc)) from None
+
+
+@dataclass
+class StudyRunner:
+    """A study opened for work: device, data, Optuna study, MLflow tracker, study lock.
+
+    Build one with :meth:`open` (create or resume, from a :class:`RunConfig`) or
+    :meth:`open_existing` (a study that must exist, for registering it again).
+    """
+
+    study: optuna.Study
+    tracker: StudyTracker
+    device: torch.device
+    data: TrialData | None
+    test: ArraySplit
+    lock: StudyLock
+    reporter: Reporter
+    config: RunConfig | None = None
+
+    @classmethod
+    def open(cls, config: RunConfig, reporter: Reporter) -> StudyRunner:
+        """Open (create or resume) the study ``config`` names, its data and stores.
+
+        Raises:
+            HpsearchError: bad device, missing or corrupt data, unusable storage or
+                tracking store, or an unwritable directory; raised before anything is
+                written.
+        """
+        device = resolve_device(config.device)
+        train, test = load_data(config.spec.dataset, config.data_dir)
+        train, val = split_train_val(train, val_fraction=config.spec.val_fraction,
+                                     seed=config.seed, train_subset=config.train_subset)
+        data = TrialData(info=get_dataset_info(config.spec.dataset), train=train, val=val)
+        tracking_uri = resolve_tracking_uri(config.tracking_uri)
+        preflight(config.storage, tracking_uri)
+        with schema_lock(config.storage, tracking_uri):
+            study = open_study(config, tracking_uri)
+            tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
+        return cls(study=study, tracker=tracker, device=device, data=data, test=test,
+                   lock=StudyLock(config.storage, config.study_name), reporter=reporter,
+                   config=config)
+
+    @classmethod
+    def open_existing(cls, *, study_name: str, storage: str, tracking_uri: str | None,
+                      data_dir: str | None, device: str, reporter: Reporter) -> StudyRunner:
+        """Open a study that must exist, with its data set's test split (no training data).
+
+        Raises:
+            HpsearchError: no such study, its data set cannot be found, or the stores
+                cannot be reached.
+        """
+        torch_device = resolve_device(device)
+        tracking_uri = resolve_tracking_uri(tracking_uri)
+        preflight(storage, tracking_uri)
+        study = load_existing_study(study_name, storage)
+        tracker = StudyTracker(tracking_uri=tracking_uri, study_name=study_name)
+        dataset = study.user_attrs.get("hpsearch.dataset") or _dataset_from_runs(tracker)
+        _, test = load_data(dataset, data_dir)
+        return cls(study=study, tracker=tracker, device=torch_device, data=None, test=test,
+                   lock=StudyLock(storage, study_name), reporter=reporter)
+
+    @property
+    def dataset(self) -> str:
+        return self.study.user_attrs.get("hpsearch.dataset") or self.config.spec.dataset
+
+    def start_parent(self, role: str = "study", register_name: str | None = None) -> None:
+        """Open this invocation's parent run: ``role`` ``study`` (``hpsearch run``) or
+        ``register`` (``hpsearch register``, registering as ``register_name``)."""
+        if role == "study":
+            params, spec_yaml = self._run_params(), self.config.spec.to_yaml()
+        else:
+            params = {"study": self.study.study_name, "dataset": self.dataset,
+                      "storage": self.lock.storage_url, "register_name": register_name}
+            spec_yaml = None
+        self.tracker.start_parent(params=params, spec_yaml=spec_yaml, role=role,
+                                  run_tags=provenance_tags(self.device, self._seed),
+                                  inputs=self._inputs())
+
+    def attach_parent(self, parent_run_id: str) -> None:
+        """Nest this worker's trial runs under the coordinator's parent run (``--jobs``)."""
+        self.tracker.attach_parent(parent_run_id,
+                                   run_tags=provenance_tags(self.device, self._seed),
+                                   inputs=self._inputs())
+
+    def work(self, summary: StudySummary, *, deadline: float | None,
+             refresh_reports: bool) -> None:
+        """Take a trial slot, run the trial, until the study is done.
+
+        A slot is taken under the study lock (see :mod:`~hpsearch.search.coordination`),
+        so all workers together run exactly ``config.trials`` finished trials. When no slot
+        is left but other workers still run trials, this worker stays: if one of them dies,
+        its trial goes stale (no heartbeat), is failed and re-enqueued, and a waiting
+        worker runs it. Returns when the study is done, at ``deadline`` (``time.time()``
+        seconds), or when ``summary.stop_reason`` is set (too many failures in a row).
+        """
+        config, study, lock = self.config, self.study, self.lock
+        worker = claim_worker_number(study, lock)
+        if worker:  # the study's first worker keeps --seed: a single run stays reproducible
+            study.sampler = build_sampler(dict(config.spec.sampler), seed=config.seed + worker)
+        objective = Objective(spec=config.spec, data=self.data, device=self.device,
+                              tracker=self.tracker, reporter=self.reporter, seed=config.seed,
+                              compile_model=config.compile)
+        callbacks = [self.reporter.trial_finished, BestLogger(self.tracker),
+                     FailureGuard(config.max_consecutive_failures, summary)]
+        if refresh_reports:
+            callbacks.append(ReportRefresher(self.tracker, study, self.reporter))
+
+        def start_trial(trial: optuna.Trial) -> float:
+            lock.release()  # the trial holds its slot now: RUNNING in the storage
+            return objective(trial)
+
+        said_waiting = None
+        while summary.stop_reason is None:
+            check_interrupted()
+            if deadline is not None and time.time() >= deadline:
+                summary.stop_reason = f"timeout of {config.timeout_s:g} s reached"
+                return
+            with lock.hold():
+                if slots_left(study, config.trials) > 0:
+                    study.optimize(start_trial, n_trials=1, callbacks=callbacks,
+                                   catch=(Exception,), gc_after_trial=True)
+                    _return_freed_memory()
+                    said_waiting = None
+                    continue
+                running = count_trials(study, TrialState.RUNNING)
+            if running == 0:
+                return
+            if said_waiting != running:
+                self.reporter.say(f"waiting for {running} trial(s) running on other workers "
+                                  "(a dead worker's trial is retried here)")
+                said_waiting = running
+            time.sleep(min(5.0, config.heartbeat_interval_s))
+            fail_stale_trials(study)
+
+    def register(self, register_name: str, *, force: bool = False) -> Registration | None:
+        """Register the champion if no trial of the study runs any more (this worker is the
+        last), under the study lock: of two workers finishing together, one registers and
+        the other finds the champion alias already on the study's best trial. ``force``
+        registers a new version even then (``hpsearch register``)."""
+        with self.lock.hold():
+            running = count_trials(self.study, TrialState.RUNNING)
+            if running and not force:
+                self.reporter.say(f"not registering: {running} trial(s) still running on "
+                                  "other workers; the last worker to finish registers the "
+                                  "champion")
+                return None
+            if not force and not count_trials(self.study, TrialState.COMPLETE):
+                return None
+            return register_champion(study=self.study, info=get_dataset_info(self.dataset),
+                                     test=self.test, tracker=self.tracker,
+                                     register_name=register_name, device=self.device,
+                                     force=force)
+
+    def close(self) -> None:
+        self.lock.close()
+
+    @property
+    def _seed(self) -> int:
+        return self.config.seed if self.config else 0
+
+    def _inputs(self) -> list:
+        if self.data is None:
+            return []
+        return dataset_inputs({"training": self.data.train, "validation": self.data.val},
+                              self.dataset)
+
+    def _run_params(self) -> dict[str, object]:
+        config = self.config
+        return {
+            "dataset": config.spec.dataset,
+            "trials": config.trials,
+            "epochs": config.spec.epochs,
+            "timeout_s": config.timeout_s,
+            "train_subset": config.train_subset,
+            "n_train": len(self.data.train),
+            "n_val": len(self.data.val),
+            "seed": config.seed,
+            "device": device_name(self.device),
+            "autocast_dtype": str(autocast_dtype(self.device)),
+            "storage": config.storage,
+            "jobs": config.jobs,
+            "compile": config.compile,
+            "register_name": config.register_name,
+            "spec_source": config.spec.source,
+            "hpsearch_version": __version__,
+            "torch_version": torch.__version__,
+        }
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap memory the last trial freed back to the OS. glibc keeps freed memory
+    for reuse, so without this a study's resident memory stays at the high-water mark of
+    its largest trial so far and creeps up with each new largest one."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
+def _dataset_from_runs(tracker: StudyTracker) -> str:
+    """The data set of a study created before studies recorded it: its parent runs'."""
+    runs = tracker.client.search_runs([tracker.experiment_id],
+                                      filter_string="tags.`hpsearch.role` = 'study'",
+                                      max_results=1)
+    if not runs or "dataset" not in runs[0].data.params:
+        raise HpsearchError(f"cannot tell the data set of study {tracker.study_name!r}: "
+                            "no hpsearch run of it in the tracking store")
+    return runs[0].data.params["dataset"]

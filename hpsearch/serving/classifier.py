@@ -1,0 +1,48 @@
+"""The champion as one torch module: normalisation, network, logits. The pt2 export and the
+served pyfunc model are both this module."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from hpsearch.data_utils import DatasetInfo
+from hpsearch.models import build_network
+from hpsearch.params import TrialParams
+from hpsearch.training.loader import normalization
+
+__all__ = ["NormalizingClassifier"]
+
+
+class NormalizingClassifier(nn.Module):
+    """A trained network with its input normalisation built in.
+
+    Input: float32 pixel values in [0, 1], shape (N, C, H, W). Output: float32 logits
+    (N, num_classes). The normalisation is the training loader's
+    (:func:`hpsearch.training.loader.normalization`), so the network sees the same values.
+
+    Args:
+        network: maps normalised images (N, C, H, W) to logits.
+        info: the data set the network was trained on (channel means and deviations).
+    """
+
+    def __init__(self, network: nn.Module, info: DatasetInfo) -> None:
+        super().__init__()
+        self.network = network
+        scale, shift = normalization(info, pixel_scale=1.0)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(torch.addcmul(self.shift, x, self.scale)).float()
+
+    @classmethod
+    def from_weights(cls, params: TrialParams, info: DatasetInfo,
+                     state_dict: Mapping[str, torch.Tensor]) -> NormalizingClassifier:
+        """The network ``params`` describe with the weights of ``state_dict`` (the bare
+        network's, as a trial keeps them), in eval mode on the CPU."""
+        network = build_network(params, info)
+        network.load_state_dict(state_dict)
+        return cls(network, info).eval()

@@ -1,0 +1,240 @@
+"""Search spaces: what each hyperparameter may take, drawn from an Optuna trial.
+
+A space is a tuple of :class:`ParamSpec`, one per hyperparameter, in the order they are
+drawn. A categorical parameter may carry *branches*: for each of its choices, the
+parameters drawn only when that choice is (a conditional space, e.g. per architecture).
+Branch parameters get Optuna names prefixed by the choices above them (``cnn.depth``), so
+TPE models each architecture's depth apart; the trial's :class:`~hpsearch.params.TrialParams`
+use the plain names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpsearch.params import HYPERPARAMETERS, OPTIMIZERS
+
+__all__ = ["ParamSpec", "active_params", "check_space", "enqueue_names", "sample"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One hyperparameter's distribution.
+
+    Attributes:
+        name: the hyperparameter, a key of :data:`~hpsearch.params.HYPERPARAMETERS`.
+        kind: ``"float"``, ``"int"``, ``"categorical"`` or ``"fixed"``.
+        low: lower bound (float and int kinds), inclusive.
+        high: upper bound (float and int kinds), inclusive.
+        log: sample on a log scale.
+        step: grid step (int kind), or None.
+        choices: the candidates (categorical kind).
+        value: the value (fixed kind).
+        branches: for a categorical parameter, the parameters drawn only when a choice is
+            drawn: ``{choice: (ParamSpec, ...)}``; empty for a plain one.
+    """
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = None
+    choices: tuple[Any, ...] = ()
+    value: Any = None
+    branches: Mapping[Any, tuple[ParamSpec, ...]] = field(default_factory=dict)
+
+    def suggest(self, trial: Any, prefix: str = "") -> Any:
+        """Draw this hyperparameter from an ``optuna.Trial`` under the Optuna name
+        ``prefix + name`` (fixed ones are returned as is, without asking the trial)."""
+        name = prefix + self.name
+        if self.kind == "float":
+            return trial.suggest_float(name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=self.step or 1,
+                                     log=self.log)
+        if self.kind == "categorical":
+            return trial.suggest_categorical(name, list(self.choices))
+        return self.value
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this parameter can take."""
+        if self.kind in ("categorical", "fixed"):
+            return value in self.candidates()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return self.low <= value <= self.high and (self.kind == "float" or value == int(value))
+
+    def candidates(self) -> tuple[Any, ...]:
+        """Every discrete value this parameter can take (categorical or fixed), else ()."""
+        if self.kind == "categorical":
+            return self.choices
+        return (self.value,) if self.kind == "fixed" else ()
+
+    def to_dict(self) -> Any:
+        """The spec-file form: a scalar, a list, a range mapping or ``{choice: {...}}``."""
+        if self.branches:
+            return {choice: {p.name: p.to_dict() for p in params}
+                    for choice, params in self.branches.items()}
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "categorical":
+            return list(self.choices)
+        out = {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
+        return out | ({"step": self.step} if self.step else {})
+
+
+def sample(space: tuple[ParamSpec, ...], trial: Any) -> dict[str, Any]:
+    """Draw every hyperparameter of ``space`` that is active for the choices drawn.
+
+    Returns:
+        ``{name: value}`` with the plain names (``depth``, not ``cnn.depth``).
+    """
+    values: dict[str, Any] = {}
+    pending: list[tuple[str, tuple[ParamSpec, ...]]] = [("", space)]
+    while pending:
+        prefix, params = pending.pop(0)
+        for param in params:
+            values[param.name] = param.suggest(trial, prefix)
+            branch = param.branches.get(values[param.name])
+            if branch:
+                pending.append((f"{prefix}{values[param.name]}.", branch))
+    return values
+
+
+def active_params(space: tuple[ParamSpec, ...],
+                  values: Mapping[str, Any]) -> Iterator[tuple[str, ParamSpec]]:
+    """(Optuna name, parameter) of each parameter active when the categorical parents take
+    ``values`` (a parent missing from ``values`` opens none of its branches)."""
+    pending: list[tuple[str, tuple[ParamSpec, ...]]] = [("", space)]
+    while pending:
+        prefix, params = pending.pop(0)
+        for param in params:
+            yield prefix + param.name, param
+            chosen = values.get(param.name)
+            branch = param.branches.get(chosen) if param.branches else None
+            if branch:
+                pending.append((f"{prefix}{chosen}.", branch))
+
+
+def enqueue_names(space: tuple[ParamSpec, ...], values: Mapping[str, Any]) -> dict[str, Any]:
+    """An enqueued parameter set with plain names, as Optuna names it (``cnn.depth``).
+
+    Raises:
+        ValueError: a name is not a searched hyperparameter on the path the set's choices
+            take, or its value lies outside that parameter's range; the message says which.
+    """
+    searched = {p.name: (optuna_name, p) for optuna_name, p in active_params(space, values)
+                if p.kind != "fixed"}
+    named = {}
+    for name, value in values.items():
+        if name not in searched:
+            raise ValueError(f"{name!r} is not a searched hyperparameter "
+                             f"({', '.join(sorted(searched))})")
+        optuna_name, param = searched[name]
+        if not param.contains(value):
+            raise ValueError(f"{name} = {value!r} lies outside the search space")
+        named[optuna_name] = value
+    return named
+
+
+# What each hyperparameter may take: ("names", allowed) | ("count",) | ("real", low, high,
+# low inclusive). Counts are integers >= 1; reals lie between their bounds.
+_RULES: dict[str, tuple] = {
+    "lr": ("real", 0.0, math.inf, False),
+    "batch_size": ("count",),
+    "depth": ("count",),
+    "dropout": ("real", 0.0, 1.0, True),
+    "arch": ("names", None),  # the model registry's names, looked up when checked
+    "width": ("count",),
+    "optimizer": ("names", OPTIMIZERS),
+    "weight_decay": ("real", 0.0, math.inf, True),
+    "label_smoothing": ("real", 0.0, 1.0, True),
+}
+
+
+def check_space(space: tuple[ParamSpec, ...], key: str = "search_space") -> tuple[str, str] | None:
+    """Check that every path through ``space`` names each hyperparameter once, and that each
+    parameter's values make sense for the objective.
+
+    Returns:
+        None, or ``(key, reason)`` of the first problem (``key`` as in the spec file:
+        ``search_space.arch.cnn.depth``).
+    """
+    return _check_level(space, key, inherited=frozenset()) or _check_required(space, key)
+
+
+def _covers(params: tuple[ParamSpec, ...], name: str) -> bool:
+    """Whether ``name`` is drawn on every path through ``params``."""
+    return any(p.name == name or (p.branches and all(_covers(b, name)
+                                                      for b in p.branches.values()))
+               for p in params)
+
+
+def _check_required(space: tuple[ParamSpec, ...], key: str) -> tuple[str, str] | None:
+    """Every path must draw the hyperparameters that have no default."""
+    missing = [n for n, default in HYPERPARAMETERS.items()
+               if default is None and not _covers(space, n)]
+    for name in missing:  # drawn in some branches of a parameter: name a branch without it
+        for param in space:
+            lacking = [c for c, b in param.branches.items() if not _covers(b, name)]
+            if lacking and len(lacking) < len(param.branches):
+                return f"{key}.{param.name}.{lacking[0]}", f"missing {name}"
+    return (key, f"missing {', '.join(missing)}") if missing else None
+
+
+def _check_level(params: tuple[ParamSpec, ...], key: str,
+                 inherited: frozenset[str]) -> tuple[str, str] | None:
+    names = [p.name for p in params]
+    for param in params:
+        where = f"{key}.{param.name}"
+        if param.name not in HYPERPARAMETERS:
+            return where, f"unknown hyperparameter; known: {', '.join(HYPERPARAMETERS)}"
+        if param.name in inherited:
+            return where, "already drawn above this branch; name it in one place only"
+        problem = _check_values(param)
+        if problem:
+            return where, problem
+    drawn = inherited | set(names)
+    for param in params:
+        for choice, branch in param.branches.items():
+            problem = _check_level(branch, f"{key}.{param.name}.{choice}", drawn)
+            if problem:
+                return problem
+    return None
+
+
+def _check_values(param: ParamSpec) -> str | None:
+    rule, candidates = _RULES[param.name], param.candidates()
+    if rule[0] == "names":
+        if param.kind not in ("categorical", "fixed"):
+            return "must be a list of choices or a fixed value"
+        allowed = rule[1] if rule[1] is not None else _architectures()
+        unknown = [v for v in candidates if v not in allowed]
+        return f"{unknown[0]!r} is not one of {', '.join(allowed)}" if unknown else None
+    if param.branches:
+        return "only arch and optimizer choices can open branches"
+    if rule[0] == "count":
+        if param.kind == "float":
+            return "must be an integer range or choices, not float"
+        lows = [param.low] if param.kind == "int" else candidates
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in lows):
+            return f"values must be integers >= 1, got {list(lows)}"
+        return None
+    _, low, high, low_inclusive = rule
+    values = [param.low, param.high] if param.kind in ("float", "int") else candidates
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        return f"values must be numbers, got {list(values)}"
+    if not all((v >= low if low_inclusive else v > low) and v < high for v in values):
+        bounds = f"{'[' if low_inclusive else '('}{low:g}, {high})"
+        return f"values must lie in {bounds}, got {list(values)}"
+    return None
+
+
+def _architectures() -> list[str]:
+    from hpsearch.models import list_models  # imports torch: only when a spec is checked
+
+    return list_models()

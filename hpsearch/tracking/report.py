@@ -1,0 +1,85 @@
+"""The study report on the parent run (Optuna's plots, the trials table, state counts) and
+image grids of predictions."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import optuna
+import optuna.visualization.matplotlib as optuna_plots
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from hpsearch.tracking.figures import image_grid_figure
+from hpsearch.tracking.runs import log_figure
+from hpsearch.tracking.tables import trials_table
+
+__all__ = ["STUDY_PLOTS", "log_prediction_grid", "log_study_report"]
+
+GRID_SIZE = 24  # images per grid
+
+# Optuna's matplotlib plots logged on the parent run, under study/.
+STUDY_PLOTS = {
+    "optimization_history.png": optuna_plots.plot_optimization_history,
+    "param_importances.png": optuna_plots.plot_param_importances,
+    "parallel_coordinate.png": optuna_plots.plot_parallel_coordinate,
+    "intermediate_values.png": optuna_plots.plot_intermediate_values,  # pruned ones too
+    "slice.png": optuna_plots.plot_slice,
+}
+
+
+def log_study_report(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
+    """Log the study's state counts, trials table and plots on its parent run.
+
+    Plots that need more trials than the study has (importances need two complete trials)
+    are left out until a later refresh.
+    """
+    table = trials_table(study)
+    states = table["state"].value_counts() if len(table) else pd.Series(dtype=int)
+    for key, state in (("n_complete", "COMPLETE"), ("n_pruned", "PRUNED"), ("n_failed", "FAIL")):
+        client.log_metric(run_id, key, int(states.get(state, 0)))
+    client.log_text(run_id, table.to_csv(index=False), "study/trials.csv")
+    client.log_table(run_id, data=table.astype({"value": float}), artifact_file="trials.json")
+    import matplotlib.pyplot as plt
+
+    for name, plot in STUDY_PLOTS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # not enough trials for this plot yet
+        figure = np.ravel(axes)[0].figure
+        figure.set_size_inches(max(figure.get_size_inches()[0], 8), 5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the slice plot's colour bar resists tight_layout
+            figure.tight_layout()
+        try:
+            log_figure(client, run_id, figure, f"study/{name}")
+        finally:
+            plt.close(figure)  # Optuna draws through pyplot, which keeps its figures
+
+
+def log_prediction_grid(client: MlflowClient, run_id: str, images: np.ndarray,
+                        labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
+                        class_names: Sequence[str], *, artifact_file: str, title: str,
+                        mistakes_only: bool) -> None:
+    """Log a grid of images captioned with true and predicted class.
+
+    Args:
+        images: uint8 (N, C, H, W); labels, predicted: int (N,); confidence: float (N,),
+            the predicted class's probability.
+        mistakes_only: show the misclassified images, most confident first (the worst
+            mistakes); else the first images in order (sample predictions).
+    """
+    if mistakes_only:
+        wrong = np.flatnonzero(predicted != labels)
+        chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][:GRID_SIZE]
+    else:
+        chosen = np.arange(min(GRID_SIZE, len(images)))
+    captions = [f"true {class_names[labels[i]]}\npred {class_names[predicted[i]]} "
+                f"{confidence[i]:.2f}" for i in chosen]
+    log_figure(client, run_id, image_grid_figure(images[chosen], captions, title=title),
+               artifact_file)

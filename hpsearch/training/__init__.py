@@ -1,0 +1,20 @@
+"""Training: the ``fit()`` loop (it knows nothing of Optuna or MLflow), device-resident
+loaders, batched augmentation, optimizer and schedule factories, per-class metrics.
+
+Names are imported on first use, so importing this package loads no torch.
+"""
+
+from hpsearch._imports import lazy_exports
+
+_EXPORTS = {
+    "EpochResult": "loop", "EvalResult": "loop", "TrainingDiverged": "loop",
+    "evaluate": "loop", "fit": "loop",
+    "EVAL_BATCH_SIZE": "loader", "DeviceLoader": "loader", "make_loader": "loader",
+    "normalize": "loader",
+    "random_crop": "augment", "random_hflip": "augment",
+    "OPTIMIZERS": "optim", "build_optimizer": "optim", "one_cycle": "optim",
+    "autocast_dtype": "device", "device_name": "device", "resolve_device": "device",
+    "per_class_report": "metrics", "safe_name": "metrics",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

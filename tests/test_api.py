@@ -1,0 +1,61 @@
+"""The Python API: ``hpsearch.run(...)`` runs a study as ``hpsearch run`` does and leaves the
+caller's global state (MLflow's tracking URI, Optuna's verbosity, signal handlers,
+matplotlib's backend) as it found it."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+
+import matplotlib
+import mlflow
+import optuna
+import pytest
+
+import hpsearch
+from hpsearch.errors import HpsearchError
+from hpsearch.search.progress import Reporter
+
+from conftest import needs_fashion_mnist, tiny_mlp_spec
+
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
+
+
+def test_run_returns_the_summary_and_changes_no_global_state(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "spec.yaml").write_text(tiny_mlp_spec(epochs=1))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'callers.db'}")  # sets the variable too
+    environment = os.environ["MLFLOW_TRACKING_URI"]
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    backend = matplotlib.get_backend()
+    stream = io.StringIO()
+    try:
+        summary = hpsearch.run(spec="spec.yaml", trials=2, train_subset=500, device="cpu",
+                               study_name="api", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                               storage=f"sqlite:///{tmp_path / 'o.db'}",
+                               reporter=Reporter("val_accuracy", stream=stream))
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'callers.db'}"
+        assert os.environ["MLFLOW_TRACKING_URI"] == environment
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        mlflow.set_tracking_uri(None)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert matplotlib.get_backend() == backend
+    assert (summary.study_name, summary.n_complete, summary.exit_code) == ("api", 2, 0)
+    assert summary.metric == "val_accuracy" and 0.0 < summary.best_value <= 1.0
+    assert summary.registration.name == "hpsearch-api"
+    assert 0.3 < summary.registration.test_accuracy <= 1.0
+    assert "trial    1  COMPLETE" in stream.getvalue()
+
+
+def test_bad_arguments_raise_hpsearch_error_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HpsearchError, match="--trials must be >= 1"):
+        hpsearch.run(trials=0)
+    with pytest.raises(HpsearchError, match="unknown dataset 'imagenet'"):
+        hpsearch.run(dataset="imagenet")
+    assert not list(tmp_path.iterdir())
