@@ -313,6 +313,9 @@ def _print_summary(summary) -> None:
         return
     echo(f"best {summary.metric} {summary.best_value:.4f} (trial {summary.best_trial}): "
          f"{format_params(summary.best_params)}")
+    if summary.reached_best is not None:
+        seconds, trial = summary.reached_best
+        echo(f"within 0.5 points of it after {seconds:.1f} s of the study (trial {trial})")
     reg = summary.registration
     if reg is not None:
         echo(f"test accuracy {reg.test_accuracy:.4f}")

@@ -506,3 +506,133 @@ def test_a_registered_data_set_without_its_own_spec_gets_the_default_one(monkeyp
 
     assert spec.dataset == "mnist_copy" and spec.source == "built-in spec _default.yaml"
     assert builtin_spec_names() == ["cifar10", "fashion_mnist", "mnist"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditional spaces: parameters of their own per architecture (or optimizer)
+# ---------------------------------------------------------------------------------------------
+
+CONDITIONAL: dict[str, Any] = {
+    "dataset": "fashion_mnist",
+    "epochs": 3,
+    "search_space": {
+        "batch_size": [64, 128],
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        "arch": {
+            "cnn": {"depth": {"type": "int", "low": 2, "high": 4}, "width": [32, 64]},
+            "mlp": {"depth": [1, 2], "width": [64, 128, 256]},
+        },
+        "optimizer": {
+            "adamw": {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
+            "sgd": {"lr": {"type": "float", "low": 1.0e-2, "high": 1.0e-1, "log": True}},
+        },
+    },
+    "enqueue_trials": [{"arch": "cnn", "depth": 3, "width": 64, "optimizer": "adamw",
+                        "lr": 3.0e-3}],
+}
+
+
+def _conditional(tmp_path: Path, change: Callable[[dict[str, Any]], None] = lambda raw: None):
+    raw = copy.deepcopy(CONDITIONAL)
+    change(raw)
+    return load_spec(_write(tmp_path, raw))
+
+
+def test_each_choice_draws_only_its_own_parameters_under_their_own_names(tmp_path) -> None:
+    spec = _conditional(tmp_path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+    seen = {"cnn": set(), "mlp": set()}
+    for _ in range(60):
+        trial = study.ask()
+        params = spec.sample(trial)
+        arch, optimizer = params["arch"], params["optimizer"]
+        assert set(trial.params) == {"batch_size", "dropout", "arch", "optimizer",
+                                     f"{arch}.depth", f"{arch}.width", f"{optimizer}.lr"}
+        assert params["depth"] == trial.params[f"{arch}.depth"]
+        low, high = (1e-3, 1e-2) if optimizer == "adamw" else (1e-2, 1e-1)
+        assert low <= params["lr"] <= high
+        seen[arch].add((params["depth"], params["width"]))
+        assert params["weight_decay"] == 5.0e-4 and params["label_smoothing"] == 0.0
+        study.tell(trial, 0.0)
+
+    assert {d for d, _ in seen["cnn"]} == {2, 3, 4} and {w for _, w in seen["cnn"]} == {32, 64}
+    assert {d for d, _ in seen["mlp"]} == {1, 2} and {w for _, w in seen["mlp"]} == {64, 128, 256}
+
+
+def test_enqueued_plain_names_become_optuna_names_and_resume_draws_the_same(tmp_path) -> None:
+    spec = _conditional(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="c", storage=storage,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    (enqueued,) = spec.enqueued_params()
+    assert enqueued == {"arch": "cnn", "cnn.depth": 3, "cnn.width": 64, "optimizer": "adamw",
+                        "adamw.lr": 3.0e-3}
+    study.enqueue_trial(enqueued)
+    first = spec.sample(trial := study.ask())
+    assert {k: first[k] for k in ("arch", "depth", "width", "optimizer", "lr")} == {
+        "arch": "cnn", "depth": 3, "width": 64, "optimizer": "adamw", "lr": 3.0e-3}
+    study.tell(trial, 0.5)
+    for _ in range(4):
+        trial = study.ask()
+        spec.sample(trial)
+        study.tell(trial, 0.1)
+
+    # Resumed in another process: the same names and distributions; a retry of a trial
+    # (a dead worker's) with its Optuna params draws exactly its hyperparameters.
+    resumed = optuna.load_study(study_name="c", storage=storage,
+                                sampler=optuna.samplers.TPESampler(seed=1, group=True))
+    old = resumed.trials[3]
+    resumed.enqueue_trial(old.params)
+    again = spec.sample(resumed.ask())
+    plain = {k.split(".")[-1]: v for k, v in old.params.items()}
+    assert {k: again[k] for k in plain} == plain
+    for _ in range(3):
+        trial = resumed.ask()
+        spec.sample(trial)
+        resumed.tell(trial, 0.2)
+
+
+def test_conditional_spec_round_trips_through_its_yaml(tmp_path) -> None:
+    spec = _conditional(tmp_path)
+    again = tmp_path / "again.yaml"
+    again.write_text(spec.to_yaml())
+
+    assert load_spec(again).to_dict() == spec.to_dict()
+    assert spec.to_dict()["search_space"]["arch"]["mlp"] == {"depth": [1, 2],
+                                                             "width": [64, 128, 256]}
+
+
+CONDITIONAL_REJECTED = [
+    pytest.param(lambda raw: raw["search_space"]["arch"]["mlp"].pop("depth"),
+                 "search_space.arch.mlp", "missing depth", id="branch-without-depth"),
+    pytest.param(lambda raw: raw["search_space"].update(depth=2), "search_space.arch.cnn.depth",
+                 "already drawn above this branch", id="drawn-twice"),
+    pytest.param(lambda raw: raw["search_space"]["arch"]["cnn"].update(momentum=0.9),
+                 "search_space.arch.cnn.momentum", "unknown hyperparameter",
+                 id="unknown-in-branch"),
+    pytest.param(lambda raw: raw["search_space"]["arch"]["cnn"].update(
+        depth={"type": "int", "low": 4, "high": 2}), "search_space.arch.cnn.depth",
+        "empty range: low 4 > high 2", id="empty-range-in-branch"),
+    pytest.param(lambda raw: raw["search_space"]["arch"]["cnn"].update(
+        depth={"type": "int", "low": 2, "high": 4, "lgo": True}),
+        "search_space.arch.cnn.depth.lgo", "unknown key", id="unknown-range-key-in-branch"),
+    pytest.param(lambda raw: raw["search_space"]["arch"].update(transformer={"depth": 1}),
+                 "search_space.arch", "'transformer' is not one of", id="unknown-arch-branch"),
+    pytest.param(lambda raw: raw["search_space"].update(batch_size={"64": {"lr": 0.1}}),
+                 "search_space.batch_size", "only arch and optimizer choices can open branches",
+                 id="branch-on-a-count"),
+    pytest.param(lambda raw: raw["search_space"]["arch"].update(cnn=3),
+                 "search_space.arch.cnn", "expected a mapping", id="branch-not-a-mapping"),
+    pytest.param(lambda raw: raw["enqueue_trials"][0].update(width=512), "enqueue_trials[0]",
+                 "width = 512 lies outside the search space", id="enqueued-outside-branch"),
+    pytest.param(lambda raw: raw["enqueue_trials"][0].update(arch="mlp", depth=3),
+                 "enqueue_trials[0]", "depth = 3 lies outside", id="enqueued-other-branch"),
+]
+
+
+@pytest.mark.parametrize(("change", "key", "reason"), CONDITIONAL_REJECTED)
+def test_invalid_conditional_space_names_the_branch(tmp_path, change, key, reason) -> None:
+    with pytest.raises(SpecError) as info:
+        _conditional(tmp_path, change)
+    assert (info.value.key, reason in info.value.reason) == (key, True), info.value.reason

@@ -365,6 +365,9 @@ class _FakeRun:
     def log_checkpoint(self, model: nn.Module) -> None:
         self.checkpoints += 1
 
+    def log_cost(self, cost: dict) -> None:
+        self.cost = dict(cost)
+
     def finish(self, state, history, class_names, *, reason=None, value=None, status=None,
                tags=None) -> None:
         self.finished = {"state": state, "epochs": [r.epoch for r in history],

@@ -14,24 +14,27 @@ from hpsearch.search.progress import Reporter
 from hpsearch.tracking.report import log_study_report
 from hpsearch.tracking.runs import StudyTracker
 
-__all__ = ["BestLogger", "FailureGuard", "ReportRefresher", "refresh_report"]
+__all__ = ["AnytimeLogger", "FailureGuard", "ReportRefresher", "refresh_report"]
 
 REPORT_EVERY = 5  # trials between refreshes of the study report on the parent run...
 REPORT_MIN_S = 60.0  # ...and seconds at least between two refreshes
 
 
-class BestLogger:
-    """A new best trial's value and params on the parent run."""
+class AnytimeLogger:
+    """The study's best value so far on the parent run after every finished trial (metric
+    ``best_value``, step = finished trials), and a new best trial's number and params."""
 
     def __init__(self, tracker: StudyTracker) -> None:
         self.tracker = tracker
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.COMPLETE and study.best_trial.number == trial.number:
-            self.tracker.log_best(value=trial.value,
-                                  params=trial.user_attrs["hyperparameters"],
-                                  trial_number=trial.number,
-                                  step=count_trials(study, *FINISHED_STATES))
+        if trial.state not in FINISHED_STATES or not count_trials(study, TrialState.COMPLETE):
+            return
+        best = study.best_trial
+        self.tracker.log_best(value=best.value, step=count_trials(study, *FINISHED_STATES),
+                              params=best.user_attrs["hyperparameters"]
+                              if best.number == trial.number else None,
+                              trial_number=best.number)
 
 
 class FailureGuard:

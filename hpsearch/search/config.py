@@ -70,6 +70,8 @@ class StudySummary:
         best_value: the best trial's value of ``metric``, or None if none completed.
         best_trial: its number; best_params: its hyperparameters.
         registration: the champion registered by this run (or found registered), or None.
+        reached_best: ``(seconds since the study started, trial number)`` when the best
+            value so far first came within 0.5 points (0.005) of the final best.
         wall_seconds: this run's wall time.
         stop_reason: why the run stopped before the target, or None.
         exit_code: 0, or 128 + the signal number when interrupted.
@@ -85,6 +87,7 @@ class StudySummary:
     best_trial: int | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
     registration: Registration | None = None
+    reached_best: tuple[float, int] | None = None
     wall_seconds: float = 0.0
     stop_reason: str | None = None
     exit_code: int = 0  # 128 + signal number when interrupted

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import signal
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,13 @@ from hpsearch.search.progress import Reporter
 from hpsearch.studies import StudySpec
 from hpsearch.tracking.report import log_prediction_grid
 from hpsearch.tracking.runs import StudyTracker, TrialRun
+from hpsearch.training.cost import count_parameters, macs_per_image
 from hpsearch.training.device import autocast_dtype
 from hpsearch.training.loader import make_loader
 from hpsearch.training.loop import EpochResult, fit
 from hpsearch.training.optim import build_optimizer, one_cycle
 
-__all__ = ["Failure", "Objective", "TrialData", "classify_failure"]
+__all__ = ["Failure", "Objective", "TrialCost", "TrialData", "classify_failure"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,47 @@ class TrialData:
     info: DatasetInfo
     train: ArraySplit
     val: ArraySplit
+
+
+class TrialCost:
+    """What a trial has cost so far, kept in its ``cost`` user attribute (the trials table,
+    ``hpsearch show`` and the cost-aware pruner read it) and logged on its run.
+
+    Attributes:
+        parameters: trainable parameters of the network.
+        macs_per_image: multiply-accumulates of one image's forward pass.
+        epochs: epochs trained so far.
+        seconds: wall seconds since training started (training, validation, logging).
+        train_seconds: seconds of the training part of the epochs.
+        images: training images processed.
+    """
+
+    def __init__(self, *, parameters: int, macs_per_image: int) -> None:
+        self.parameters, self.macs_per_image = parameters, macs_per_image
+        self.epochs, self.seconds, self.train_seconds, self.images = 0, 0.0, 0.0, 0
+        self._started = time.perf_counter()
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def add_epoch(self, result: EpochResult) -> None:
+        self.epochs = result.epoch
+        self.seconds = time.perf_counter() - self._started
+        self.train_seconds += result.epoch_seconds
+        self.images += round(result.images_per_second * result.epoch_seconds)
+
+    def to_dict(self) -> dict[str, float]:
+        """The user attribute: also ``seconds_per_epoch`` and training ``images_per_second``."""
+        return {
+            "parameters": self.parameters,
+            "macs_per_image": self.macs_per_image,
+            "epochs": self.epochs,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_epoch": round(self.seconds / self.epochs, 3) if self.epochs else None,
+            "train_seconds": round(self.train_seconds, 3),
+            "images_per_second": (round(self.images / self.train_seconds, 1)
+                                  if self.train_seconds else None),
+        }
 
 
 class Objective:
@@ -69,10 +112,12 @@ class Objective:
         try:
             return self._trial(trial, history, started)
         except optuna.TrialPruned as exc:
+            trial.set_user_attr("prune_reason", str(exc))
             diverged = trial.user_attrs.get("diverged_epoch")
             if not diverged:  # a diverged model's predictions are NaN: nothing to show
                 self._log_mistakes(started["run"], history)
             extra = {"hpsearch.diverged_epoch": str(diverged)} if diverged else {}
+            started["run"].log_cost(trial.user_attrs["cost"])
             started["run"].finish("PRUNED", history, self.data.info.class_names,
                                   reason=str(exc), tags=extra)
             raise
@@ -91,6 +136,7 @@ class Objective:
                                                       retry_of=_retry_of(trial))
         trial.set_user_attr("mlflow_run_id", run.run_id)
         model, value = self._train(trial, params, run, history)
+        run.log_cost(trial.user_attrs["cost"])
         self._log_mistakes(run, history)
         best_so_far = self._is_best_so_far(trial.study, value)
         if best_so_far:
@@ -128,6 +174,9 @@ class Objective:
         torch.manual_seed(seed)
         info, device = self.data.info, self.device
         model = build_network(params, info).to(device, memory_format=torch.channels_last)
+        cost = TrialCost(parameters=count_parameters(model),
+                         macs_per_image=macs_per_image(params, info))
+        trial.set_user_attr("cost", cost.to_dict())
         train = make_loader(self.data.train, info, device, batch_size=params.batch_size,
                             train=True, augment=self.spec.augment, seed=seed)
         val = make_loader(self.data.val, info, device)
@@ -140,6 +189,9 @@ class Objective:
 
         def on_epoch(result: EpochResult) -> None:
             history.append(result)
+            cost.add_epoch(result)
+            # Before the report: the pruner weighs what the trial costs (CostAwarePruner).
+            trial.set_user_attr("cost", cost.to_dict())
             run.log_epoch(result)
             self.reporter.epoch(trial.number, result, self.spec.epochs)
             value = result.metrics()[self.spec.metric]
@@ -153,11 +205,14 @@ class Objective:
             trial.report(value, result.epoch)
             # After the last epoch pruning saves nothing and would discard a finished result.
             if result.epoch < self.spec.epochs and trial.should_prune():
+                why = getattr(trial.study.pruner, "reason", lambda number: None)(trial.number)
                 raise optuna.TrialPruned(
-                    f"pruned at epoch {result.epoch}: {self.spec.metric} {value:.4f}")
+                    f"pruned at epoch {result.epoch}: {self.spec.metric} {value:.4f}"
+                    + (f"; {why}" if why else ""))
 
         # The compiled wrapper shares the model's parameters; checkpoints use the model.
         network = torch.compile(model) if self.compile_model else model
+        cost.start()
         fit(network, train, val, epochs=self.spec.epochs, optimizer=optimizer,
             scheduler=scheduler, num_classes=info.num_classes, device=device,
             label_smoothing=params.label_smoothing, amp_dtype=self.amp_dtype,

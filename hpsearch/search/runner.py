@@ -27,7 +27,7 @@ from hpsearch.data_utils import (
     split_train_val,
 )
 from hpsearch.errors import HpsearchError, check_interrupted
-from hpsearch.search.callbacks import BestLogger, FailureGuard, ReportRefresher
+from hpsearch.search.callbacks import AnytimeLogger, FailureGuard, ReportRefresher
 from hpsearch.search.config import RunConfig, StudySummary
 from hpsearch.search.coordination import (
     StudyLock,
@@ -171,7 +171,7 @@ class StudyRunner:
         objective = Objective(spec=config.spec, data=self.data, device=self.device,
                               tracker=self.tracker, reporter=self.reporter, seed=config.seed,
                               compile_model=config.compile)
-        callbacks = [self.reporter.trial_finished, BestLogger(self.tracker),
+        callbacks = [self.reporter.trial_finished, AnytimeLogger(self.tracker),
                      FailureGuard(config.max_consecutive_failures, summary)]
         if refresh_reports:
             callbacks.append(ReportRefresher(self.tracker, study, self.reporter))

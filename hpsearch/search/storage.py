@@ -4,6 +4,7 @@ in a second)."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -53,8 +54,11 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
         raise HpsearchError(f"study {config.study_name!r} in {config.storage} optimises "
                             f"{study.direction.name.lower()}, but the spec says {spec.direction}")
     if not study.trials:
-        # What `hpsearch register STUDY` needs to rebuild the data set later.
+        # What `hpsearch register STUDY` needs to rebuild the data set later, and the zero
+        # of the study's anytime curve.
         study.set_user_attr("hpsearch.dataset", spec.dataset)
+        study.set_user_attr("hpsearch.started_at", time.time())
+        study.set_user_attr("hpsearch.metric", spec.metric)
         for params in spec.enqueued_params():
             study.enqueue_trial(params, skip_if_exists=True)
     return study

@@ -24,6 +24,7 @@ from hpsearch.search.progress import Reporter
 from hpsearch.search.runner import StudyRunner, default_jobs
 from hpsearch.serving.registration import Registration
 from hpsearch.tracking.provenance import quiet_mlflow
+from hpsearch.tracking.tables import time_to_best
 from hpsearch.training.device import device_name, resolve_device
 
 __all__ = ["register_study", "run_study"]
@@ -145,4 +146,5 @@ def _fill_summary(summary: StudySummary, study: optuna.Study, start: float) -> N
         best = study.best_trial
         summary.best_value, summary.best_trial = best.value, best.number
         summary.best_params = best.user_attrs.get("hyperparameters", best.params)
+        summary.reached_best = time_to_best(study)
     summary.wall_seconds = time.perf_counter() - start

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from typing import Any
 
 __all__ = ["PRUNERS", "SAMPLERS", "build_pruner", "build_sampler", "component_class",
@@ -24,6 +25,7 @@ PRUNERS = {
     "threshold": "optuna.pruners:ThresholdPruner",
     "percentile": "optuna.pruners:PercentilePruner",
     "none": "optuna.pruners:NopPruner",
+    "cost_aware": "hpsearch.studies.pruning:CostAwarePruner",
 }
 _REGISTRY = {"sampler": SAMPLERS, "pruner": PRUNERS}
 
@@ -46,18 +48,29 @@ def keyword_arguments(kind: str, name: str) -> set[str]:
 
 
 def build_sampler(config: dict[str, Any], *, seed: int | None) -> Any:
-    """An Optuna sampler from a spec's ``sampler`` entry, seeded by ``--seed``."""
+    """An Optuna sampler from a spec's ``sampler`` entry, seeded by ``--seed``. Optuna's
+    "experimental" warnings (TPE's ``group``, which conditional spaces want) are not
+    repeated to the user at every run."""
+    import optuna
+
     kwargs = {k: v for k, v in config.items() if k != "name"}
-    return component_class("sampler", config["name"])(seed=seed, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return component_class("sampler", config["name"])(seed=seed, **kwargs)
 
 
 def build_pruner(config: dict[str, Any], *, max_epochs: int) -> Any:
     """An Optuna pruner from a spec's ``pruner`` entry.
 
     Hyperband's and successive halving's resource is the epoch; Hyperband's ``max_resource``
-    defaults to the spec's ``epochs`` so its brackets match what a trial can train.
+    defaults to the spec's ``epochs`` so its brackets match what a trial can train, and so
+    does the cost-aware pruner's ``max_epochs`` (its ``base`` is built from its own entry).
     """
     kwargs = {k: v for k, v in config.items() if k != "name"}
     if config["name"] == "hyperband":
         kwargs.setdefault("max_resource", max_epochs)
+    if config["name"] == "cost_aware":  # its base pruner is a spec entry of its own
+        kwargs["base"] = build_pruner(kwargs.get("base") or {"name": "none"},
+                                      max_epochs=max_epochs)
+        kwargs.setdefault("max_epochs", max_epochs)
     return component_class("pruner", config["name"])(**kwargs)

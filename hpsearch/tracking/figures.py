@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from hpsearch.training import EpochResult
 
-__all__ = ["confusion_matrix_figure", "image_grid_figure", "learning_curves_figure"]
+__all__ = ["anytime_figure", "confusion_matrix_figure", "image_grid_figure",
+           "learning_curves_figure"]
 
 
 def confusion_matrix_figure(
@@ -107,3 +108,37 @@ def image_grid_figure(images: np.ndarray, titles: Sequence[str], *, title: str,
     fig.suptitle(title if k else f"{title}: none")
     fig.tight_layout()
     return fig
+
+
+def anytime_figure(curve, *, metric: str) -> Figure:
+    """The study's anytime performance: the best value so far (a step line) against wall
+    seconds since the study started, and every finished trial as a dot coloured by its
+    architecture; pruned trials are crosses at their last reported value.
+
+    Args:
+        curve: :func:`hpsearch.tracking.tables.anytime`'s table.
+        metric: the objective's metric, for the y axis.
+    """
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    fig.subplots_adjust(left=0.1, right=0.8, bottom=0.12, top=0.9)
+    ax = fig.subplots()
+    colours = dict(zip(sorted(set(curve["arch"])), _PALETTE * 4))
+    for arch, colour in colours.items():
+        for state, marker, label in (("COMPLETE", "o", arch), ("PRUNED", "x", None)):
+            rows = curve[(curve["arch"] == arch) & (curve["state"] == state)]
+            ax.scatter(rows["seconds"], rows["value"], marker=marker, color=colour, s=28,
+                       label=label, alpha=0.8)
+    best = curve.dropna(subset=["best"])
+    ax.step(best["seconds"], best["best"], where="post", color="black", linewidth=1.5,
+            label="best so far")
+    ax.scatter([], [], marker="x", color="grey", label="pruned (last value)")
+    ax.set(xlabel="seconds since the study started", ylabel=metric,
+           title="anytime performance: best so far and every finished trial")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return fig
+
+
+# Matplotlib's tab10 colours, one per architecture.
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf"]

@@ -12,9 +12,9 @@ import optuna.visualization.matplotlib as optuna_plots
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from hpsearch.tracking.figures import image_grid_figure
+from hpsearch.tracking.figures import anytime_figure, image_grid_figure
 from hpsearch.tracking.runs import log_figure
-from hpsearch.tracking.tables import trials_table
+from hpsearch.tracking.tables import anytime, trials_table
 
 __all__ = ["STUDY_PLOTS", "log_prediction_grid", "log_study_report"]
 
@@ -44,6 +44,10 @@ def log_study_report(client: MlflowClient, run_id: str, study: optuna.Study) -> 
     client.log_table(run_id, data=table.astype({"value": float}), artifact_file="trials.json")
     import matplotlib.pyplot as plt
 
+    curve = anytime(study)
+    if not curve.empty:
+        metric = study.user_attrs.get("hpsearch.metric", "objective value")
+        log_figure(client, run_id, anytime_figure(curve, metric=metric), "study/anytime.png")
     for name, plot in STUDY_PLOTS.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental

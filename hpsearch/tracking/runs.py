@@ -129,11 +129,14 @@ class StudyTracker:
             self.client.log_inputs(run_id, datasets=self.inputs)
         return TrialRun(self.client, run_id)
 
-    def log_best(self, *, value: float, params: Mapping[str, Any], trial_number: int,
-                 step: int) -> None:
-        """Record the best value and params so far on the parent run (tags are mutable)."""
-        tags = [RunTag("best_trial", str(trial_number))]
-        tags += [RunTag(f"best_params.{k}", str(v)) for k, v in params.items()]
+    def log_best(self, *, value: float, step: int, trial_number: int,
+                 params: Mapping[str, Any] | None = None) -> None:
+        """Record the best value so far on the parent run (metric ``best_value`` at
+        ``step``); with ``params`` (a new best), also its trial and params as tags."""
+        tags = []
+        if params is not None:
+            tags = [RunTag("best_trial", str(trial_number))]
+            tags += [RunTag(f"best_params.{k}", str(v)) for k, v in params.items()]
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.parent_run_id, metrics=[Metric("best_value", value, now, step)], tags=tags
@@ -169,6 +172,18 @@ class TrialRun:
         """Log the epoch's metrics with step = epoch, in one request."""
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, result.epoch) for k, v in result.metrics().items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_cost(self, cost: Mapping[str, float | None]) -> None:
+        """What the trial cost, as metrics: ``parameters``, ``macs_per_image`` (forward, one
+        image), ``train_seconds``, ``trial_seconds`` (wall, validation and logging
+        included) and ``mean_images_per_second`` (training)."""
+        names = {"parameters": "parameters", "macs_per_image": "macs_per_image",
+                 "train_seconds": "train_seconds", "seconds": "trial_seconds",
+                 "images_per_second": "mean_images_per_second"}
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, float(cost[key]), now, 0) for key, name in names.items()
+                   if cost.get(key) is not None]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_checkpoint(self, model: torch.nn.Module) -> None:

@@ -9,24 +9,33 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-__all__ = ["leaderboard", "study_overview", "trials_table"]
+__all__ = ["anytime", "leaderboard", "study_overview", "time_to_best", "trials_table"]
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, epochs run, seconds, reason, parameters."""
+    """One row per trial: number, state, value, epochs run, seconds, why it was pruned or
+    failed, its parameters, then what it cost: training seconds (``train_s``), training
+    images per second (``img_per_s``), trainable parameters (``params``) and
+    multiply-accumulates per image (``macs``)."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         seconds = None
         if trial.datetime_start and trial.datetime_complete:
             seconds = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
+        attrs = trial.user_attrs
+        cost = attrs.get("cost", {})
         rows.append({
             "number": trial.number,
             "state": trial.state.name,
             "value": trial.value,
-            "epochs": trial.user_attrs.get("epochs_run", len(trial.intermediate_values)),
+            "epochs": attrs.get("epochs_run", len(trial.intermediate_values)),
             "seconds": seconds,
-            "reason": trial.user_attrs.get("fail_reason", ""),
-            **trial.user_attrs.get("hyperparameters", trial.params),
+            "reason": attrs.get("fail_reason") or attrs.get("prune_reason", ""),
+            **attrs.get("hyperparameters", trial.params),
+            "train_s": cost.get("train_seconds"),
+            "img_per_s": cost.get("images_per_second"),
+            "params": cost.get("parameters"),
+            "macs": cost.get("macs_per_image"),
         })
     return pd.DataFrame(rows)
 
@@ -67,3 +76,44 @@ def study_overview(storage: str) -> pd.DataFrame:
             "direction": study.direction.name.lower(),
         })
     return pd.DataFrame(rows)
+
+
+def anytime(study: optuna.Study) -> pd.DataFrame:
+    """The study's anytime performance: one row per finished (complete or pruned) trial in
+    the order they finished, with ``seconds`` since the study started (its
+    ``hpsearch.started_at`` attribute, else its first trial's start), the trial's
+    ``value`` (a pruned trial's: its last reported one), its ``arch``, and ``best``, the
+    best complete value so far (NaN before the first complete trial)."""
+    finished = sorted((t for t in study.get_trials(deepcopy=False)
+                       if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete),
+                      key=lambda t: t.datetime_complete)
+    columns = ["number", "state", "arch", "seconds", "value", "best"]
+    if not finished:
+        return pd.DataFrame(columns=columns)
+    start = study.user_attrs.get("hpsearch.started_at") or min(
+        t.datetime_start for t in finished).timestamp()
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    rows, best = [], None
+    for t in finished:
+        value = t.value if t.state.name == "COMPLETE" else (
+            t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+        if t.state.name == "COMPLETE":
+            best = value if best is None else (max if maximize else min)(best, value)
+        rows.append({"number": t.number, "state": t.state.name,
+                     "arch": t.user_attrs.get("hyperparameters", t.params).get("arch", ""),
+                     "seconds": t.datetime_complete.timestamp() - start, "value": value,
+                     "best": best})
+    return pd.DataFrame(rows, columns=columns).astype({"value": float, "best": float})
+
+
+def time_to_best(study: optuna.Study, tolerance: float = 0.005) -> tuple[float, int] | None:
+    """``(seconds, trial number)`` at which the best complete value so far first came within
+    ``tolerance`` of the study's final best (0.005: half a percentage point of accuracy),
+    or None if no trial completed."""
+    curve = anytime(study).dropna(subset=["best"])
+    if curve.empty:
+        return None
+    final = curve["best"].iloc[-1]
+    close = curve[(curve["best"] - final).abs() <= tolerance + 1e-12]
+    first = close.iloc[0]
+    return float(first["seconds"]), int(first["number"])

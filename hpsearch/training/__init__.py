@@ -15,6 +15,7 @@ _EXPORTS = {
     "OPTIMIZERS": "optim", "build_optimizer": "optim", "one_cycle": "optim",
     "autocast_dtype": "device", "device_name": "device", "resolve_device": "device",
     "per_class_report": "metrics", "safe_name": "metrics",
+    "count_parameters": "cost", "macs_per_image": "cost",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)
