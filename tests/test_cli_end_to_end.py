@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import (
     MODEL,
+    N_TRAIN,
     N_VAL,
     STUDY,
     STUDY_ARGS,
@@ -242,3 +243,95 @@ def test_unknown_dataset_and_bad_spec_are_rejected_with_exit_code_2(tmp_path):
     assert bad.returncode == 2
     assert "bad.yaml: epoch: unknown key" in bad.stderr
     assert "Traceback" not in unknown.stderr + bad.stderr
+
+
+def _first_parent(client):
+    """The parent run of the fixture's first `hpsearch run` (later tests resume the study)."""
+    return min(runs(client, "study"), key=lambda r: r.info.start_time)
+
+
+def test_parent_run_shows_the_data_class_counts_and_samples(client, tmp_path):
+    parent = _first_parent(client)
+    path = client.download_artifacts(parent.info.run_id, "data/class_distribution.json",
+                                     str(tmp_path))
+    counts = json.loads(Path(path).read_text())["images_per_class"]
+    assert [sum(counts[s]) for s in ("training", "validation", "test")] == [N_TRAIN, N_VAL,
+                                                                           10_000]
+    assert counts["test"] == [1000] * 10  # Fashion-MNIST's test set is balanced
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "data")}
+    assert {"data/class_distribution.png", "data/samples_per_class.png"} <= files
+
+
+def test_anytime_best_value_is_logged_after_every_finished_trial(client):
+    parent = _first_parent(client)
+    history = client.get_metric_history(parent.info.run_id, "best_value")
+    assert sorted(m.step for m in history) == [1, 2, 3]  # 3 finished trials, one point each
+    values = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert values == sorted(values)  # the best so far never gets worse
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    assert "study/anytime.png" in files
+
+
+def test_every_trial_logs_what_it_cost(client, study_dir):
+    for run in runs(client, "trial"):
+        metrics = run.data.metrics
+        assert metrics["parameters"] > 1000 and metrics["macs_per_image"] > 1000
+        assert 0 < metrics["train_seconds"] < metrics["trial_seconds"]
+        assert metrics["mean_images_per_second"] > 100
+    shown = hpsearch(study_dir, "show", STUDY, "--format", "json")
+    rows = json.loads(shown.stdout)
+    finished = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+    assert all(r["params"] > 1000 and r["macs"] > 1000 and r["train_s"] > 0
+               and r["img_per_s"] > 100 for r in finished)
+
+
+def test_system_metrics_on_the_parent_run_and_trials(client):
+    parent = _first_parent(client)
+    assert {"system/cpu_utilization_percentage",
+            "system/system_memory_usage_megabytes"} <= set(parent.data.metrics)
+    assert any("system/cpu_utilization_percentage" in r.data.metrics
+               for r in runs(client, "trial"))
+
+
+def test_a_normal_run_prints_no_library_warning(study_dir):
+    output = (study_dir / "first_run.txt").read_text()
+    assert "Warning" not in output and "\x1b[" not in output
+    assert "Successfully registered model" not in output
+
+
+def test_studies_and_show_answer_in_json(study_dir):
+    listed = json.loads(hpsearch(study_dir, "studies", "--format", "json").stdout)
+    (row,) = [r for r in listed if r["study"] == STUDY]
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{study_dir / 'hpsearch.db'}")
+    states = [t.state.name for t in study.trials]
+    assert (row["complete"], row["pruned"], row["failed"], row["interrupted"]) == (
+        states.count("COMPLETE"), states.count("PRUNED"), 0, 0)
+    assert row["best_value"] == pytest.approx(study.best_value, abs=1e-4)
+    board = json.loads(hpsearch(study_dir, "show", STUDY, "--format", "json").stdout)
+    assert board[0]["state"] == "COMPLETE" and board[0]["value"] >= board[1]["value"]
+
+
+def test_the_command_list_is_whole_and_every_option_has_help():
+    help_text = hpsearch(Path.cwd(), "--help").stdout
+    commands = help_text.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == 8 and not any(line.rstrip().endswith("...") for line in commands)
+    for command in ("run", "serve", "ui", "predict", "studies", "show", "register"):
+        text = hpsearch(Path.cwd(), command, "--help").stdout
+        options = [line for line in text.split("Options:")[1].splitlines()
+                   if line.strip().startswith("--") and "--help" not in line]
+        assert all(len(line.split("  ")) > 1 and line.split("  ")[-1].strip()
+                   for line in options), (command, options)
+
+
+def test_ui_prints_the_url_that_opens_model_training(study_dir):
+    exe = Path(sys.executable).with_name("hpsearch")
+    port = free_port()
+    server = subprocess.Popen([str(exe), "ui", "--port", str(port)], cwd=study_dir,
+                              env=clean_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stderr.readline()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert f"open http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning" in first

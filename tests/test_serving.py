@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from hpsearch.data_utils import load_dataset
@@ -168,3 +169,28 @@ def test_serve_command_starts_the_champion_on_loopback(study_dir, tracking_uri, 
         server.wait(timeout=30)
     # SIGTERM reached MLflow's server itself (hpsearch execs it): nothing left listening.
     assert port_closes(port)
+
+
+def test_the_documented_python_forms_give_the_same_predictions(local_model, test_split,
+                                                               expected):
+    batch = test_split.images[:N, 0]
+    for form in (pd.DataFrame({"images": list(batch)}), {"images": batch},
+                 {"images": list(batch)}):
+        out = local_model.predict(form)
+        assert out["label"].tolist() == expected["label"].tolist()
+    with pytest.raises(MlflowException):  # documented: wrap a bare array in {"images": ...}
+        local_model.predict(batch)
+
+
+def test_predict_and_serve_default_to_the_champion_registered_last(study_dir, tracking_uri,
+                                                                   test_split, tmp_path):
+    np.save(tmp_path / "one.npy", test_split.images[0, 0])
+    env = clean_env(MLFLOW_TRACKING_URI=tracking_uri)
+    result = hpsearch(tmp_path, "predict", "one.npy", env=env)
+    named = hpsearch(tmp_path, "predict", "one.npy", "--model", MODEL, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == named.stdout and result.stdout.startswith("one.npy")
+    missing = hpsearch(tmp_path, "serve", "--model", "nope", env=env)
+    assert missing.returncode == 2
+    assert "no registered model 'nope' with alias 'champion'" in missing.stderr
+    assert f"registered models: {MODEL} (@champion)" in missing.stderr

@@ -43,7 +43,8 @@ def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(f"{base}/#/experiments/{experiment_id}/runs")
+        # The URL hpsearch prints: MLflow 3's UI shows model training only when asked to.
+        page.goto(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
         page.get_by_text("matching runs").wait_for(timeout=60_000)
         _close_assistant(page)
         # The "+" before a parent run's name shows its nested (trial) runs.
@@ -59,7 +60,7 @@ def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
             page.wait_for_timeout(3000)
             page.screenshot(path=str(out / "ui_best_trials.png"))
         page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/"
-                  "confusion_matrix.png")
+                  "confusion_matrix.png?workflowType=machine_learning")
         page.get_by_text("confusion_matrix.json").wait_for(timeout=60_000)
         _close_assistant(page)
         page.wait_for_timeout(2000)

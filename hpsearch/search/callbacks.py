@@ -48,12 +48,13 @@ class FailureGuard:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state != TrialState.FAIL:
             self.in_a_row = 0
-        elif trial.user_attrs.get("failure_kind") != "out_of_memory":
+        elif trial.user_attrs.get("failure_kind") not in ("out_of_memory", "interrupted"):
             self.in_a_row += 1
         if self.in_a_row >= self.limit:
             reason = trial.user_attrs.get("fail_reason", "see the trial's traceback.txt")
             self.summary.stop_reason = (f"stopped after {self.in_a_row} failed trials in a "
                                         f"row; last: {reason}")
+            self.summary.exit_code = 1
             study.stop()
 
 

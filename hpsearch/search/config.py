@@ -65,8 +65,10 @@ class StudySummary:
     Attributes:
         study_name: the Optuna study (and MLflow experiment).
         tracking_uri: the MLflow tracking store its runs went to.
+        experiment_id: the study's MLflow experiment there.
         metric: the objective's metric (``val_accuracy`` or ``val_loss``).
-        n_complete, n_pruned, n_failed: the study's trials by state, after this run.
+        n_complete, n_pruned, n_failed, n_interrupted: the study's trials by state after
+            this run (interrupted: stopped by Ctrl-C or SIGTERM, run again on resume).
         best_value: the best trial's value of ``metric``, or None if none completed.
         best_trial: its number; best_params: its hyperparameters.
         registration: the champion registered by this run (or found registered), or None.
@@ -74,15 +76,18 @@ class StudySummary:
             value so far first came within 0.5 points (0.005) of the final best.
         wall_seconds: this run's wall time.
         stop_reason: why the run stopped before the target, or None.
-        exit_code: 0, or 128 + the signal number when interrupted.
+        exit_code: 0; 1 when trials kept failing (``--max-failures``); 128 + the signal
+            number when interrupted.
     """
 
     study_name: str
     tracking_uri: str
     metric: str = "val_accuracy"
+    experiment_id: str | None = None
     n_complete: int = 0
     n_pruned: int = 0
     n_failed: int = 0
+    n_interrupted: int = 0
     best_value: float | None = None
     best_trial: int | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
@@ -90,4 +95,4 @@ class StudySummary:
     reached_best: tuple[float, int] | None = None
     wall_seconds: float = 0.0
     stop_reason: str | None = None
-    exit_code: int = 0  # 128 + signal number when interrupted
+    exit_code: int = 0

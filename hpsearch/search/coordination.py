@@ -30,6 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.errors import HpsearchError, check_interrupted
+from hpsearch.redact import redact_url
 
 __all__ = ["FINISHED_STATES", "StudyLock", "claim_worker_number", "count_trials",
            "schema_lock", "slots_left"]
@@ -170,7 +171,9 @@ def _int64_key(text: str) -> int:
 def _sqlite_lock_path(storage_url: str, study_name: str) -> Path:
     """In the temp dir, keyed by the database's absolute path and the study: nothing extra
     appears in the user's directory, and every worker on this machine finds the same file."""
-    database = str(Path(storage_url[len("sqlite:///"):]).resolve())
+    from sqlalchemy.engine import make_url
+
+    database = str(Path(make_url(storage_url).database or "").resolve())
     digest = hashlib.sha1(f"{database}\0{study_name}".encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir(), f"hpsearch-study-{digest}.lock")
 
@@ -195,6 +198,7 @@ def schema_lock(*urls: str) -> Iterator[None]:
                 lock.acquire()
             except Exception as exc:  # the driver's errors vary; say which URL failed
                 what = "Optuna storage" if url in urls[:1] else "MLflow tracking store"
-                raise HpsearchError(f"cannot open {what} {url!r}: {type(exc).__name__}: "
+                raise HpsearchError(f"cannot open {what} {redact_url(url)!r}: "
+                                    f"{type(exc).__name__}: "
                                     f"{(str(exc).splitlines() or [''])[0]}") from None
         yield

@@ -216,7 +216,8 @@ class Objective:
         fit(network, train, val, epochs=self.spec.epochs, optimizer=optimizer,
             scheduler=scheduler, num_classes=info.num_classes, device=device,
             label_smoothing=params.label_smoothing, amp_dtype=self.amp_dtype,
-            on_epoch=on_epoch)
+            on_epoch=on_epoch, on_batch=lambda epoch, done, total: self.reporter.batch(
+                trial.number, epoch, self.spec.epochs, done, total, params.batch_size))
         value = history[-1].metrics()[self.spec.metric]
         if not math.isfinite(value):
             raise ValueError(f"{self.spec.metric} is {value} after the last epoch")

@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from hpsearch.errors import HpsearchError
+from hpsearch.redact import redact_url
 
 __all__ = ["check_reachable", "preflight"]
 
@@ -20,7 +21,7 @@ def preflight(storage: str, tracking_uri: str) -> None:
             tracking server does not answer within seconds.
     """
     for what, url in (("--storage", storage), ("tracking store", tracking_uri)):
-        if url.startswith("sqlite:///"):
+        if url.startswith("sqlite:///"):  # a file: no password to hide
             _check_writable(Path(url[len("sqlite:///"):]).parent, what, url)
     if tracking_uri.startswith(("http://", "https://")):
         check_reachable(tracking_uri)
@@ -46,5 +47,6 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
             return
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise HpsearchError(f"cannot reach the MLflow tracking server at {tracking_uri} "
+        raise HpsearchError(f"cannot reach the MLflow tracking server at "
+                            f"{redact_url(tracking_uri)} "
                             f"({reason}); start it or pass another --tracking-uri") from None

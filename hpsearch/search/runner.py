@@ -27,6 +27,7 @@ from hpsearch.data_utils import (
     split_train_val,
 )
 from hpsearch.errors import HpsearchError, check_interrupted
+from hpsearch.redact import redact_url
 from hpsearch.search.callbacks import AnytimeLogger, FailureGuard, ReportRefresher
 from hpsearch.search.config import RunConfig, StudySummary
 from hpsearch.search.coordination import (
@@ -38,11 +39,17 @@ from hpsearch.search.coordination import (
 )
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.preflight import preflight
-from hpsearch.search.progress import Reporter
-from hpsearch.search.storage import fail_stale_trials, load_existing_study, open_study
+from hpsearch.search.progress import RemainingTime, Reporter
+from hpsearch.search.storage import (
+    fail_stale_trials,
+    load_existing_study,
+    open_study,
+    retry_interrupted,
+)
 from hpsearch.serving.registration import Registration, register_champion
 from hpsearch.studies.components import build_sampler
 from hpsearch.tracking.provenance import dataset_inputs, provenance_tags, resolve_tracking_uri
+from hpsearch.tracking.report import log_data_report
 from hpsearch.tracking.runs import StudyTracker
 from hpsearch.training.device import autocast_dtype, device_name, resolve_device
 
@@ -141,11 +148,16 @@ class StudyRunner:
             params, spec_yaml = self._run_params(), self.config.spec.to_yaml()
         else:
             params = {"study": self.study.study_name, "dataset": self.dataset,
-                      "storage": self.lock.storage_url, "register_name": register_name}
+                      "storage": redact_url(self.lock.storage_url),
+                      "register_name": register_name}
             spec_yaml = None
         self.tracker.start_parent(params=params, spec_yaml=spec_yaml, role=role,
                                   run_tags=provenance_tags(self.device, self._seed),
                                   inputs=self._inputs())
+        if role == "study":
+            log_data_report(self.tracker.client, self.tracker.parent_run_id,
+                            {"training": self.data.train, "validation": self.data.val,
+                             "test": self.test}, self.data.info.class_names)
 
     def attach_parent(self, parent_run_id: str) -> None:
         """Nest this worker's trial runs under the coordinator's parent run (``--jobs``)."""
@@ -166,6 +178,11 @@ class StudyRunner:
         """
         config, study, lock = self.config, self.study, self.lock
         worker = claim_worker_number(study, lock)
+        with lock.hold():
+            retried = retry_interrupted(study)
+        if retried:
+            self.reporter.say(f"interrupted trial(s) {', '.join(map(str, retried))} run again "
+                              "first, with the same parameters")
         if worker:  # the study's first worker keeps --seed: a single run stays reproducible
             study.sampler = build_sampler(dict(config.spec.sampler), seed=config.seed + worker)
         objective = Objective(spec=config.spec, data=self.data, device=self.device,
@@ -173,8 +190,9 @@ class StudyRunner:
                               compile_model=config.compile)
         callbacks = [self.reporter.trial_finished, AnytimeLogger(self.tracker),
                      FailureGuard(config.max_consecutive_failures, summary)]
-        if refresh_reports:
-            callbacks.append(ReportRefresher(self.tracker, study, self.reporter))
+        if refresh_reports:  # this is the study's only process
+            callbacks += [ReportRefresher(self.tracker, study, self.reporter),
+                          RemainingTime(target=config.trials, jobs=1, reporter=self.reporter)]
 
         def start_trial(trial: optuna.Trial) -> float:
             lock.release()  # the trial holds its slot now: RUNNING in the storage
@@ -248,7 +266,7 @@ class StudyRunner:
             "seed": config.seed,
             "device": device_name(self.device),
             "autocast_dtype": str(autocast_dtype(self.device)),
-            "storage": config.storage,
+            "storage": redact_url(config.storage),
             "jobs": config.jobs,
             "compile": config.compile,
             "register_name": config.register_name,

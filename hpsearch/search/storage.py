@@ -4,6 +4,7 @@ in a second)."""
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from typing import Any
@@ -12,11 +13,14 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.errors import HpsearchError
+from hpsearch.redact import redact_url
 from hpsearch.search.config import RunConfig
 from hpsearch.studies.components import build_pruner, build_sampler
 
 __all__ = ["RetryStaleTrial", "fail_stale_trials", "load_existing_study", "open_study",
-           "storage_error"]
+           "retry_interrupted", "storage_error", "study_definition"]
+
+DEFINITION_ATTR = "hpsearch.definition"
 
 
 def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
@@ -50,9 +54,7 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
         )
     except Exception as exc:  # SQLAlchemy's errors vary by driver; say which URL failed
         raise storage_error(config.storage, exc) from None
-    if study.direction.name.lower() != spec.direction:
-        raise HpsearchError(f"study {config.study_name!r} in {config.storage} optimises "
-                            f"{study.direction.name.lower()}, but the spec says {spec.direction}")
+    _check_definition(study, config)
     if not study.trials:
         # What `hpsearch register STUDY` needs to rebuild the data set later, and the zero
         # of the study's anytime curve.
@@ -64,12 +66,57 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
     return study
 
 
+def study_definition(config: RunConfig) -> dict[str, Any]:
+    """What defines a study: its trials are comparable only if all of these stay the same
+    (another validation split, epoch budget or space would rank unlike trials together)."""
+    spec = config.spec
+    return {"dataset": spec.dataset, "search_space": spec.to_dict()["search_space"],
+            "epochs": spec.epochs, "metric": spec.metric, "direction": spec.direction,
+            "val_fraction": spec.val_fraction, "augment": spec.augment,
+            "train_subset": config.train_subset, "seed": config.seed}
+
+
+def _check_definition(study: optuna.Study, config: RunConfig) -> None:
+    """Record the study's definition when it is new (or older than this check); refuse to
+    resume it with another one.
+
+    Raises:
+        HpsearchError: the settings differ from those the study was created with; the
+            message names each differing key with its old and new value.
+    """
+    new = json.loads(json.dumps(study_definition(config)))  # as the storage keeps it
+    old = study.user_attrs.get(DEFINITION_ATTR)
+    if old is None:
+        direction = study.direction.name.lower()
+        if study.trials and direction != config.spec.direction:
+            old = {"direction": direction}
+        else:
+            study.set_user_attr(DEFINITION_ATTR, new)
+            return
+    changes = _differences(old, new)
+    if changes:
+        raise HpsearchError(
+            f"study {config.study_name!r} in {redact_url(config.storage)} was created with "
+            f"other settings: {'; '.join(changes)}. Its trials would not be comparable: run "
+            f"it with the settings it was created with, or start a new study with "
+            f"--study-name (e.g. --study-name {config.study_name}-2)")
+
+
+def _differences(old: Any, new: Any, key: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two nested mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for name in dict.fromkeys([*old, *new])
+                for change in _differences(old.get(name), new.get(name),
+                                           f"{key}.{name}" if key else name)]
+    return [] if old == new else [f"{key} {old!r} -> {new!r}"]
+
+
 def storage_error(storage: str, exc: Exception) -> HpsearchError:
     """One line saying which storage could not be opened and why."""
     reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
     if isinstance(exc, ModuleNotFoundError) and storage.startswith("postgresql"):
         reason += "; install the PostgreSQL driver: pip install 'hpsearch[postgres]'"
-    return HpsearchError(f"cannot open Optuna storage {storage!r}: {reason}")
+    return HpsearchError(f"cannot open Optuna storage {redact_url(storage)!r}: {reason}")
 
 
 def load_existing_study(study_name: str, storage: str) -> optuna.Study:
@@ -79,7 +126,8 @@ def load_existing_study(study_name: str, storage: str) -> optuna.Study:
     except Exception as exc:  # SQLAlchemy's errors vary by driver; say which URL failed
         raise storage_error(storage, exc) from None
     if study_name not in names:
-        raise HpsearchError(f"no study {study_name!r} in {storage}; see `hpsearch studies`")
+        raise HpsearchError(f"no study {study_name!r} in {redact_url(storage)}; see "
+                            "`hpsearch studies`")
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
@@ -88,6 +136,31 @@ def fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def retry_interrupted(study: optuna.Study) -> list[int]:
+    """Enqueue a retry of every interrupted trial (Ctrl-C, SIGTERM) not retried yet, with
+    its parameters, as Optuna retries a dead worker's trial (``retry_history``, so its run is
+    tagged ``hpsearch.retry_of``). Call under the study lock.
+
+    Returns:
+        The numbers of the interrupted trials now enqueued again.
+    """
+    trials = study.get_trials(deepcopy=False)
+    # A retry's history ends with the trial it retries: those are taken care of.
+    taken = {t.system_attrs["retry_history"][-1] for t in trials
+             if t.system_attrs.get("retry_history")}
+    retried = []
+    for trial in trials:
+        if (trial.state != TrialState.FAIL or trial.number in taken
+                or trial.user_attrs.get("failure_kind") != "interrupted"):
+            continue
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            system_attrs={"failed_trial": history[0], "retry_history": history}))
+        retried.append(trial.number)
+    return retried
 
 
 class RetryStaleTrial:

@@ -14,17 +14,16 @@ import time
 from collections.abc import Iterator
 
 import optuna
-from optuna.trial import TrialState
 
 from hpsearch.errors import ignore_further_signals
 from hpsearch.search.callbacks import ReportRefresher, refresh_report
 from hpsearch.search.config import RunConfig, StudySummary
 from hpsearch.search.coordination import FINISHED_STATES, count_trials
-from hpsearch.search.progress import Reporter
+from hpsearch.search.progress import RemainingTime, Reporter
 from hpsearch.search.runner import StudyRunner, default_jobs
 from hpsearch.serving.registration import Registration
 from hpsearch.tracking.provenance import quiet_mlflow
-from hpsearch.tracking.tables import time_to_best
+from hpsearch.tracking.tables import state_counts, time_to_best
 from hpsearch.training.device import device_name, resolve_device
 
 __all__ = ["register_study", "run_study"]
@@ -72,7 +71,7 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
          start: float) -> StudySummary:
     study, tracker = runner.study, runner.tracker
     summary = StudySummary(study_name=config.study_name, tracking_uri=tracker.tracking_uri,
-                           metric=config.spec.metric)
+                           metric=config.spec.metric, experiment_id=tracker.experiment_id)
     missing = config.trials - count_trials(study, *FINISHED_STATES)
     workers = f" in {config.jobs} worker processes" if config.jobs > 1 else ""
     reporter.say(f"study {config.study_name!r}: {config.trials - missing} of {config.trials} "
@@ -86,10 +85,12 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
         if config.jobs > 1:
             from hpsearch.search.workers import run_workers
 
-            summary.stop_reason = run_workers(
+            refresh = ReportRefresher(tracker, study, reporter)
+            remaining = RemainingTime(target=config.trials, jobs=config.jobs, reporter=reporter)
+            summary.stop_reason, summary.exit_code = run_workers(
                 config, jobs=config.jobs, parent_run_id=tracker.parent_run_id,
                 deadline=deadline, reporter=reporter,
-                on_idle=ReportRefresher(tracker, study, reporter))
+                on_idle=lambda: (refresh(), remaining(study)))
         else:
             runner.work(summary, deadline=deadline, refresh_reports=True)
         summary.registration = runner.register(config.register_name)
@@ -139,9 +140,9 @@ def register_study(*, study_name: str, storage: str, tracking_uri: str | None,
 
 
 def _fill_summary(summary: StudySummary, study: optuna.Study, start: float) -> None:
-    summary.n_complete = count_trials(study, TrialState.COMPLETE)
-    summary.n_pruned = count_trials(study, TrialState.PRUNED)
-    summary.n_failed = count_trials(study, TrialState.FAIL)
+    states = state_counts(study)
+    summary.n_complete, summary.n_pruned = states.get("COMPLETE", 0), states.get("PRUNED", 0)
+    summary.n_failed, summary.n_interrupted = states.get("FAIL", 0), states.get("INTERRUPTED", 0)
     if summary.n_complete:
         best = study.best_trial
         summary.best_value, summary.best_trial = best.value, best.number

@@ -43,7 +43,7 @@ class PipeReporter(Reporter):
     """A worker's reporter: lines go to the coordinating process instead of a stream."""
 
     def __init__(self, connection: Connection, metric: str, *, verbose: bool) -> None:
-        super().__init__(metric, verbose=verbose)
+        super().__init__(metric, verbose=verbose, live=False)  # lines, never a redrawn one
         self.connection = connection
 
     def say(self, line: str) -> None:
@@ -51,7 +51,7 @@ class PipeReporter(Reporter):
 
 
 def run_workers(config: RunConfig, *, jobs: int, parent_run_id: str, deadline: float | None,
-                reporter: Reporter, on_idle: Callable[[], None]) -> str | None:
+                reporter: Reporter, on_idle: Callable[[], None]) -> tuple[str | None, int]:
     """Run ``jobs`` worker processes on the study until all have ended.
 
     Args:
@@ -63,7 +63,8 @@ def run_workers(config: RunConfig, *, jobs: int, parent_run_id: str, deadline: f
         on_idle: called about once a second while waiting (study report refreshes).
 
     Returns:
-        Why the workers stopped early (timeout, too many failures), or None.
+        Why the workers stopped early (timeout, too many failures) or None, and the exit code
+        that calls for (1 when trials kept failing, else 0).
 
     Raises:
         KeyboardInterrupt: this process got SIGINT/SIGTERM; the workers got it too and
@@ -80,7 +81,7 @@ def run_workers(config: RunConfig, *, jobs: int, parent_run_id: str, deadline: f
         sending.close()  # the worker holds the only writing end: EOF when it is gone
         workers.append(worker)
         pipes[receiving] = k
-    stop_reasons: dict[int, str | None] = {}
+    stop_reasons: dict[int, tuple[str | None, int]] = {}
     try:
         _pump(workers, pipes, reporter, stop_reasons, on_idle)
     except KeyboardInterrupt as exc:
@@ -92,10 +93,10 @@ def run_workers(config: RunConfig, *, jobs: int, parent_run_id: str, deadline: f
                     os.kill(worker.pid, signum)
         _pump(workers, pipes, reporter, stop_reasons, lambda: None, timeout_s=SHUTDOWN_S)
         raise
-    reasons = [r for r in stop_reasons.values() if r]
     if not stop_reasons:
-        reasons = [f"all {jobs} workers died"]
-    return reasons[0] if reasons else None
+        return f"all {jobs} workers died", 1
+    stopped = sorted((r for r in stop_reasons.values() if r[0]), key=lambda r: -r[1])
+    return stopped[0] if stopped else (None, 0)
 
 
 def _pump(workers: list, pipes: dict[Connection, int], reporter: Reporter,
@@ -151,19 +152,19 @@ def worker_main(config: RunConfig, worker: int, parent_run_id: str, deadline: fl
     reporter = PipeReporter(connection, config.spec.metric, verbose=verbose)
     reporter.say(f"worker started, pid {os.getpid()}")
     try:
-        stop_reason = _work(config, parent_run_id, deadline, reporter)
+        stopped = _work(config, parent_run_id, deadline, reporter)
     except KeyboardInterrupt as exc:
         ignore_further_signals()
-        connection.send(("done", None))
+        connection.send(("done", (None, 0)))
         sys.exit(getattr(exc, "exit_code", 130))
     except HpsearchError as exc:
         reporter.say(f"error: {exc}")
         sys.exit(2)
-    connection.send(("done", stop_reason))
+    connection.send(("done", stopped))
 
 
 def _work(config: RunConfig, parent_run_id: str, deadline: float | None,
-          reporter: Reporter) -> str | None:
+          reporter: Reporter) -> tuple[str | None, int]:
     import optuna
     import torch
 
@@ -182,4 +183,4 @@ def _work(config: RunConfig, parent_run_id: str, deadline: float | None,
         runner.work(summary, deadline=deadline, refresh_reports=False)
     finally:
         runner.close()
-    return summary.stop_reason
+    return summary.stop_reason, summary.exit_code

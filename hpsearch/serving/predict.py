@@ -12,6 +12,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from hpsearch.errors import HpsearchError
+from hpsearch.redact import redact_url
 from hpsearch.tracking.provenance import resolve_tracking_uri, using_tracking_uri
 
 __all__ = ["Prediction", "load_serving_model", "predict_files", "read_images"]
@@ -36,7 +37,7 @@ def load_serving_model(uri: str, tracking_uri: str | None = None):
         with using_tracking_uri(tracking_uri):
             return mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
-        raise HpsearchError(f"cannot load model {uri} from {tracking_uri}: "
+        raise HpsearchError(f"cannot load model {uri} from {redact_url(tracking_uri)}: "
                             f"{exc.message.splitlines()[0]}") from None
 
 

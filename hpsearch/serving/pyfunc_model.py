@@ -9,7 +9,10 @@ MLflow copies this file into the logged model and runs it when the model is load
 3. reads the weights with ``torch.load(weights_only=True)``, which only admits tensors and
    plain containers: no pickled Python objects are executed.
 
-Input: a column ``images`` with one image per row, or an array (N, ...): integer pixels
+Input: a DataFrame with a column ``images``, one image per row, or a dict
+``{"images": batch}`` whose batch is an array (N, ...) or a list of images (a bare array or
+list fails MLflow's check against the logged signature, before the model sees it; the
+scoring server's ``{"inputs": [image, ...]}`` becomes such a DataFrame). Integer pixels
 0..255 or float pixels 0..1, in the layouts of :func:`hpsearch.serving.images.accepted_shapes`.
 Output, per row: ``class_index`` (int), ``label`` (class name) and ``probabilities``
 (softmax over all classes, in class-index order). A bad request raises an MlflowException
@@ -19,6 +22,7 @@ with INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -73,7 +77,16 @@ class ChampionModel(PythonModel):
         self.classifier = NormalizingClassifier.from_weights(
             TrialParams.from_dict(config["hyperparameters"]), self.info, state)
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Classify the images of ``model_input`` (see the module docstring).
+
+        The type hints are what MLflow reads: a DataFrame input is checked against the
+        logged signature (column ``images``), not inferred from the hint.
+
+        Raises:
+            BadRequest: the images are not what the model takes (HTTP 400 when served).
+        """
         images = _images_of(model_input)
         try:
             batch = to_unit_batch(images, self.info)

@@ -13,9 +13,13 @@ Two models are logged on the parent run:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +98,7 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     tracker.log_test_evaluation(result, info.class_names, trial_number=best.number)
     _log_test_grids(tracker, result, test, info)
     classifier = classifier.cpu().eval()
-    with using_tracking_uri(tracker.tracking_uri), \
+    with using_tracking_uri(tracker.tracking_uri), _mlflow_prints_kept(), \
             mlflow.start_run(run_id=tracker.parent_run_id):
         _log_network(classifier, test)
         version = _log_serving_model(classifier.network, best, info, test, register_name)
@@ -102,6 +106,20 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
                       result.accuracy)
     tracker.client.set_registered_model_alias(register_name, CHAMPION_ALIAS, version)
     return Registration(register_name, version, best.number, result.accuracy)
+
+
+@contextlib.contextmanager
+def _mlflow_prints_kept() -> Iterator[None]:
+    """Keep MLflow's prints on stderr ("Successfully registered model ...", "Created
+    version ...") out of the progress display; the summary says what was registered. They
+    are shown after all if the block fails."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
 
 
 def _log_test_grids(tracker: StudyTracker, result: EvalResult, test: ArraySplit,
@@ -212,7 +230,9 @@ def _describe_version(tracker: StudyTracker, name: str, version: str,
             f"accuracy {test_accuracy:.4f}. Input: {{\"inputs\": [image, ...]}}, 1 to "
             f"{MAX_BATCH} images, each "
             f"{' or '.join(str(s) for s in accepted_shapes(info))}, integer pixels 0..255 or "
-            f"float pixels 0..1. Output per image: class_index, label (one of "
+            f"float pixels 0..1. From Python: mlflow.pyfunc.load_model(uri).predict("
+            f"{{\"images\": batch}}) with an array batch (N, ...), or a DataFrame with a column "
+            f"images. Output per image: class_index, label (one of "
             f"{', '.join(info.class_names)}) and probabilities of all classes."))
 
 

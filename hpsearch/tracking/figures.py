@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from hpsearch.training import EpochResult
 
-__all__ = ["anytime_figure", "confusion_matrix_figure", "image_grid_figure",
-           "learning_curves_figure"]
+__all__ = ["anytime_figure", "class_distribution_figure", "confusion_matrix_figure",
+           "image_grid_figure", "learning_curves_figure"]
 
 
 def confusion_matrix_figure(
@@ -142,3 +142,25 @@ def anytime_figure(curve, *, metric: str) -> Figure:
 # Matplotlib's tab10 colours, one per architecture.
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def class_distribution_figure(counts: dict[str, list[int]], class_names: Sequence[str]) -> Figure:
+    """Images per class in each split, as grouped bars.
+
+    Args:
+        counts: split name -> images per class (in class-index order).
+        class_names: the classes, in class-index order.
+    """
+    n = len(class_names)
+    fig = Figure(figsize=(max(6.0, 0.7 * n + 2), 4), dpi=100)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.3, top=0.9)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(counts))
+    for i, (split, per_class) in enumerate(counts.items()):
+        ax.bar([c + (i - (len(counts) - 1) / 2) * width for c in range(n)], per_class,
+               width=width, label=f"{split} ({sum(per_class):,})", color=_PALETTE[i])
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set(ylabel="images", title="images per class in each split")
+    ax.legend(fontsize=8)
+    return fig

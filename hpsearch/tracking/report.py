@@ -4,19 +4,23 @@ image grids of predictions."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
 import optuna.visualization.matplotlib as optuna_plots
-import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from hpsearch.tracking.figures import anytime_figure, image_grid_figure
+from hpsearch.tracking.figures import (
+    anytime_figure,
+    class_distribution_figure,
+    image_grid_figure,
+)
 from hpsearch.tracking.runs import log_figure
-from hpsearch.tracking.tables import anytime, trials_table
+from hpsearch.tracking.tables import anytime, state_counts, trials_table
 
-__all__ = ["STUDY_PLOTS", "log_prediction_grid", "log_study_report"]
+__all__ = ["STUDY_PLOTS", "log_data_report", "log_prediction_grid", "log_study_report"]
 
 GRID_SIZE = 24  # images per grid
 
@@ -36,10 +40,10 @@ def log_study_report(client: MlflowClient, run_id: str, study: optuna.Study) -> 
     Plots that need more trials than the study has (importances need two complete trials)
     are left out until a later refresh.
     """
-    table = trials_table(study)
-    states = table["state"].value_counts() if len(table) else pd.Series(dtype=int)
-    for key, state in (("n_complete", "COMPLETE"), ("n_pruned", "PRUNED"), ("n_failed", "FAIL")):
-        client.log_metric(run_id, key, int(states.get(state, 0)))
+    table, states = trials_table(study), state_counts(study)
+    for key, state in (("n_complete", "COMPLETE"), ("n_pruned", "PRUNED"), ("n_failed", "FAIL"),
+                       ("n_interrupted", "INTERRUPTED")):
+        client.log_metric(run_id, key, states.get(state, 0))
     client.log_text(run_id, table.to_csv(index=False), "study/trials.csv")
     client.log_table(run_id, data=table.astype({"value": float}), artifact_file="trials.json")
     import matplotlib.pyplot as plt
@@ -87,3 +91,35 @@ def log_prediction_grid(client: MlflowClient, run_id: str, images: np.ndarray,
                 f"{confidence[i]:.2f}" for i in chosen]
     log_figure(client, run_id, image_grid_figure(images[chosen], captions, title=title),
                artifact_file)
+
+
+def log_data_report(client: MlflowClient, run_id: str, splits: Mapping[str, Any],
+                    class_names: Sequence[str], *, per_class: int = 8) -> None:
+    """What the data looks like, on the parent run: images per class in each split
+    (``data/class_distribution.json`` and ``.png``) and the first ``per_class`` training
+    images of each class (``data/samples_per_class.png``, one row per class).
+
+    Args:
+        splits: split name (training, validation, test) -> ArraySplit.
+        class_names: the classes, in class-index order.
+    """
+    n = len(class_names)
+    counts = {name: np.bincount(split.labels, minlength=n).tolist()
+              for name, split in splits.items()}
+    client.log_dict(run_id, {"class_names": list(class_names), "images_per_class": counts},
+                    "data/class_distribution.json")
+    log_figure(client, run_id, class_distribution_figure(counts, class_names),
+               "data/class_distribution.png")
+    train = next(iter(splits.values()))
+    rows = [np.flatnonzero(train.labels == c) for c in range(n)]
+    per_class = min(per_class, *(len(row) for row in rows))  # a full grid, row = class
+    if per_class == 0:
+        return
+    rows = [row[:per_class] for row in rows]
+    chosen = np.concatenate(rows)
+    captions = [class_names[train.labels[i]] if j == 0 else ""
+                for row in rows for j, i in enumerate(row)]
+    log_figure(client, run_id, image_grid_figure(train.images[chosen], captions,
+                                                 title="training images per class",
+                                                 columns=per_class),
+               "data/samples_per_class.png")

@@ -19,6 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 from hpsearch.tracking.figures import confusion_matrix_figure, learning_curves_figure
@@ -30,6 +31,10 @@ __all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "StudyTracker", "TrialRun",
 
 # Where a trial's weights (a state dict, loadable with weights_only=True) are logged.
 CHECKPOINT_PATH = "checkpoint/state_dict.pt"
+# Seconds between samples of the system metrics (CPU, memory, GPU) of a trial's run and of
+# the parent run: a trial of a few seconds still gets samples; the parent run spans hours.
+TRIAL_SAMPLING_S = 2.0
+PARENT_SAMPLING_S = 10.0
 # Optuna trial state -> MLflow run status. A pruned trial was stopped early on purpose:
 # KILLED, never FAILED.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -43,12 +48,15 @@ class StudyTracker:
         study_name: the Optuna study name; also the experiment's name.
     """
 
-    def __init__(self, *, tracking_uri: str, study_name: str) -> None:
+    def __init__(self, *, tracking_uri: str, study_name: str,
+                 system_metrics: bool = True) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.study_name = study_name
+        self.system_metrics = system_metrics
         self.experiment_id = self._experiment(study_name)
         self.parent_run_id: str | None = None
+        self.parent_monitor: SystemMetricsMonitor | None = None
         self.run_tags: dict[str, str] = {}  # provenance, set on every run
         self.inputs: list[DatasetInput] = []  # the data splits trials train and validate on
 
@@ -91,6 +99,7 @@ class StudyTracker:
         if self.inputs:
             self.client.log_inputs(run.info.run_id, datasets=self.inputs)
         self.parent_run_id = run.info.run_id
+        self.parent_monitor = self._monitor(self.parent_run_id, PARENT_SAMPLING_S)
         self.client.log_batch(
             self.parent_run_id, params=[Param(k, str(v)) for k, v in params.items()]
         )
@@ -127,7 +136,7 @@ class StudyTracker:
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         if self.inputs:
             self.client.log_inputs(run_id, datasets=self.inputs)
-        return TrialRun(self.client, run_id)
+        return TrialRun(self.client, run_id, monitor=self._monitor(run_id, TRIAL_SAMPLING_S))
 
     def log_best(self, *, value: float, step: int, trial_number: int,
                  params: Mapping[str, Any] | None = None) -> None:
@@ -158,15 +167,31 @@ class StudyTracker:
                              "test_per_class_report.json")
 
     def end_parent(self, status: str = "FINISHED") -> None:
+        if self.parent_monitor is not None:
+            self.parent_monitor.finish()
+            self.parent_monitor = None
         if self.parent_run_id is not None:
             self.client.set_terminated(self.parent_run_id, status)
 
+    def _monitor(self, run_id: str, sampling_s: float) -> SystemMetricsMonitor | None:
+        """MLflow's system metrics of ``run_id`` (``system/cpu_utilization_percentage``,
+        ``system/system_memory_usage_megabytes``, and on NVIDIA GPUs
+        ``system/gpu_0_utilization_percentage`` and ``system/gpu_0_memory_usage_megabytes``,
+        ...), sampled every ``sampling_s`` seconds by a background thread, or None when off."""
+        if not self.system_metrics:
+            return None
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=sampling_s,
+                                       tracking_uri=self.tracking_uri)
+        monitor.start()
+        return monitor
+
 
 class TrialRun:
-    """The nested MLflow run of one trial."""
+    """The nested MLflow run of one trial (and its system metrics monitor, if any)."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+    def __init__(self, client: MlflowClient, run_id: str, *,
+                 monitor: SystemMetricsMonitor | None = None) -> None:
+        self.client, self.run_id, self.monitor = client, run_id, monitor
 
     def log_epoch(self, result: EpochResult) -> None:
         """Log the epoch's metrics with step = epoch, in one request."""
@@ -226,6 +251,8 @@ class TrialRun:
             self.client.log_metric(self.run_id, "objective", value)
         run_tags += [RunTag(k, v) for k, v in (tags or {}).items()]
         self.client.log_batch(self.run_id, tags=run_tags)
+        if self.monitor is not None:
+            self.monitor.finish()
         self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
 
     def _log_per_class(self, report: dict, epoch: int) -> None:

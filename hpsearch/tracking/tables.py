@@ -9,7 +9,24 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-__all__ = ["anytime", "leaderboard", "study_overview", "time_to_best", "trials_table"]
+__all__ = ["anytime", "leaderboard", "state_counts", "state_of", "study_overview",
+           "time_to_best", "trials_table"]
+
+
+def state_of(trial: optuna.trial.FrozenTrial) -> str:
+    """The trial's Optuna state, but INTERRUPTED for a trial that failed only because the
+    run was stopped (Ctrl-C, SIGTERM): not a failure, and run again on resume."""
+    if trial.state.name == "FAIL" and trial.user_attrs.get("failure_kind") == "interrupted":
+        return "INTERRUPTED"
+    return trial.state.name
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per :func:`state_of`: ``{"COMPLETE": 3, "PRUNED": 1, "INTERRUPTED": 1, ...}``."""
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[state_of(trial)] = counts.get(state_of(trial), 0) + 1
+    return counts
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -26,7 +43,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         cost = attrs.get("cost", {})
         rows.append({
             "number": trial.number,
-            "state": trial.state.name,
+            "state": state_of(trial),
             "value": trial.value,
             "epochs": attrs.get("epochs_run", len(trial.intermediate_values)),
             "seconds": seconds,
@@ -63,15 +80,15 @@ def study_overview(storage: str) -> pd.DataFrame:
     rows = []
     for name in optuna.get_all_study_names(storage=storage):
         study = optuna.load_study(study_name=name, storage=storage)
-        states = pd.Series([t.state.name for t in study.get_trials(deepcopy=False)],
-                           dtype=object).value_counts()
-        complete = int(states.get("COMPLETE", 0))
+        states = state_counts(study)
+        complete = states.get("COMPLETE", 0)
         rows.append({
             "study": name,
-            "trials": int(states.sum()),
+            "trials": sum(states.values()),
             "complete": complete,
-            "pruned": int(states.get("PRUNED", 0)),
-            "failed": int(states.get("FAIL", 0)),
+            "pruned": states.get("PRUNED", 0),
+            "failed": states.get("FAIL", 0),
+            "interrupted": states.get("INTERRUPTED", 0),
             "best_value": study.best_value if complete else None,
             "direction": study.direction.name.lower(),
         })

@@ -10,6 +10,7 @@ queues steps without waiting for them.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -149,6 +150,7 @@ def fit(
     label_smoothing: float = 0.0,
     amp_dtype: torch.dtype | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` for ``epochs`` epochs, evaluating on ``val_batches`` after each.
 
@@ -163,6 +165,9 @@ def fit(
         scheduler: stepped after every optimizer step (e.g. ``OneCycleLR``), or None.
         label_smoothing: cross-entropy label smoothing in [0, 1).
         amp_dtype: autocast dtype (``torch.bfloat16`` on CUDA), or None for full precision.
+        on_batch: called as ``on_batch(epoch, done, total)`` when an epoch starts
+            (``done`` 0) and after each training step, with host-side counts only (it adds
+            no device sync), for progress displays.
         on_epoch: called with each :class:`EpochResult`; an exception it raises stops
             training and propagates.
 
@@ -176,8 +181,9 @@ def fit(
     history: list[EpochResult] = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
+        step = None if on_batch is None else functools.partial(on_batch, epoch)
         train_loss, train_accuracy, seen = _train_epoch(
-            model, train_batches, optimizer, scheduler, device, label_smoothing, amp_dtype
+            model, train_batches, optimizer, scheduler, device, label_smoothing, amp_dtype, step
         )
         seconds = time.perf_counter() - start
         val = evaluate(model, val_batches, num_classes=num_classes, device=device,
@@ -199,12 +205,15 @@ def fit(
     return history
 
 
-def _train_epoch(model, batches, optimizer, scheduler, device, label_smoothing, amp_dtype):
+def _train_epoch(model, batches, optimizer, scheduler, device, label_smoothing, amp_dtype,
+                 on_batch=None):
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    for x, y in batches:
+    seen, total = 0, len(batches) if hasattr(batches, "__len__") else 0
+    if on_batch is not None:
+        on_batch(0, total)
+    for done, (x, y) in enumerate(batches, start=1):
         check_interrupted()  # a signal whose exception was swallowed (a flag read, no sync)
         with _autocast(device, amp_dtype):
             logits = model(x)
@@ -217,6 +226,8 @@ def _train_epoch(model, batches, optimizer, scheduler, device, label_smoothing, 
         loss_sum += loss.detach().float() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
+        if on_batch is not None:
+            on_batch(done, total)
     if seen == 0:
         raise ValueError("the training split yielded no batch (is batch_size > its size?)")
     loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()

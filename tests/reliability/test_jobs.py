@@ -139,12 +139,12 @@ def test_ctrl_c_with_jobs_interrupts_every_worker_once_and_resumes(tmp_path):
                 if training == {"1", "2"}:
                     proc.send_signal(signal.SIGINT)
                     break
-        _, err = proc.communicate(timeout=180)
+        proc_out, err = proc.communicate(timeout=180)
     finally:
         watchdog.cancel()
     err = "".join(seen) + err
     assert proc.returncode == 130, err[-3000:]
-    assert "finished trials are kept: run the same command to resume" in err
+    assert "finished trials are kept: run the same command to resume" in proc_out
     assert "Traceback" not in err
 
     storage = f"sqlite:///{tmp_path / 'hpsearch.db'}"

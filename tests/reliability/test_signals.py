@@ -3,6 +3,7 @@ finished trials are kept, nothing stays RUNNING, and the study completes its tar
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,7 +78,7 @@ def parents(runs):
     return [r for r in runs if r.data.tags.get("hpsearch.role") == "study"]
 
 
-def assert_resumed_to_target(cwd: Path) -> tuple[optuna.Study, list]:
+def assert_resumed_to_target(cwd: Path) -> tuple[optuna.Study, list, object]:
     again = hpsearch(cwd, *ARGS)
     assert again.returncode == 0, again.stderr
     study, runs = stores(cwd)
@@ -86,7 +87,7 @@ def assert_resumed_to_target(cwd: Path) -> tuple[optuna.Study, list]:
     assert "RUNNING" not in states
     assert "RUNNING" not in {r.info.status for r in runs}
     assert study.best_value == study.best_value  # finite, not NaN
-    return study, runs
+    return study, runs, again
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -106,13 +107,25 @@ def test_interrupt_fails_the_running_trial_and_the_same_command_resumes(tmp_path
     assert [p.info.status for p in parents(runs)] == ["KILLED"]
     assert "Traceback" not in err
 
-    study, runs = assert_resumed_to_target(tmp_path)
+    # Counted as interrupted, not failed, in the summary and by `hpsearch studies`.
+    assert "1 complete, 0 pruned, 0 failed, 1 interrupted" in out
+    listed = hpsearch(tmp_path, "studies", "--format", "json")
+    (row,) = json.loads(listed.stdout)
+    assert (row["failed"], row["interrupted"]) == (0, 1)
+
+    study, runs, again = assert_resumed_to_target(tmp_path)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    # The interrupted trial ran again first, with its parameters, tagged as a retry.
+    retry = study.trials[2]
+    assert retry.system_attrs["retry_history"] == [1] and retry.params == study.trials[1].params
+    assert trial_run(runs, 2).data.tags["hpsearch.retry_of"] == "1"
+    assert "interrupted trial(s) 1 run again first, with the same parameters" in again.stderr
     assert sorted(p.info.status for p in parents(runs)) == ["FINISHED", "KILLED"]
     record(f"{name} during trial 1",
-           f"exit code {code}; trial 1 FAIL ('interrupted by {name}'), its run and the parent "
-           "run KILLED; summary printed", "trial 0; the same command then ran the 2 missing "
-           "trials (3 complete, nothing RUNNING)")
+           f"exit code {code}; trial 1 counted INTERRUPTED (not failed) by the summary and "
+           f"`hpsearch studies`, reason 'interrupted by {name}', its run and the parent run "
+           "KILLED", "trial 0; the same command then ran trial 1 again first with its "
+           "parameters (tagged hpsearch.retry_of), then the missing trial (3 complete)")
 
 
 def test_sigkill_mid_trial_is_detected_retried_and_its_runs_closed(tmp_path):
@@ -123,7 +136,7 @@ def test_sigkill_mid_trial_is_detected_retried_and_its_runs_closed(tmp_path):
     assert trial_run(runs, 1).info.status == "RUNNING"  # orphaned by the dead worker
     time.sleep(4)  # past the grace period of 3 heartbeats (--heartbeat-interval 1)
 
-    study, runs = assert_resumed_to_target(tmp_path)
+    study, runs, _ = assert_resumed_to_target(tmp_path)
     dead = study.trials[1]
     assert dead.state.name == "FAIL"
     (retry,) = [t for t in study.trials if t.system_attrs.get("retry_history") == [1]]

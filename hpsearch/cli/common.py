@@ -1,0 +1,98 @@
+"""What the commands share: the command group, options spelled once, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import NoReturn
+
+import click
+
+from hpsearch import __version__
+from hpsearch.errors import HpsearchError
+from hpsearch.redact import redact_url
+
+__all__ = ["data_dir_option", "echo_table", "exec_command", "fail", "format_option",
+           "headless", "main", "quiet_libraries", "storage_option", "tracking_uri_option",
+           "with_storage"]
+
+storage_option = click.option(
+    "--storage", default="sqlite:///hpsearch.db", show_default=True, envvar="HPSEARCH_STORAGE",
+    help="Optuna storage URL [env: HPSEARCH_STORAGE].")
+tracking_uri_option = click.option(
+    "--tracking-uri", default=None,
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None, envvar="HPSEARCH_DATA_DIR",
+    help="Where the data set's files are or go [env: HPSEARCH_DATA_DIR].")
+format_option = click.option(
+    "--format", "output_format", type=click.Choice(["table", "json"]), default="table",
+    show_default=True, help="A table for people, or JSON (a list of objects) for scripts.")
+
+
+@click.group(context_settings={"max_content_width": 100})
+@click.version_option(__version__, prog_name="hpsearch")
+def main() -> None:
+    """MLflow-tracked hyperparameter search for image classifiers."""
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit code 2: bad input the user can fix."""
+    click.echo(f"hpsearch: error: {message}", err=True)
+    sys.exit(2)
+
+
+def quiet_libraries() -> None:
+    """Keep MLflow's info logs, download bars and the libraries' warnings out of the
+    progress display."""
+    # Read by MLflow when it is first imported, so this must run before that import.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Runs started through a tracking server would print a "View run" link each.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Deprecation notices of MLflow's, SQLAlchemy's, pandas' and torch's internals are for
+    # their developers; this process's users cannot act on them.
+    for module in ("mlflow", "sqlalchemy", "alembic", "pandas", "torch", "optuna", "pydantic"):
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
+
+
+def headless() -> None:
+    """This process draws figures for files only: no display, whatever $DISPLAY says."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def exec_command(command: list[str], env: dict[str, str]) -> NoReturn:
+    """Become ``command``: Ctrl-C and SIGTERM then reach MLflow's server itself, which
+    stops its own workers; a child process would be orphaned with them instead."""
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
+
+
+def with_storage(storage: str, read):
+    """Run ``read(storage)``, turning an unusable storage into one clear error."""
+    if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
+        fail(f"no Optuna storage at {storage}; run `hpsearch run` first or pass --storage")
+    try:
+        return read(storage)
+    except HpsearchError as exc:
+        fail(str(exc))
+    except Exception as exc:  # SQLAlchemy's errors vary by driver; name the URL
+        fail(f"cannot read Optuna storage {redact_url(storage)}: {type(exc).__name__}: "
+             f"{(str(exc).splitlines() or [''])[0]}")
+
+
+def echo_table(table, output_format: str) -> None:
+    """A pandas table on stdout, as text or as a JSON list of row objects."""
+    if output_format == "json":
+        click.echo(json.dumps(json.loads(table.to_json(orient="records")), indent=2))
+    else:
+        click.echo(table.to_string(index=False, na_rep="-",
+                                   float_format=lambda v: f"{v:.4g}"))

@@ -1,0 +1,132 @@
+"""``hpsearch run``: a study from the command line (through :func:`hpsearch.api.run`)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from hpsearch.cli.common import (
+    data_dir_option,
+    fail,
+    headless,
+    main,
+    quiet_libraries,
+    storage_option,
+    tracking_uri_option,
+)
+from hpsearch.data_utils import list_datasets
+from hpsearch.errors import HpsearchError, handle_termination_signals
+from hpsearch.redact import redact_url
+from hpsearch.studies import SpecError
+
+
+@main.command(short_help="Search hyperparameters; track, register and resume.")
+@click.option("--dataset", default=None, help=(
+    f"Data set whose built-in study to run: {', '.join(list_datasets())} "
+    "(default: fashion_mnist)."))
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False), default=None,
+              help="Your own study spec (YAML); see hpsearch/studies/*.yaml.")
+@click.option("--trials", type=int, default=50, show_default=True,
+              help="Target number of finished (complete or pruned) trials in the study; "
+                   "running the same command again resumes and runs only what is missing.")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Start no new trial after this many seconds.")
+@click.option("--epochs", type=int, default=None, help="Most epochs per trial (spec default).")
+@click.option("--train-subset", type=int, default=None, metavar="N",
+              help="Train on only N training images (quick runs).")
+@click.option("--study-name", default=None, help="Optuna study / MLflow experiment name "
+                                                  "(default: the data set's name).")
+@storage_option
+@tracking_uri_option
+@data_dir_option
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Training device; auto picks CUDA when present.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the sampler, the validation split and every trial.")
+@click.option("--register-name", default=None,
+              help="Registered model name for the champion (default: hpsearch-STUDY).")
+@click.option("--max-failures", type=int, default=5, show_default=True,
+              help="Stop after this many trials in a row failed with an error.")
+@click.option("--heartbeat-interval", type=int, default=10, show_default=True,
+              help="Seconds between a running trial's heartbeats; a trial silent for 3 "
+                   "intervals (its worker was killed) is retried.")
+@click.option("--jobs", type=int, default=None,
+              help="Trials run at once, each in its own worker process [default: 1 on a "
+                   "CPU, up to 4 on a GPU].")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="Train through torch.compile (compiles once per trial; measured slower "
+                   "than eager on a 2-core CPU, see docs/benchmarks.md).")
+@click.option("--quiet", is_flag=True, help="One line per trial instead of per epoch.")
+def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name, storage,
+        tracking_uri, data_dir, device, seed, register_name, max_failures, heartbeat_interval,
+        jobs, compile_model, quiet) -> None:
+    """Search hyperparameters, track every trial in MLflow, register the best model.
+
+    Ctrl-C or SIGTERM ends the running trial as failed (interrupted), prints the summary so
+    far and exits with 130 or 143; the same command again resumes the study.
+    """
+    quiet_libraries()
+    headless()
+    handle_termination_signals()  # SIGTERM unwinds like Ctrl-C: the stores stay consistent
+    from hpsearch.api import run as run_api
+
+    try:
+        summary = run_api(
+            dataset=dataset, spec=spec_path, trials=trials, epochs=epochs,
+            timeout_s=timeout_s, train_subset=train_subset, study_name=study_name,
+            storage=storage, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
+            seed=seed, register_name=register_name, max_failures=max_failures,
+            heartbeat_interval_s=heartbeat_interval, jobs=jobs, compile=compile_model,
+            quiet=quiet)
+    except (HpsearchError, SpecError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt as exc:  # before the study started: nothing to summarise
+        sys.exit(getattr(exc, "exit_code", 130))
+    _print_summary(summary)
+    if summary.exit_code == 1:
+        click.echo("the study stopped because its trials kept failing: fix the cause (each "
+                   "failed trial's reason is above, its traceback.txt on its MLflow run), then "
+                   "run the same command to resume; finished trials are kept")
+    elif summary.exit_code:
+        click.echo("finished trials are kept: run the same command to resume (interrupted "
+                   "trials run again first)")
+    sys.exit(summary.exit_code)
+
+
+def _print_summary(summary) -> None:
+    from hpsearch.search.progress import format_params
+
+    echo = click.echo
+    interrupted = f", {summary.n_interrupted} interrupted" if summary.n_interrupted else ""
+    echo(f"\nstudy {summary.study_name!r}: {summary.n_complete} complete, {summary.n_pruned} "
+         f"pruned, {summary.n_failed} failed{interrupted}  ({summary.wall_seconds:.1f} s)")
+    if summary.stop_reason:
+        echo(f"stopped early: {summary.stop_reason}")
+    if summary.best_value is None:
+        echo("no trial completed, so no model was registered")
+        return
+    echo(f"best {summary.metric} {summary.best_value:.4f} (trial {summary.best_trial}): "
+         f"{format_params(summary.best_params)}")
+    if summary.reached_best is not None:
+        seconds, trial = summary.reached_best
+        echo(f"within 0.5 points of it after {seconds:.1f} s of the study (trial {trial})")
+    reg = summary.registration
+    if reg is not None:
+        echo(f"test accuracy {reg.test_accuracy:.4f}")
+        what = "registered" if reg.newly_registered else "already registered"
+        echo(f"{what}: {reg.name} version {reg.version} (alias champion)")
+        uri = redact_url(summary.tracking_uri)  # a server's password stays in your shell
+        # MLflow 3's UI opens its GenAI pages unless the URL asks for model training.
+        page = f"#/experiments/{summary.experiment_id}/runs?workflowType=machine_learning"
+        echo("\nnext:")
+        if uri.startswith(("http://", "https://")):
+            echo(f"  open {uri.rstrip('/')}/{page}   # the tracking server's UI")
+        else:
+            echo(f"  hpsearch ui --tracking-uri {uri}   # then open "
+                 f"http://127.0.0.1:5000/{page}")
+        echo(f"  hpsearch serve --model {reg.name} --tracking-uri {uri}   # or:")
+        echo(f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{reg.name}@champion "
+             f"--env-manager local --host 127.0.0.1 --port 5001")
+
+

@@ -1,0 +1,123 @@
+"""``hpsearch predict``, ``serve`` and ``ui``: the registered champion and the MLflow UI."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from hpsearch.cli.common import (
+    exec_command,
+    fail,
+    main,
+    quiet_libraries,
+    tracking_uri_option,
+)
+from hpsearch.errors import HpsearchError
+from hpsearch.redact import redact_url
+
+UI_PATH = "#/experiments?workflowType=machine_learning"
+
+model_option = click.option(
+    "--model", default=None,
+    help="Registered model NAME or NAME@ALIAS (alias default: champion) [default: the "
+         "champion registered last in the tracking store].")
+
+
+@main.command(short_help="Classify image files with the champion (or any logged model).")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@model_option
+@click.option("--run", "run_id", default=None,
+              help="Use the model logged in this MLflow run instead of a registered one.")
+@tracking_uri_option
+def predict(images, model, run_id, tracking_uri) -> None:
+    """Classify IMAGES (PNG/JPEG files or .npy arrays) with a registered or logged model."""
+    quiet_libraries()
+    from hpsearch.search.preflight import check_reachable
+    from hpsearch.serving.predict import predict_files
+    from hpsearch.serving.uris import champion_model, model_uri
+    from hpsearch.tracking.provenance import resolve_tracking_uri
+
+    try:
+        missing = [p for p in images if not os.path.isfile(p)]
+        if missing:
+            raise HpsearchError(f"no such file: {', '.join(missing)}")
+        tracking = resolve_tracking_uri(tracking_uri)
+        if tracking.startswith(("http://", "https://")):
+            check_reachable(tracking)
+        uri = model_uri(model or (None if run_id else champion_model(tracking)), run_id)
+        predictions = predict_files(list(images), uri, tracking)
+    except HpsearchError as exc:
+        fail(str(exc))
+    width = max(len(p.source) for p in predictions)
+    for p in predictions:
+        click.echo(f"{p.source:<{width}}  {p.label:<12}  {p.probability:.3f}")
+
+
+@main.command(short_help="Serve the champion over HTTP (mlflow models serve).")
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the model to the network.")
+@click.option("--port", type=int, default=5001, show_default=True,
+              help="TCP port of the scoring server (POST /invocations).")
+@tracking_uri_option
+def serve(model, host, port, tracking_uri) -> None:
+    """Serve the champion with `mlflow models serve --env-manager local`."""
+    quiet_libraries()
+    import mlflow
+
+    from hpsearch.search.preflight import check_reachable
+    from hpsearch.serving.uris import champion_model, check_registered, model_uri
+    from hpsearch.tracking.provenance import resolve_tracking_uri
+
+    tracking = resolve_tracking_uri(tracking_uri)
+    try:
+        if tracking.startswith(("http://", "https://")):
+            check_reachable(tracking)
+        uri = model_uri(model or champion_model(tracking))
+        check_registered(uri, tracking)
+    except HpsearchError as exc:
+        fail(str(exc))
+    bin_dir = os.path.dirname(sys.executable)
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": tracking,
+        # mlflow models serve execs uvicorn from PATH: this interpreter's must come first.
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
+    command = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", uri,
+               "--env-manager", "local", "--host", host, "--port", str(port)]
+    click.echo(f"serving {uri} from {redact_url(tracking)} on "
+               f"http://{host}:{port}/invocations (mlflow {mlflow.__version__})", err=True)
+    exec_command(command, env)
+
+
+@main.command(short_help="Start the MLflow UI on the tracking store.")
+@tracking_uri_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the UI to the network.")
+@click.option("--port", type=int, default=5000, show_default=True,
+              help="TCP port of the UI (http://HOST:PORT).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Server processes answering the UI (MLflow's default is 4).")
+def ui(tracking_uri, host, port, workers) -> None:
+    """Start the MLflow UI on the tracking store."""
+    quiet_libraries()
+    from hpsearch.tracking.provenance import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        fail(f"{redact_url(uri)} is a tracking server: open it in a browser, it is the UI")
+    command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "ui",
+               "--backend-store-uri", uri, "--host", host, "--port", str(port),
+               "--workers", str(workers)]
+    # MLflow 3's UI opens its GenAI pages unless the URL asks for model training.
+    click.echo(f"MLflow UI for {redact_url(uri)}: open http://{host}:{port}/{UI_PATH}",
+               err=True)
+    env = os.environ | {
+        # The UI needs none of MLflow's background job runners (GenAI scorers): 7 processes
+        # less; and its server's deprecation warnings are for MLflow's developers.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    }
+    exec_command(command, env)
