@@ -55,12 +55,22 @@ def predict(images, model, run_id, tracking_uri) -> None:
         click.echo(f"{p.source:<{width}}  {p.label:<12}  {p.probability:.3f}")
 
 
+def listen_options(what: str, port: int, where: str):
+    """``--host`` and ``--port`` of a server that ``what`` names."""
+
+    def decorate(command):
+        command = click.option("--port", type=int, default=port, show_default=True,
+                               help=f"TCP port of the {what} ({where}).")(command)
+        return click.option("--host", default="127.0.0.1", show_default=True,
+                            help=f"Address to bind; 0.0.0.0 exposes the {what} to the "
+                                 "network.")(command)
+
+    return decorate
+
+
 @main.command(short_help="Serve the champion over HTTP (mlflow models serve).")
 @model_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; 0.0.0.0 exposes the model to the network.")
-@click.option("--port", type=int, default=5001, show_default=True,
-              help="TCP port of the scoring server (POST /invocations).")
+@listen_options("scoring server", 5001, "POST /invocations")
 @tracking_uri_option
 def serve(model, host, port, tracking_uri) -> None:
     """Serve the champion with `mlflow models serve --env-manager local`."""
@@ -94,10 +104,7 @@ def serve(model, host, port, tracking_uri) -> None:
 
 @main.command(short_help="Start the MLflow UI on the tracking store.")
 @tracking_uri_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; 0.0.0.0 exposes the UI to the network.")
-@click.option("--port", type=int, default=5000, show_default=True,
-              help="TCP port of the UI (http://HOST:PORT).")
+@listen_options("UI", 5000, "http://HOST:PORT")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Server processes answering the UI (MLflow's default is 4).")
 def ui(tracking_uri, host, port, workers) -> None:
