@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from hpsearch.errors import check_interrupted
+from hpsearch.training.step import EagerStep, TrainStep, autocast
 
 __all__ = ["EpochResult", "EvalResult", "TrainingDiverged", "evaluate", "fit"]
 
@@ -91,12 +91,6 @@ class EpochResult:
         }
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -117,7 +111,7 @@ def evaluate(
     classes, confidences = [], []
     for x, y in batches:
         check_interrupted()
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         probability, predicted = torch.softmax(logits, dim=1).max(dim=1)
@@ -142,13 +136,14 @@ def fit(
     val_batches: Batches,
     *,
     epochs: int,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None = None,
     num_classes: int,
     device: torch.device,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     label_smoothing: float = 0.0,
     amp_dtype: torch.dtype | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    train_step: TrainStep | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` for ``epochs`` epochs, evaluating on ``val_batches`` after each.
 
@@ -157,14 +152,18 @@ def fit(
         train_batches: re-iterable; each pass yields one epoch of (images, int64 labels).
         val_batches: re-iterable validation batches, same layout.
         epochs: number of epochs (>= 1).
-        optimizer: built over ``model``'s parameters.
+        optimizer: built over ``model``'s parameters (unused when ``train_step`` is given).
         num_classes: number of classes (size of the confusion matrix).
         device: where model and batches live.
         scheduler: stepped after every optimizer step (e.g. ``OneCycleLR``), or None.
         label_smoothing: cross-entropy label smoothing in [0, 1).
-        amp_dtype: autocast dtype (``torch.bfloat16`` on CUDA), or None for full precision.
+        amp_dtype: autocast dtype (``torch.bfloat16`` on CUDA), or None for full precision;
+            validation runs under it too.
         on_epoch: called with each :class:`EpochResult`; an exception it raises stops
             training and propagates.
+        train_step: the training step to run per batch (for example the CUDA-graph step
+            of ``build_train_step``); default: an :class:`~hpsearch.training.step.EagerStep`
+            over ``optimizer``, ``scheduler``, ``label_smoothing`` and ``amp_dtype``.
 
     Returns:
         One :class:`EpochResult` per completed epoch.
@@ -173,12 +172,16 @@ def fit(
         TrainingDiverged: the epoch's mean training loss is NaN or infinite (checked once
             per epoch, after the callback has seen the epoch).
     """
+    if train_step is None:
+        if optimizer is None:
+            raise TypeError("fit() needs an optimizer or a train_step")
+        train_step = EagerStep(model, optimizer, scheduler, label_smoothing=label_smoothing,
+                               amp_dtype=amp_dtype, device=device)
     history: list[EpochResult] = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        train_loss, train_accuracy, seen = _train_epoch(
-            model, train_batches, optimizer, scheduler, device, label_smoothing, amp_dtype
-        )
+        train_loss, train_accuracy, seen = _train_epoch(model, train_batches, train_step,
+                                                        device)
         seconds = time.perf_counter() - start
         val = evaluate(model, val_batches, num_classes=num_classes, device=device,
                        amp_dtype=amp_dtype)
@@ -187,7 +190,7 @@ def fit(
             train_loss=train_loss,
             train_accuracy=train_accuracy,
             val=val,
-            lr=optimizer.param_groups[0]["lr"],
+            lr=train_step.lr,
             epoch_seconds=seconds,
             images_per_second=seen / seconds if seconds > 0 else math.inf,
         )
@@ -199,23 +202,17 @@ def fit(
     return history
 
 
-def _train_epoch(model, batches, optimizer, scheduler, device, label_smoothing, amp_dtype):
+def _train_epoch(model: nn.Module, batches: Batches, step: TrainStep,
+                 device: torch.device) -> tuple[float, float, int]:
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     for x, y in batches:
         check_interrupted()  # a signal whose exception was swallowed (a flag read, no sync)
-        with _autocast(device, amp_dtype):
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum += loss.detach().float() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
+        batch_loss, batch_correct = step(x, y)
+        loss_sum += batch_loss
+        correct += batch_correct
         seen += y.shape[0]
     if seen == 0:
         raise ValueError("the training split yielded no batch (is batch_size > its size?)")
