@@ -44,7 +44,7 @@ def _momentum(optimizer: torch.optim.Optimizer) -> float:
 
 
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
-@pytest.mark.parametrize("total_steps", [1, 2, 3, 5, 8, 100, 843])
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5, 8, 100, 843])
 def test_one_cycle_values_equal_torchs_schedule_step_by_step(name: str,
                                                              total_steps: int) -> None:
     optimizer = build_optimizer(_net(), name=name, lr=0.02, weight_decay=0.0)

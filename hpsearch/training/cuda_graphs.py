@@ -70,13 +70,13 @@ def build_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, max_
                          label_smoothing=label_smoothing, amp_dtype=amp_dtype,
                          device=device, mode=f"eager ({reason})")
 
+    if compiled:
+        return eager("--compile: torch.compile's mode decides about CUDA graphs; "
+                     "--compile-mode reduce-overhead uses them")
     if not cuda_graphs:
         return eager("CUDA graphs off")
     if device.type != "cuda":
         return eager(f"CUDA graphs need a CUDA device; training on {device.type}")
-    if compiled:
-        return eager("--compile: torch.compile's mode decides about CUDA graphs "
-                     "(--compile-mode reduce-overhead uses them)")
     try:
         return CudaGraphStep(model, optimizer, max_lr=max_lr, total_steps=total_steps,
                              device=device, amp_dtype=amp_dtype,

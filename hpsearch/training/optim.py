@@ -47,8 +47,8 @@ def one_cycle(optimizer: torch.optim.Optimizer, *, max_lr: float,
     """The one-cycle schedule (Smith & Topin 2017, arXiv:1708.07120) over ``total_steps``
     optimizer steps: warm-up over the first quarter, then cosine annealing."""
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=PCT_START,
-        div_factor=DIV_FACTOR, final_div_factor=FINAL_DIV_FACTOR,
+        optimizer, max_lr=max_lr, total_steps=_scheduled_steps(total_steps),
+        pct_start=PCT_START, div_factor=DIV_FACTOR, final_div_factor=FINAL_DIV_FACTOR,
         base_momentum=MOMENTUM_RANGE[0], max_momentum=MOMENTUM_RANGE[1])
 
 
@@ -65,8 +65,9 @@ def one_cycle_values(*, max_lr: float, total_steps: int) -> tuple[list[float], l
     initial_lr = max_lr / DIV_FACTOR
     min_lr = initial_lr / FINAL_DIV_FACTOR
     low, high = MOMENTUM_RANGE
-    phases = [(float(PCT_START * total_steps) - 1, (initial_lr, max_lr), (high, low)),
-              (total_steps - 1, (max_lr, min_lr), (low, high))]
+    scheduled = _scheduled_steps(total_steps)
+    phases = [(float(PCT_START * scheduled) - 1, (initial_lr, max_lr), (high, low)),
+              (scheduled - 1, (max_lr, min_lr), (low, high))]
     lrs, momenta = [], []
     for step in range(total_steps + 1):
         start_step = 0.0
@@ -78,6 +79,13 @@ def one_cycle_values(*, max_lr: float, total_steps: int) -> tuple[list[float], l
                 break
             start_step = end_step
     return lrs, momenta
+
+
+def _scheduled_steps(total_steps: int) -> int:
+    """The steps the schedule spans: ``total_steps``, or one more (never taken) where
+    ``OneCycleLR`` would divide by zero because its warm-up ends at step 0
+    (``PCT_START * total_steps == 1``: 4 steps, say one epoch of 4 batches)."""
+    return total_steps + 1 if PCT_START * total_steps == 1 else total_steps
 
 
 def _annealing_cos(start: float, end: float, pct: float) -> float:
