@@ -3,8 +3,6 @@ code object) used to turn the 5th differently shaped trial of a process back to 
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from torch import nn
@@ -44,27 +42,6 @@ class _CountingBackend:
             return graph_module.forward(*args)
 
         return run
-
-
-class _RecompileLimitLog(logging.Handler):
-    """Collects dynamo's "hit config.recompile_limit" warnings."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.hits: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "recompile_limit" in record.getMessage():
-            self.hits.append(record.getMessage())
-
-
-@pytest.fixture
-def recompile_limit_log():
-    handler, logger = _RecompileLimitLog(), logging.getLogger("torch._dynamo")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    torch.compiler.reset()
 
 
 def _fit_compiled(trial: int, *, backend="inductor", epochs: int = 2) -> None:

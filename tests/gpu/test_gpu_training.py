@@ -8,7 +8,6 @@ Synthetic images (B, 1, 28, 28) keep these independent of any data set; TF32 con
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 import textwrap
@@ -147,39 +146,24 @@ def test_a_trial_step_on_cuda_is_a_cuda_graph_when_asked() -> None:
     assert history[-1].train_loss < history[0].train_loss
 
 
-class _RecompileLimitLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.hits: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "recompile_limit" in record.getMessage():
-            self.hits.append(record.getMessage())
-
-
 @pytest.mark.slow
-def test_compile_keeps_compiling_over_ten_trials() -> None:
+def test_compile_keeps_compiling_over_ten_trials(recompile_limit_log) -> None:
     from torch._dynamo.utils import counters
 
-    log, logger = _RecompileLimitLog(), logging.getLogger("torch._dynamo")
-    logger.addHandler(log)
     graphs = []
-    try:
-        for trial in range(10):
-            params = TrialParams(arch="mlp", depth=1 + trial % 3, width=8 + 4 * trial,
-                                 dropout=0.1, lr=0.01, batch_size=64)
-            model = build_network(params, INFO).to(CUDA)
-            optimizer = build_optimizer(model, name="adamw", lr=0.01, weight_decay=0.0)
-            before = counters["stats"]["unique_graphs"]
-            fit(compile_network(model), _batches(256, 64, CUDA), _batches(200, 128, CUDA),
-                epochs=1, optimizer=optimizer, num_classes=10, device=CUDA,
-                amp_dtype=autocast_dtype(CUDA))
-            graphs.append(counters["stats"]["unique_graphs"] - before)
-    finally:
-        logger.removeHandler(log)
-        torch.compiler.reset()
+    for trial in range(10):
+        params = TrialParams(arch="mlp", depth=1 + trial % 3, width=8 + 4 * trial,
+                             dropout=0.1, lr=0.01, batch_size=64)
+        model = build_network(params, INFO).to(CUDA)
+        optimizer = build_optimizer(model, name="adamw", lr=0.01, weight_decay=0.0)
+        before = counters["stats"]["unique_graphs"]
+        fit(compile_network(model), _batches(256, 64, CUDA), _batches(200, 128, CUDA),
+            epochs=1, optimizer=optimizer, num_classes=10, device=CUDA,
+            amp_dtype=autocast_dtype(CUDA))
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+
     assert all(n >= 2 for n in graphs), graphs  # training and validation, every trial
-    assert log.hits == []
+    assert recompile_limit_log.hits == []
 
 
 def test_deterministic_reruns_are_bit_identical() -> None:
