@@ -67,8 +67,8 @@ def main() -> None:
               help="Trials run at once, each in its own worker process [default: 1 on a "
                    "CPU, up to 4 on a GPU].")
 @click.option("--compile", "compile_model", is_flag=True,
-              help="Train through torch.compile (compiles once per trial; measured slower "
-                   "than eager on a 2-core CPU, see docs/benchmarks.md).")
+              help="Train through torch.compile (compiled afresh in every trial; measured "
+                   "slower than eager on a 2-core CPU, see docs/benchmarks.md).")
 @click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead",
                                                    "max-autotune"]),
               default="default", show_default=True,
