@@ -19,12 +19,15 @@ the CPU machine, fills `.whl/` and `.data/`; carry both):
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \\
     --target /tmp/site .whl/*.whl \\
   && export PYTHONPATH=/tmp/site:$PWD HPSEARCH_DATA_DIR=$PWD/.data PYTHONUNBUFFERED=1 || exit; \\
-python3 benchmarks/gpu_report.py     # about 25 min on one H100; --quick: under 5 min
+python3 benchmarks/gpu_report.py     # about 22 min on one H100; --quick: under 5 min
 ```
 
 Everything lands in `$OUT/gpu-report` (else `./gpu-report-DATE`): `report.json`, this
 section (`report.md`), `readme_gpu.md`, and `benchmarks.md`, this file with the section
-rewritten."""
+rewritten. Where one command may run 10 minutes at most, give the same first line four
+times with `--parts tests,throughput,mlflow`, `--parts step_modes`, `--parts search_jobs1`
+and `--parts search_default` instead (8.7 minutes at most each), then merge the four
+folders that come back: `python benchmarks/gpu_report.py --merge RUN1 RUN2 RUN3 RUN4`."""
 
 Parts = Mapping[str, Mapping[str, Any]]
 DEFAULT_CNN = "cnn depth 3 width 32"

@@ -9,7 +9,8 @@ machine, puts the wheels in ``.whl/`` and Fashion-MNIST in ``.data/``; carry bot
       && export PYTHONPATH=/tmp/site:$PWD HPSEARCH_DATA_DIR=$PWD/.data PYTHONUNBUFFERED=1 \\
       || exit; python3 benchmarks/gpu_report.py
 
-About 22 minutes on one H100 (``--quick``: under 5). Each part runs in its own process
+About 22 minutes on one H100 (``--quick``, a health check of the main paths without the
+slow tests and without ``torch.compile``: under 5). Each part runs in its own process
 under its own time limit, so one that fails or overruns is recorded and the others still
 run:
 
@@ -33,11 +34,14 @@ section rewritten) and each part's output and log. The section ``gpu_report`` of
 Where one command may run for at most 10 minutes (this project's lent GPU machines), run
 the parts in several commands and merge their folders afterwards, on any machine::
 
-    python3 benchmarks/gpu_report.py --parts tests,throughput,mlflow     # about 6 min
-    python3 benchmarks/gpu_report.py --parts step_modes                  # about 5 min
-    python3 benchmarks/gpu_report.py --parts search_jobs1                # at most 6.5 min
-    python3 benchmarks/gpu_report.py --parts search_default              # at most 6.5 min
+    python3 benchmarks/gpu_report.py --parts tests,throughput,mlflow     # at most 8.2 min
+    python3 benchmarks/gpu_report.py --parts step_modes                  # at most 8.7 min
+    python3 benchmarks/gpu_report.py --parts search_jobs1                # at most 6 min
+    python3 benchmarks/gpu_report.py --parts search_default              # at most 6 min
     python benchmarks/gpu_report.py --merge RUN1 RUN2 RUN3 RUN4          # writes the docs
+
+(each GPU command starting with the pip install and export line above; each writes its
+own ``$OUT/gpu-report``, which comes back as RUN1, RUN2, ...).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -69,47 +74,62 @@ BENCHMARKS = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Plan:
-    """What one run measures and the seconds each part may take."""
+    """What one run measures and the seconds each part may take.
+
+    Attributes:
+        total_s: the whole run's budget; a part gets at most what is left of it.
+        tests: pytest's marker expression, and its limit.
+        throughput: ``throughput.py``'s arguments, and its limit.
+        step_runs: ``(batch size, mode, limit)`` of each ``step_modes.py`` run.
+        step_args: their other arguments.
+        mlflow: ``mlflow_overhead.py``'s arguments, and its limit.
+        search: ``hpsearch run``'s budget arguments.
+        search_timeout_s: its ``--timeout`` (no new trial after it).
+        search_s: its limit.
+    """
 
     total_s: float
-    tests: tuple[str, float]  # pytest marker expression, limit
+    tests: tuple[str, float]
     throughput: tuple[list[str], float]
-    step_batches: tuple[int, ...]
-    step_modes: tuple[str, ...]
+    step_runs: tuple[tuple[int, str, float], ...]
     step_args: list[str]
-    step_s: float  # per (batch, mode)
     mlflow: tuple[list[str], float]
     search: list[str]
-    search_timeout_s: int  # hpsearch run --timeout: start no trial after it
+    search_timeout_s: int
     search_s: float
 
 
 ARCHS = ["--arch", "cnn", "--arch", "mlp", "--arch", "resnet", "--arch", "vgg"]
 BATCHES = ["--batch-size", "128", "--batch-size", "512"]
+# Each group of parts fits one 10-minute command (see the docstring): tests + throughput +
+# mlflow 490 s at most, step_modes 520 s, each search 360 s.
 PLANS = {
-    "full": Plan(total_s=24.5 * 60, tests=("gpu", 270),
+    "full": Plan(total_s=24.5 * 60, tests=("gpu", 240),
                  throughput=([*ARCHS, *BATCHES, "--epochs", "3", "--train-subset", "20000"],
-                             200),
-                 step_batches=(512, 128),
-                 step_modes=("eager", "cuda-graphs", "compile", "compile-reduce-overhead"),
-                 step_args=["--epochs", "2"], step_s=120,
+                             150),
+                 step_runs=((512, "eager", 45), (512, "cuda-graphs", 45),
+                            (512, "compile", 100), (512, "compile-reduce-overhead", 120),
+                            (128, "eager", 45), (128, "cuda-graphs", 45),
+                            (128, "compile-reduce-overhead", 120)),
+                 step_args=["--epochs", "2"],
                  mlflow=(["--trials", "3", "--epochs", "12", "--train-subset", "0"], 100),
-                 search=["--trials", "50"], search_timeout_s=300, search_s=390),
-    "quick": Plan(total_s=4.8 * 60, tests=("gpu and not slow", 95),
+                 search=["--trials", "50"], search_timeout_s=300, search_s=360),
+    "quick": Plan(total_s=4.8 * 60, tests=("gpu and not slow", 80),
                   throughput=(["--arch", "cnn", *BATCHES, "--epochs", "2",
-                               "--train-subset", "10000"], 45),
-                  step_batches=(512,), step_modes=("eager", "cuda-graphs", "compile"),
-                  step_args=["--epochs", "2"], step_s=45,
+                               "--train-subset", "10000"], 40),
+                  step_runs=((512, "eager", 30), (512, "cuda-graphs", 30)),
+                  step_args=["--epochs", "2"],
                   mlflow=(["--trials", "2", "--epochs", "3", "--train-subset", "10000"], 30),
                   search=["--trials", "6", "--epochs", "2", "--train-subset", "5000"],
-                  search_timeout_s=20, search_s=40),
+                  search_timeout_s=20, search_s=50),
     # The CPU dry run: every code path, tiny budgets (a test runs it).
     "cpu-quick": Plan(total_s=5 * 60, tests=("gpu", 60),
                       throughput=(["--arch", "cnn", "--batch-size", "128", "--epochs", "2",
                                    "--train-subset", "512"], 60),
-                      step_batches=(128,), step_modes=("eager", "cuda-graphs", "compile"),
+                      step_runs=((128, "eager", 60), (128, "cuda-graphs", 60),
+                                 (128, "compile", 90)),
                       step_args=["--epochs", "1", "--train-subset", "256", "--val-subset",
-                                 "256", "--profile-steps", "2"], step_s=90,
+                                 "256", "--profile-steps", "2"],
                       mlflow=(["--trials", "1", "--epochs", "1", "--train-subset", "512"], 60),
                       search=["--spec", str(BENCHMARKS / "specs" / "fixed_cnn.yaml"),
                               "--trials", "2", "--epochs", "1", "--train-subset", "256"],
@@ -127,6 +147,13 @@ class Report:
     deadline: float
     env: dict[str, str]
     scratch: Path
+    saved: dict[str, Any]  # what report.json holds: the run and its parts so far
+
+    def save(self, part: str, result: dict[str, Any]) -> None:
+        """Record ``part``'s result (so far) in report.json: a run cut short keeps what it
+        measured."""
+        self.saved["parts"][part] = result
+        (self.out / "report.json").write_text(json.dumps(self.saved, indent=2, default=str))
 
     def limit(self, cap: float) -> float:
         """Seconds a part may take: its cap, or what is left of the whole budget."""
@@ -147,8 +174,7 @@ class Report:
                                        cwd=cwd or REPO_ROOT, start_new_session=True)
             timed_out = _wait(process, limit)
         seconds = round(time.monotonic() - start, 1)
-        records = [json.loads(line) for line in stdout.read_text().splitlines()
-                   if line.startswith("{")]
+        records = _json_lines(stdout)
         status = ("timed out" if timed_out else "ok" if process.returncode == 0
                   else "failed")
         result = {"status": status, "exit_code": process.returncode, "seconds": seconds,
@@ -161,26 +187,43 @@ class Report:
 
 
 def _wait(process: subprocess.Popen, limit: float) -> bool:
-    """Wait for ``process``; past ``limit`` end it and its descendants (SIGTERM, then
-    SIGKILL). Returns whether it ran out of time."""
+    """Wait for ``process``; past ``limit`` end it and its descendants: SIGTERM (hpsearch
+    then records its running trials as interrupted), SIGKILL 20 s later. Returns whether it
+    ran out of time."""
     try:
         process.wait(timeout=limit)
         return False
     except subprocess.TimeoutExpired:
-        tree = descendants(process.pid)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in tree:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
+        pass
+    tree = descendants(process.pid)
+    _signal(tree, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal(tree, signal.SIGKILL)
+    process.wait()
+    return True
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except OSError:  # gone already
+            pass
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects among ``path``'s lines (the benchmarks print one per result)."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
             try:
-                process.wait(timeout=20)
-                if sig == signal.SIGKILL:
-                    break
-            except subprocess.TimeoutExpired:
-                continue
-        return True
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records
 
 
 def _tail(path: Path, lines: int = 3) -> str:
@@ -195,10 +238,8 @@ def part_environment(report: Report) -> dict[str, Any]:
              "default_jobs": default_jobs(report.device), "python": sys.version.split()[0]}
     for package in ("optuna", "mlflow", "mlflow-skinny", "torchvision", "numpy"):
         try:
-            from importlib.metadata import version
-
-            info[f"{package}_version"] = version(package)
-        except Exception:
+            info[f"{package}_version"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
             info[f"{package}_version"] = None
     smi = shutil.which("nvidia-smi")
     if smi:
@@ -234,20 +275,20 @@ def part_throughput(report: Report) -> dict[str, Any]:
 
 
 def part_step_modes(report: Report) -> dict[str, Any]:
-    plan, records, problems = report.plan, [], []
-    for batch in plan.step_batches:
-        for mode in plan.step_modes:
-            name = f"step_modes-{mode}-b{batch}"
-            one = report.run(name, [sys.executable, str(BENCHMARKS / "step_modes.py"),
-                                    "--device", report.device.type, "--mode", mode,
-                                    "--batch-size", str(batch), *plan.step_args],
-                             plan.step_s)
-            records += one["records"]
-            if one["status"] != "ok":
-                problems.append(f"{mode} batch {batch}: {one['status']}"
-                                f" ({one.get('reason', '')})")
-    status = "ok" if not problems else "partial" if records else "failed"
-    return {"status": status, "records": records, "reason": "; ".join(problems) or None}
+    records, problems = [], []
+    result: dict[str, Any] = {"status": "skipped", "records": [], "reason": "no run planned"}
+    for batch, mode, cap in report.plan.step_runs:
+        one = report.run(f"step_modes-{mode}-b{batch}",
+                         [sys.executable, str(BENCHMARKS / "step_modes.py"), "--device",
+                          report.device.type, "--mode", mode, "--batch-size", str(batch),
+                          *report.plan.step_args], cap)
+        records += one["records"]
+        if one["status"] != "ok":
+            problems.append(f"{mode} batch {batch}: {one['status']} ({one.get('reason', '')})")
+        status = "ok" if not problems else "partial" if records else "failed"
+        result = {"status": status, "records": records, "reason": "; ".join(problems) or None}
+        report.save("step_modes", result)
+    return result
 
 
 def part_mlflow(report: Report) -> dict[str, Any]:
@@ -362,14 +403,13 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gpu-report-") as scratch:
         plan = PLANS[profile]
         report = Report(out=out, device=device, plan=plan, env=env, scratch=Path(scratch),
-                        deadline=time.monotonic() + plan.total_s)
+                        deadline=time.monotonic() + plan.total_s, saved=run)
         for name in chosen:
             try:
-                run["parts"][name] = PARTS[name](report)
+                report.save(name, PARTS[name](report))
             except Exception as exc:  # one part's bug must not lose the others' figures
-                run["parts"][name] = {"status": "error", "records": [],
-                                      "reason": f"{type(exc).__name__}: {exc}"}
-            (out / "report.json").write_text(json.dumps(run, indent=2, default=str))
+                report.save(name, {"status": "error", "records": [],
+                                   "reason": f"{type(exc).__name__}: {exc}"})
     return run
 
 

@@ -17,6 +17,8 @@ from hpsearch.training.device import autocast_dtype
 
 from conftest import clean_env, hpsearch
 
+pytestmark = pytest.mark.slow  # a minute or two of GPU time: not in gpu_report --quick
+
 STUDY, TRIALS = "gpu", 4
 SPEC = """
 dataset: fashion_mnist
