@@ -71,7 +71,7 @@ class CapturableOptimizer:
         first = optimizer.param_groups[0]
         self.beta2 = float(first["betas"][1]) if self.kind == "adamw" else 0.0
         self.eps = float(first.get("eps", 0.0))
-        device = first["params"][0].device
+        device = next(p.device for g in optimizer.param_groups for p in g["params"])
         table = torch.tensor([list(lr_values), list(momentum_values)], dtype=torch.float32,
                              device=device)
         self._table = table
