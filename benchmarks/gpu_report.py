@@ -260,7 +260,8 @@ def part_tests(report: Report) -> dict[str, Any]:
         suite = ElementTree.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-        failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+        failed = [f"{case.get('classname')}::{case.get('name')}"
+                  for case in suite.iter("testcase")
                   if case.find("failure") is not None or case.find("error") is not None]
         result["records"] = [counts | {"passed": counts["tests"] - counts["failures"]
                                        - counts["errors"] - counts["skipped"],
@@ -268,20 +269,24 @@ def part_tests(report: Report) -> dict[str, Any]:
     return result
 
 
+def _benchmark(report: Report, name: str, script: str, arguments: list[str],
+               cap: float) -> dict[str, Any]:
+    """Run ``benchmarks/SCRIPT`` on the report's device."""
+    return report.run(name, [sys.executable, str(BENCHMARKS / script), "--device",
+                             report.device.type, *arguments], cap)
+
+
 def part_throughput(report: Report) -> dict[str, Any]:
-    arguments, cap = report.plan.throughput
-    return report.run("throughput", [sys.executable, str(BENCHMARKS / "throughput.py"),
-                                     "--device", report.device.type, *arguments], cap)
+    return _benchmark(report, "throughput", "throughput.py", *report.plan.throughput)
 
 
 def part_step_modes(report: Report) -> dict[str, Any]:
     records, problems = [], []
     result: dict[str, Any] = {"status": "skipped", "records": [], "reason": "no run planned"}
     for batch, mode, cap in report.plan.step_runs:
-        one = report.run(f"step_modes-{mode}-b{batch}",
-                         [sys.executable, str(BENCHMARKS / "step_modes.py"), "--device",
-                          report.device.type, "--mode", mode, "--batch-size", str(batch),
-                          *report.plan.step_args], cap)
+        one = _benchmark(report, f"step_modes-{mode}-b{batch}", "step_modes.py",
+                         ["--mode", mode, "--batch-size", str(batch), *report.plan.step_args],
+                         cap)
         records += one["records"]
         if one["status"] != "ok":
             problems.append(f"{mode} batch {batch}: {one['status']} ({one.get('reason', '')})")
@@ -292,9 +297,7 @@ def part_step_modes(report: Report) -> dict[str, Any]:
 
 
 def part_mlflow(report: Report) -> dict[str, Any]:
-    arguments, cap = report.plan.mlflow
-    return report.run("mlflow", [sys.executable, str(BENCHMARKS / "mlflow_overhead.py"),
-                                 "--device", report.device.type, *arguments], cap)
+    return _benchmark(report, "mlflow", "mlflow_overhead.py", *report.plan.mlflow)
 
 
 def part_search_jobs1(report: Report) -> dict[str, Any]:
