@@ -177,18 +177,24 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]
 
 
 def render_section(name: str, *, title: str, machine: Mapping[str, Any], body: str,
-                   notes: str = "") -> str:
+                   notes: str = "", commands: Sequence[str] = (),
+                   date: str | None = None) -> str:
     """A docs section: title, command line, machine, date, then ``body`` (the table).
+
+    Args:
+        commands: the commands that measured it, when not (only) this process's.
+        date: when it was measured (default: today).
 
     Returns:
         Markdown fenced by the section's begin and end markers.
     """
-    today = datetime.date.today().isoformat()
+    today = date or datetime.date.today().isoformat()
+    shown = "; ".join(f"`{c}`" for c in commands) or f"`{command_line()}`"
     parts = [
         f"<!-- bench:{name} -->",
         f"## {title}",
         "",
-        f"Command: `{command_line()}`",
+        f"Command{'s' if len(commands) > 1 else ''}: {shown}",
         "",
         f"Machine: {describe_machine(machine)}. Date: {today}.",
         "",
@@ -235,3 +241,24 @@ def read_proc_status_kb(field: str, pid: int | str = "self") -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc (parents before children)."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                # The command name (field 2) may hold spaces and parentheses: split after it.
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(tree.get(current, []))
+    return found

@@ -39,6 +39,7 @@ import torch
 from _common import (
     MB,
     add_common_options,
+    descendants,
     emit,
     log,
     machine_info,
@@ -75,31 +76,6 @@ def check_jobs_option(executable: str) -> None:
         sys.exit("end_to_end.py: `hpsearch run` has no --jobs option in this checkout "
                  f"({executable}); this benchmark needs the parallel-workers version of "
                  "hpsearch (see `hpsearch run --help`)")
-
-
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids, for every process visible in /proc."""
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                # The command name (field 2) may hold spaces and parentheses: split after it.
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # the process ended meanwhile
-        tree.setdefault(int(fields[1]), []).append(int(entry.name))
-    return tree
-
-
-def _descendants(pid: int) -> list[int]:
-    tree, found, stack = _children(), [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(tree.get(current, []))
-    return found
 
 
 def _rss_bytes(pid: int) -> int:
@@ -156,7 +132,7 @@ class TreeMemorySampler(threading.Thread):
                 return
 
     def sample(self) -> None:
-        pids = _descendants(self.pid)
+        pids = descendants(self.pid)
         self.peak_rss = max(self.peak_rss, sum(_rss_bytes(p) for p in pids))
         self.peak_pss = max(self.peak_pss, sum(_pss_bytes(p) for p in pids))
         self.peak_processes = max(self.peak_processes, len(pids))

@@ -62,6 +62,7 @@ from hpsearch.data_utils import (
 from hpsearch.models import build_network, list_models
 from hpsearch.params import TrialParams
 from hpsearch.training import autocast_dtype, build_optimizer, fit, make_loader
+from hpsearch.training.compiled import compile_network
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -181,7 +182,9 @@ def run_hpsearch_loop(params: TrialParams, train: ArraySplit, val: ArraySplit, *
         batch_size: images per step; the last partial batch is dropped, as in a trial.
         epochs: epochs to train (the first is the warm-up).
         seed: torch seed before the model is built; also the loader's seed.
-        compile_model: wrap the model in ``torch.compile``.
+        compile_model: wrap the model in ``torch.compile`` (``compile_network``, as a trial
+            does; plain ``torch.compile`` stopped compiling at the 7th configuration of a
+            run, at dynamo's recompile limit).
     """
     info = get_dataset_info("fashion_mnist")
     _reset(device)
@@ -189,8 +192,8 @@ def run_hpsearch_loop(params: TrialParams, train: ArraySplit, val: ArraySplit, *
     torch.manual_seed(seed)
     model = build_network(params, info).to(device, memory_format=torch.channels_last)
     optimizer = build_optimizer(model, name="adamw", lr=LR, weight_decay=WEIGHT_DECAY)
-    if compile_model:
-        model = torch.compile(model)
+    if compile_model:  # as a trial compiles: dynamo's caches cleared first
+        model = compile_network(model)
     loader = make_loader(train, info, device, batch_size=batch_size, train=True,
                          augment=False, seed=seed)
     history = fit(model, loader, make_loader(val, info, device), epochs=epochs,

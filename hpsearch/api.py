@@ -24,7 +24,9 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
         data_dir: str | None = None, device: str = "auto", seed: int = 0,
         register_name: str | None = None, max_failures: int = 5,
         heartbeat_interval_s: int = 10, jobs: int | None = None, compile: bool = False,
-        quiet: bool = False, reporter: Reporter | None = None) -> StudySummary:
+        compile_mode: str = "default", cuda_graphs: bool = False,
+        deterministic: bool = False, quiet: bool = False,
+        reporter: Reporter | None = None) -> StudySummary:
     """Run (or resume) a study and register its champion; the same as ``hpsearch run``.
 
     Example::
@@ -57,6 +59,11 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
         heartbeat_interval_s: seconds between a running trial's heartbeats.
         jobs: trials run at once in worker processes (default: 1 on a CPU).
         compile: train through ``torch.compile``.
+        compile_mode: ``torch.compile``'s mode with ``compile``: ``default``,
+            ``reduce-overhead`` or ``max-autotune``.
+        cuda_graphs: on CUDA, capture each trial's training step in a CUDA graph.
+        deterministic: bit-identical reruns (deterministic algorithms, no cuDNN
+            autotuning); process-wide, it stays on after the run.
         quiet: one progress line per trial instead of one per epoch.
         reporter: where progress goes (default: stderr).
 
@@ -80,7 +87,8 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
         train_subset=train_subset, study_name=study_name, storage=storage,
         tracking_uri=tracking_uri, data_dir=data_dir, device=device, seed=seed,
         register_name=register_name, max_failures=max_failures,
-        heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile)
+        heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile,
+        compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic)
     return run_study(config, reporter or Reporter(config.spec.metric, verbose=not quiet))
 
 
@@ -89,7 +97,8 @@ def make_config(*, dataset: str | None, spec: str | Path | StudySpec | None, tri
                 study_name: str | None, storage: str | None, tracking_uri: str | None,
                 data_dir: str | None, device: str, seed: int, register_name: str | None,
                 max_failures: int, heartbeat_interval_s: int, jobs: int | None,
-                compile: bool) -> RunConfig:
+                compile: bool, compile_mode: str = "default", cuda_graphs: bool = False,
+                deterministic: bool = False) -> RunConfig:
     """Check the arguments of :func:`run` and resolve them into a ``RunConfig``.
 
     Raises:
@@ -109,6 +118,13 @@ def make_config(*, dataset: str | None, spec: str | Path | StudySpec | None, tri
         raise HpsearchError("--max-failures and --heartbeat-interval must be >= 1")
     if jobs is not None and jobs < 1:
         raise HpsearchError(f"--jobs must be >= 1, got {jobs}")
+    from hpsearch.training.compiled import COMPILE_MODES
+
+    if compile_mode not in COMPILE_MODES:
+        raise HpsearchError(f"--compile-mode {compile_mode!r}: choose one of "
+                            f"{', '.join(COMPILE_MODES)}")
+    if compile_mode != "default" and not compile:
+        raise HpsearchError(f"--compile-mode {compile_mode} needs --compile")
     study_name = study_name or study_spec.dataset
     return RunConfig(
         spec=study_spec, trials=trials, study_name=study_name,
@@ -116,7 +132,8 @@ def make_config(*, dataset: str | None, spec: str | Path | StudySpec | None, tri
         storage=storage or os.environ.get("HPSEARCH_STORAGE") or DEFAULT_STORAGE,
         tracking_uri=tracking_uri, timeout_s=timeout_s, train_subset=train_subset,
         data_dir=data_dir, device=device, seed=seed, max_consecutive_failures=max_failures,
-        heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile)
+        heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile,
+        compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic)
 
 
 def _resolve_spec(dataset: str | None, spec: str | Path | StudySpec | None,

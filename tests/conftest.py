@@ -8,6 +8,7 @@ ThresholdPruner(lower=0.3) prunes any trial below 30% after its first epoch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -207,3 +208,29 @@ def served(study_dir, client, tracking_uri):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+class RecompileLimitLog(logging.Handler):
+    """Collects dynamo's "hit config.recompile_limit" warnings: dynamo then stops compiling
+    a function and runs it eagerly."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "recompile_limit" in record.getMessage():
+            self.hits.append(record.getMessage())
+
+
+@pytest.fixture
+def recompile_limit_log():
+    """A :class:`RecompileLimitLog` on dynamo's logger for the test; dynamo's caches are
+    cleared afterwards."""
+    import torch
+
+    handler, logger = RecompileLimitLog(), logging.getLogger("torch._dynamo")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    torch.compiler.reset()

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+
+from hpsearch.training.device import autocast_dtype
 
 from conftest import (
     MODEL,
@@ -105,6 +108,9 @@ def test_champion_alias_points_at_the_best_trial(client):
     test_accuracy = parent.data.metrics["test_accuracy"]
     assert 0.5 < test_accuracy <= 1.0
     assert float(version.tags["test_accuracy"]) == pytest.approx(test_accuracy, abs=1e-4)
+    # Tested as the trials were validated: under the CPU's autocast, if it has one.
+    amp = autocast_dtype(torch.device("cpu"))
+    assert version.tags["test_precision"] == ("bfloat16 autocast" if amp else "float32")
     files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"spec.yaml", "test_confusion_matrix.png", "test_confusion_matrix.json",
             "test_per_class_report.json", "test_sample_predictions.png",

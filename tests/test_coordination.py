@@ -112,15 +112,21 @@ def test_worker_numbers_are_distinct_and_recorded_in_the_study(study, storage):
     lock.close()
 
 
-def test_default_jobs_is_one_on_a_cpu_and_at_most_four_on_a_gpu(monkeypatch):
+def test_default_jobs_is_one_on_a_cpu_two_on_a_gpu_and_four_with_mps(monkeypatch, tmp_path):
+    import os
+
     import torch
 
+    from hpsearch.search import gpu_sharing
     from hpsearch.search.runner import default_jobs
 
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    monkeypatch.setattr(gpu_sharing, "usable_cores", lambda: 16)
     assert default_jobs(torch.device("cpu")) == 1
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_jobs(torch.device("cuda")) == 2  # no MPS: the contexts time-slice
+    os.mkfifo(tmp_path / "control")  # an MPS control daemon's pipe
     assert default_jobs(torch.device("cuda")) == 4
-    monkeypatch.setattr("os.cpu_count", lambda: 4)
-    assert default_jobs(torch.device("cuda")) == 2
-    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    monkeypatch.setattr(gpu_sharing, "usable_cores", lambda: 4)
+    assert default_jobs(torch.device("cuda")) == 2  # at most half the cores
+    monkeypatch.setattr(gpu_sharing, "usable_cores", lambda: 1)
     assert default_jobs(torch.device("cuda")) == 1

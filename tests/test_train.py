@@ -342,6 +342,10 @@ class _FakeClient:
     def __init__(self) -> None:
         self.texts: list[tuple[str, str]] = []
         self.figures: list[str] = []
+        self.tags: dict[str, str] = {}
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.tags[key] = value
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.texts.append((artifact_file, text))
@@ -452,6 +456,7 @@ def test_objective_completes_with_the_last_epochs_metric_and_keeps_the_best_weig
                                         "value": first.value, "status": None,
                                         "tags": {"hpsearch.best_so_far": "true"}}
     assert tracker.runs[0].client.figures == ["misclassified.png"]
+    assert tracker.runs[0].client.tags == {"hpsearch.step_mode": "eager (CUDA graphs off)"}
     # The first finished trial is the best so far; the second only if it ties or beats it.
     assert tracker.runs[0].checkpoints == 1 and first.user_attrs["checkpoint"] is True
     assert tracker.runs[1].checkpoints == int(second.value >= first.value)

@@ -43,7 +43,9 @@ from hpsearch.studies import SpecError
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Training device; auto picks CUDA when present.")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the sampler, the validation split and every trial.")
+              help="Seeds the sampler, the validation split and every trial. On CUDA a "
+                   "rerun still differs in the last bits (cuDNN autotuning, atomic adds), "
+                   "and so can its pruning decisions; see --deterministic.")
 @click.option("--register-name", default=None,
               help="Registered model name for the champion (default: hpsearch-STUDY).")
 @click.option("--max-failures", type=int, default=5, show_default=True,
@@ -55,12 +57,24 @@ from hpsearch.studies import SpecError
               help="Trials run at once, each in its own worker process [default: 1 on a "
                    "CPU, up to 4 on a GPU].")
 @click.option("--compile", "compile_model", is_flag=True,
-              help="Train through torch.compile (compiles once per trial; measured slower "
-                   "than eager on a 2-core CPU, see docs/benchmarks.md).")
+              help="Train through torch.compile (compiled afresh in every trial; measured "
+                   "slower than eager on a 2-core CPU, see docs/benchmarks.md).")
+@click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead",
+                                                   "max-autotune"]),
+              default="default", show_default=True,
+              help="torch.compile mode with --compile; reduce-overhead and max-autotune "
+                   "use CUDA graphs on a GPU.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=False, show_default=True,
+              help="On CUDA, capture each trial's whole training step in a CUDA graph and "
+                   "replay it per batch (eager where capture fails, with the reason). Off "
+                   "until measured faster on a GPU.")
+@click.option("--deterministic", is_flag=True,
+              help="Bit-identical reruns with the same --seed on the same GPU and "
+                   "software: deterministic algorithms, no cuDNN autotuning; slower.")
 @click.option("--quiet", is_flag=True, help="One line per trial instead of per epoch.")
 def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name, storage,
         tracking_uri, data_dir, device, seed, register_name, max_failures, heartbeat_interval,
-        jobs, compile_model, quiet) -> None:
+        jobs, compile_model, compile_mode, cuda_graphs, deterministic, quiet) -> None:
     """Search hyperparameters, track every trial in MLflow, register the best model.
 
     Ctrl-C or SIGTERM ends the running trial as failed (interrupted), prints the summary so
@@ -78,6 +92,7 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
             storage=storage, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
             seed=seed, register_name=register_name, max_failures=max_failures,
             heartbeat_interval_s=heartbeat_interval, jobs=jobs, compile=compile_model,
+            compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic,
             quiet=quiet)
     except (HpsearchError, SpecError) as exc:
         fail(str(exc))

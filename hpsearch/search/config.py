@@ -39,6 +39,12 @@ class RunConfig:
         jobs: trials run at once, each in its own worker process (>= 1), or None for the
             device's default (1 on a CPU).
         compile: train through ``torch.compile`` (compiled once per trial).
+        compile_mode: ``torch.compile``'s mode with ``compile``: ``default``,
+            ``reduce-overhead`` (CUDA graphs through cudagraph trees) or ``max-autotune``.
+        cuda_graphs: on CUDA, capture each trial's whole training step in a CUDA graph
+            and replay it per batch (eager where capture is not possible).
+        deterministic: bit-identical reruns on the same hardware and software
+            (``torch.use_deterministic_algorithms``, no cuDNN benchmarking); slower.
     """
 
     spec: StudySpec
@@ -56,6 +62,9 @@ class RunConfig:
     heartbeat_interval_s: int = 10
     jobs: int | None = 1
     compile: bool = False
+    compile_mode: str = "default"
+    cuda_graphs: bool = False
+    deterministic: bool = False
 
 
 @dataclass

@@ -25,11 +25,13 @@ from hpsearch.search.progress import Reporter
 from hpsearch.studies import StudySpec
 from hpsearch.tracking.report import log_prediction_grid
 from hpsearch.tracking.runs import StudyTracker, TrialRun
+from hpsearch.training.compiled import compile_network
 from hpsearch.training.cost import count_parameters, macs_per_image
+from hpsearch.training.cuda_graphs import build_train_step
 from hpsearch.training.device import autocast_dtype
 from hpsearch.training.loader import make_loader
 from hpsearch.training.loop import EpochResult, fit
-from hpsearch.training.optim import build_optimizer, one_cycle
+from hpsearch.training.optim import build_optimizer
 
 __all__ = ["Failure", "Objective", "TrialCost", "TrialData", "classify_failure"]
 
@@ -96,14 +98,19 @@ class Objective:
         seed: base seed; trial ``n`` seeds torch with ``seed + n``.
         compile_model: train through ``torch.compile(model)``; its compile time lands in
             the first epoch's seconds (``epoch_seconds`` of epoch 1 vs the others).
+        compile_mode: ``torch.compile``'s mode (``COMPILE_MODES``).
+        cuda_graphs: capture the training step in a CUDA graph where possible; how each
+            trial's step ran is its run's tag ``hpsearch.step_mode``.
     """
 
     def __init__(self, *, spec: StudySpec, data: TrialData, device: torch.device,
                  tracker: StudyTracker, reporter: Reporter, seed: int,
-                 compile_model: bool = False) -> None:
+                 compile_model: bool = False, compile_mode: str = "default",
+                 cuda_graphs: bool = False) -> None:
         self.spec, self.data, self.device = spec, data, device
         self.tracker, self.reporter, self.seed = tracker, reporter, seed
-        self.compile_model = compile_model
+        self.compile_model, self.compile_mode = compile_model, compile_mode
+        self.cuda_graphs = cuda_graphs
         self.amp_dtype = autocast_dtype(device)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -182,13 +189,22 @@ class Objective:
         val = make_loader(self.data.val, info, device)
         optimizer = build_optimizer(model, name=params.optimizer, lr=params.lr,
                                     weight_decay=params.weight_decay)
+        # The compiled wrapper shares the model's parameters; checkpoints use the model.
+        network = (compile_network(model, mode=self.compile_mode) if self.compile_model
+                   else model)
         # One-cycle schedule over the most epochs a trial may run, so a trial the pruner
         # keeps running sees the same schedule as one that started fresh.
-        scheduler = one_cycle(optimizer, max_lr=params.lr,
-                              total_steps=self.spec.epochs * len(train))
+        step = build_train_step(network, optimizer, max_lr=params.lr,
+                                total_steps=self.spec.epochs * len(train), device=device,
+                                amp_dtype=self.amp_dtype, label_smoothing=params.label_smoothing,
+                                cuda_graphs=self.cuda_graphs, compiled=self.compile_model)
+        logged_mode = [""]  # the step's mode as last logged; capture is in epoch 1
 
         def on_epoch(result: EpochResult) -> None:
             history.append(result)
+            if step.mode != logged_mode[0]:
+                logged_mode[0] = step.mode
+                self._log_step_mode(trial, run, step.mode)
             cost.add_epoch(result)
             # Before the report: the pruner weighs what the trial costs (CostAwarePruner).
             trial.set_user_attr("cost", cost.to_dict())
@@ -210,18 +226,24 @@ class Objective:
                     f"pruned at epoch {result.epoch}: {self.spec.metric} {value:.4f}"
                     + (f"; {why}" if why else ""))
 
-        # The compiled wrapper shares the model's parameters; checkpoints use the model.
-        network = torch.compile(model) if self.compile_model else model
         cost.start()
-        fit(network, train, val, epochs=self.spec.epochs, optimizer=optimizer,
-            scheduler=scheduler, num_classes=info.num_classes, device=device,
-            label_smoothing=params.label_smoothing, amp_dtype=self.amp_dtype,
+        fit(network, train, val, epochs=self.spec.epochs, train_step=step,
+            num_classes=info.num_classes, device=device, amp_dtype=self.amp_dtype,
             on_epoch=on_epoch, on_batch=lambda epoch, done, total: self.reporter.batch(
                 trial.number, epoch, self.spec.epochs, done, total, params.batch_size))
         value = history[-1].metrics()[self.spec.metric]
         if not math.isfinite(value):
             raise ValueError(f"{self.spec.metric} is {value} after the last epoch")
         return model, value
+
+    def _log_step_mode(self, trial: optuna.Trial, run: TrialRun, mode: str) -> None:
+        """How the trial's training step runs (CUDA graph or eager, and why): a user
+        attribute, the run's tag ``hpsearch.step_mode``, and a line when graphs were asked
+        for."""
+        trial.set_user_attr("step_mode", mode)
+        run.client.set_tag(run.run_id, "hpsearch.step_mode", mode)
+        if self.cuda_graphs:
+            self.reporter.say(f"  trial {trial.number:4d}  training step: {mode}")
 
     def _log_mistakes(self, run: TrialRun, history: list[EpochResult]) -> None:
         """The trial's most confident validation mistakes as an image grid, from the last

@@ -8,7 +8,6 @@ Used by ``hpsearch run`` in one process, by each ``--jobs`` worker process, and 
 from __future__ import annotations
 
 import ctypes
-import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from hpsearch.search.coordination import (
     schema_lock,
     slots_left,
 )
+from hpsearch.search.gpu_sharing import default_jobs
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.preflight import preflight
 from hpsearch.search.progress import RemainingTime, Reporter
@@ -54,15 +54,6 @@ from hpsearch.tracking.runs import StudyTracker
 from hpsearch.training.device import autocast_dtype, device_name, resolve_device
 
 __all__ = ["StudyRunner", "default_jobs", "load_data"]
-
-
-def default_jobs(device: torch.device) -> int:
-    """Worker processes when ``--jobs`` is not given: 1 on a CPU (one trial already uses
-    every core), else up to 4 small models side by side on the GPU, one CPU core each to
-    queue their kernels."""
-    if device.type != "cuda":
-        return 1
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def load_data(dataset: str, data_dir: str | None) -> tuple[ArraySplit, ArraySplit]:
@@ -104,7 +95,7 @@ class StudyRunner:
                 tracking store, or an unwritable directory; raised before anything is
                 written.
         """
-        device = resolve_device(config.device)
+        device = resolve_device(config.device, deterministic=config.deterministic)
         train, test = load_data(config.spec.dataset, config.data_dir)
         train, val = split_train_val(train, val_fraction=config.spec.val_fraction,
                                      seed=config.seed, train_subset=config.train_subset)
@@ -187,7 +178,8 @@ class StudyRunner:
             study.sampler = build_sampler(dict(config.spec.sampler), seed=config.seed + worker)
         objective = Objective(spec=config.spec, data=self.data, device=self.device,
                               tracker=self.tracker, reporter=self.reporter, seed=config.seed,
-                              compile_model=config.compile)
+                              compile_model=config.compile, compile_mode=config.compile_mode,
+                              cuda_graphs=config.cuda_graphs)
         callbacks = [self.reporter.trial_finished, AnytimeLogger(self.tracker),
                      FailureGuard(config.max_consecutive_failures, summary)]
         if refresh_reports:  # this is the study's only process
@@ -269,6 +261,9 @@ class StudyRunner:
             "storage": redact_url(config.storage),
             "jobs": config.jobs,
             "compile": config.compile,
+            "compile_mode": config.compile_mode,
+            "cuda_graphs": config.cuda_graphs,
+            "deterministic": config.deterministic,
             "register_name": config.register_name,
             "spec_source": config.spec.source,
             "hpsearch_version": __version__,

@@ -19,6 +19,7 @@ from hpsearch.errors import ignore_further_signals
 from hpsearch.search.callbacks import ReportRefresher, refresh_report
 from hpsearch.search.config import RunConfig, StudySummary
 from hpsearch.search.coordination import FINISHED_STATES, count_trials
+from hpsearch.search.gpu_sharing import gpu_sharing_note
 from hpsearch.search.progress import RemainingTime, Reporter
 from hpsearch.search.runner import StudyRunner, default_jobs
 from hpsearch.serving.registration import Registration
@@ -73,7 +74,8 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
     summary = StudySummary(study_name=config.study_name, tracking_uri=tracker.tracking_uri,
                            metric=config.spec.metric, experiment_id=tracker.experiment_id)
     missing = config.trials - count_trials(study, *FINISHED_STATES)
-    workers = f" in {config.jobs} worker processes" if config.jobs > 1 else ""
+    workers = (f" in {config.jobs} worker processes"
+               f"{gpu_sharing_note(runner.device, config.jobs)}" if config.jobs > 1 else "")
     reporter.say(f"study {config.study_name!r}: {config.trials - missing} of {config.trials} "
                  f"trials finished; {max(missing, 0)} to run on {device_name(runner.device)}"
                  f"{workers}; {len(runner.data.train)} training / {len(runner.data.val)} "

@@ -168,13 +168,12 @@ def _work(config: RunConfig, parent_run_id: str, deadline: float | None,
     import optuna
     import torch
 
+    from hpsearch.search.gpu_sharing import worker_threads
     from hpsearch.search.runner import StudyRunner
-    from hpsearch.training.device import resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # this process's own setting
-    if resolve_device(config.device).type == "cpu":
-        # Share the cores instead of each worker taking all of them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.jobs))
+    # Share the cores instead of each worker taking all of them, on a GPU too.
+    torch.set_num_threads(worker_threads(config.jobs))
     runner = StudyRunner.open(config, reporter)
     summary = StudySummary(study_name=config.study_name,
                            tracking_uri=runner.tracker.tracking_uri)

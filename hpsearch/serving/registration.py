@@ -44,6 +44,7 @@ from hpsearch.serving.uris import CHAMPION_ALIAS
 from hpsearch.tracking.provenance import using_tracking_uri
 from hpsearch.tracking.report import log_prediction_grid
 from hpsearch.tracking.runs import CHECKPOINT_PATH, StudyTracker
+from hpsearch.training.device import autocast_dtype
 from hpsearch.training.loader import make_loader
 from hpsearch.training.loop import EvalResult, evaluate
 
@@ -93,8 +94,11 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     if not best.user_attrs.get("checkpoint"):
         raise HpsearchError(f"trial {best.number} of study {study.study_name!r} kept no weights")
     classifier = _load_trial_classifier(best, info, tracker)
+    # Measured as the trials' validation was: under the device's autocast (bf16 on CUDA
+    # and on CPUs with native bf16), so test and validation figures compare.
+    amp_dtype = autocast_dtype(device)
     result = evaluate(classifier.network.to(device), make_loader(test, info, device),
-                      num_classes=info.num_classes, device=device)
+                      num_classes=info.num_classes, device=device, amp_dtype=amp_dtype)
     tracker.log_test_evaluation(result, info.class_names, trial_number=best.number)
     _log_test_grids(tracker, result, test, info)
     classifier = classifier.cpu().eval()
@@ -103,7 +107,7 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
         _log_network(classifier, test)
         version = _log_serving_model(classifier.network, best, info, test, register_name)
     _describe_version(tracker, register_name, version, best, info, study.study_name,
-                      result.accuracy)
+                      result.accuracy, precision=_precision(amp_dtype))
     tracker.client.set_registered_model_alias(register_name, CHAMPION_ALIAS, version)
     return Registration(register_name, version, best.number, result.accuracy)
 
@@ -209,9 +213,14 @@ def serving_metadata(info: DatasetInfo) -> dict:
     }
 
 
+def _precision(amp_dtype: torch.dtype | None) -> str:
+    """``bfloat16 autocast`` or ``float32``: how the test evaluation computed."""
+    return f"{str(amp_dtype).removeprefix('torch.')} autocast" if amp_dtype else "float32"
+
+
 def _describe_version(tracker: StudyTracker, name: str, version: str,
                       trial: optuna.trial.FrozenTrial, info: DatasetInfo, study_name: str,
-                      test_accuracy: float) -> None:
+                      test_accuracy: float, *, precision: str) -> None:
     tags = {
         "study": study_name,
         "trial": str(trial.number),
@@ -219,6 +228,7 @@ def _describe_version(tracker: StudyTracker, name: str, version: str,
         "dataset": info.name,
         "class_names": json.dumps(list(info.class_names)),
         "test_accuracy": f"{test_accuracy:.4f}",
+        "test_precision": precision,
         "val_value": repr(trial.value),
     }
     for key, value in tags.items():

@@ -14,7 +14,6 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from hpsearch.errors import check_interrupted
+from hpsearch.training.step import EagerStep, TrainStep, autocast
 
 __all__ = ["EpochResult", "EvalResult", "TrainingDiverged", "evaluate", "fit"]
 
@@ -92,12 +92,6 @@ class EpochResult:
         }
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -118,7 +112,7 @@ def evaluate(
     classes, confidences = [], []
     for x, y in batches:
         check_interrupted()
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         probability, predicted = torch.softmax(logits, dim=1).max(dim=1)
@@ -143,7 +137,7 @@ def fit(
     val_batches: Batches,
     *,
     epochs: int,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None = None,
     num_classes: int,
     device: torch.device,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
@@ -151,6 +145,7 @@ def fit(
     amp_dtype: torch.dtype | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_batch: Callable[[int, int, int], None] | None = None,
+    train_step: TrainStep | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` for ``epochs`` epochs, evaluating on ``val_batches`` after each.
 
@@ -159,17 +154,21 @@ def fit(
         train_batches: re-iterable; each pass yields one epoch of (images, int64 labels).
         val_batches: re-iterable validation batches, same layout.
         epochs: number of epochs (>= 1).
-        optimizer: built over ``model``'s parameters.
+        optimizer: built over ``model``'s parameters (unused when ``train_step`` is given).
         num_classes: number of classes (size of the confusion matrix).
         device: where model and batches live.
         scheduler: stepped after every optimizer step (e.g. ``OneCycleLR``), or None.
         label_smoothing: cross-entropy label smoothing in [0, 1).
-        amp_dtype: autocast dtype (``torch.bfloat16`` on CUDA), or None for full precision.
+        amp_dtype: autocast dtype (``torch.bfloat16`` on CUDA), or None for full precision;
+            validation runs under it too.
         on_batch: called as ``on_batch(epoch, done, total)`` when an epoch starts
             (``done`` 0) and after each training step, with host-side counts only (it adds
             no device sync), for progress displays.
         on_epoch: called with each :class:`EpochResult`; an exception it raises stops
             training and propagates.
+        train_step: the training step to run per batch (for example the CUDA-graph step
+            of ``build_train_step``); default: an :class:`~hpsearch.training.step.EagerStep`
+            over ``optimizer``, ``scheduler``, ``label_smoothing`` and ``amp_dtype``.
 
     Returns:
         One :class:`EpochResult` per completed epoch.
@@ -178,13 +177,17 @@ def fit(
         TrainingDiverged: the epoch's mean training loss is NaN or infinite (checked once
             per epoch, after the callback has seen the epoch).
     """
+    if train_step is None:
+        if optimizer is None:
+            raise TypeError("fit() needs an optimizer or a train_step")
+        train_step = EagerStep(model, optimizer, scheduler, label_smoothing=label_smoothing,
+                               amp_dtype=amp_dtype, device=device)
     history: list[EpochResult] = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        step = None if on_batch is None else functools.partial(on_batch, epoch)
-        train_loss, train_accuracy, seen = _train_epoch(
-            model, train_batches, optimizer, scheduler, device, label_smoothing, amp_dtype, step
-        )
+        progress = None if on_batch is None else functools.partial(on_batch, epoch)
+        train_loss, train_accuracy, seen = _train_epoch(model, train_batches, train_step,
+                                                        device, progress)
         seconds = time.perf_counter() - start
         val = evaluate(model, val_batches, num_classes=num_classes, device=device,
                        amp_dtype=amp_dtype)
@@ -193,7 +196,7 @@ def fit(
             train_loss=train_loss,
             train_accuracy=train_accuracy,
             val=val,
-            lr=optimizer.param_groups[0]["lr"],
+            lr=train_step.lr,
             epoch_seconds=seconds,
             images_per_second=seen / seconds if seconds > 0 else math.inf,
         )
@@ -205,8 +208,9 @@ def fit(
     return history
 
 
-def _train_epoch(model, batches, optimizer, scheduler, device, label_smoothing, amp_dtype,
-                 on_batch=None):
+def _train_epoch(model: nn.Module, batches: Batches, step: TrainStep, device: torch.device,
+                 on_batch: Callable[[int, int], None] | None = None
+                 ) -> tuple[float, float, int]:
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -215,16 +219,9 @@ def _train_epoch(model, batches, optimizer, scheduler, device, label_smoothing, 
         on_batch(0, total)
     for done, (x, y) in enumerate(batches, start=1):
         check_interrupted()  # a signal whose exception was swallowed (a flag read, no sync)
-        with _autocast(device, amp_dtype):
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum += loss.detach().float() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
+        batch_loss, batch_correct = step(x, y)
+        loss_sum += batch_loss
+        correct += batch_correct
         seen += y.shape[0]
         if on_batch is not None:
             on_batch(done, total)
