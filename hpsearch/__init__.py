@@ -8,4 +8,4 @@ from hpsearch._imports import lazy_exports
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "run"]
-__getattr__ = lazy_exports(__name__, {"run": "api"})
+__getattr__ = lazy_exports(__name__, ("api",))

@@ -6,23 +6,26 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 
-def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` (PEP 562) for ``package`` that imports ``name`` from
-    ``package.exports[name]`` on first access.
+def lazy_exports(package: str, modules: Sequence[str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) for ``package``: ``name`` is looked up in its
+    ``modules``, in order, each imported when the search reaches it (so list the lighter,
+    more used ones first).
 
     Raises (from the returned function):
-        AttributeError: ``name`` is not one of ``exports``.
+        AttributeError: no module of ``modules`` defines ``name``.
     """
 
     def __getattr__(name: str) -> Any:
-        module = exports.get(name)
-        if module is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(f"{package}.{module}"), name)
+        if not name.startswith("__"):
+            for module in modules:
+                found = importlib.import_module(f"{package}.{module}")
+                if name in getattr(found, "__all__", ()):
+                    return getattr(found, name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = ["random_crop", "random_hflip"]
+
 
 def random_crop(
     images: Tensor, padding: int, *, generator: torch.Generator | None = None
