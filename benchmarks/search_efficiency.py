@@ -52,12 +52,18 @@ METHODS = ("hpsearch", "random", "plain")
 TOLERANCE = 0.005  # "within 0.5 points" of accuracy
 
 
+VARIANTS: dict[str, Path] = {}  # --variant NAME=SPEC: other specs compared as methods
+
+
 def hpsearch_command(method: str, budget: list[str], seed: int, device: str,
                      workdir: Path) -> list[str]:
     exe = Path(sys.executable).with_name("hpsearch")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "hpsearch.cli"]
     command += ["run", "--dataset", "fashion_mnist", *budget, "--seed", str(seed), "--device",
                 device, "--quiet", "--study-name", "bench"]
+    if method in VARIANTS:
+        command[command.index("--dataset"):command.index("--dataset") + 2] = [
+            "--spec", str(VARIANTS[method])]
     if method == "random":
         from hpsearch.studies import load_builtin_spec
 
@@ -145,7 +151,7 @@ def summarize(records: list[dict]) -> list[dict]:
         plain = [r for r in records if r["budget"] == budget and r["method"] == "plain"]
         plain_wall = statistics.median(r["wall_s"] for r in plain) if plain else None
         plain_test = statistics.median(r["test_accuracy"] for r in plain) if plain else None
-        for method in METHODS:
+        for method in dict.fromkeys(r["method"] for r in records):
             runs = [r for r in records if r["budget"] == budget and r["method"] == method]
             if not runs:
                 continue
@@ -177,7 +183,8 @@ def anytime_png(records: list[dict], path: Path) -> None:
     budgets = list(dict.fromkeys(r["budget"] for r in records))
     fig = Figure(figsize=(6.5 * len(budgets), 4.5), dpi=100)
     axes = fig.subplots(1, len(budgets), squeeze=False)[0]
-    colours = {"hpsearch": "#1f77b4", "random": "#2ca02c", "plain": "#d62728"}
+    palette = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
+    colours = dict(zip(dict.fromkeys(r["method"] for r in records), palette))
     for ax, budget in zip(axes, budgets):
         for record in (r for r in records if r["budget"] == budget):
             best, xs, ys = None, [0.0], [float("nan")]
@@ -214,10 +221,16 @@ def main() -> None:
                         help="methods (default: all three)")
     parser.add_argument("--out", type=Path, default=None,
                         help="also write every record as JSON lines here")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=SPEC",
+                        help="also compare this spec file as method NAME (design studies)")
     args = parser.parse_args()
+    for variant in args.variant:
+        name, _, path = variant.partition("=")
+        VARIANTS[name] = Path(path).resolve()
     device = resolve_device(args.device)
     budgets = args.budget or (["gpu"] if device.type == "cuda" else ["small", "large"])
-    seeds, methods = args.seed or [0, 1, 2], args.method or list(METHODS)
+    seeds = args.seed or [0, 1, 2]
+    methods = (args.method or ([] if VARIANTS else list(METHODS))) + list(VARIANTS)
     records = []
     for budget in budgets:
         for i, seed in enumerate(seeds):
