@@ -21,6 +21,7 @@ from hpsearch.studies import (
     load_spec,
 )
 from hpsearch.studies.components import build_pruner, build_sampler
+from hpsearch.studies.pruning import CostAwarePruner
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -75,31 +76,44 @@ def test_builtin_spec_names_are_the_three_data_sets_sorted() -> None:
 
 
 @pytest.mark.parametrize("name", builtin_spec_names())
-def test_builtin_spec_loads_and_covers_every_hyperparameter(name: str) -> None:
+def test_builtin_spec_loads_and_every_path_draws_every_hyperparameter(name: str) -> None:
     spec = load_builtin_spec(name)
+    arch, optimizer = spec.param("arch"), spec.param("optimizer")
 
     assert isinstance(spec, StudySpec)
     assert spec.dataset == name
     assert spec.source == f"built-in spec {name}.yaml"
-    assert [p.name for p in spec.search_space] == list(HYPERPARAMETERS)
     assert spec.metric == "val_accuracy" and spec.direction == "maximize"
     assert spec.epochs >= 1
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for choice in arch.choices:  # a draw per architecture and optimizer
+        for opt in optimizer.choices:
+            study.enqueue_trial({"arch": choice, "optimizer": opt})
+            params = spec.sample(study.ask())
+            assert set(params) == set(HYPERPARAMETERS)
+            assert (params["arch"], params["optimizer"]) == (choice, opt)
 
 
 @pytest.mark.parametrize("name", builtin_spec_names())
-def test_builtin_sampler_and_pruner_build_with_hyperband_max_resource_from_epochs(
-    name: str,
-) -> None:
+def test_builtin_sampler_and_pruner_build_a_cost_aware_median_pruner(name: str) -> None:
     spec = load_builtin_spec(name)
 
     sampler = build_sampler(dict(spec.sampler), seed=0)
     pruner = build_pruner(dict(spec.pruner), max_epochs=spec.epochs)
 
     assert isinstance(sampler, optuna.samplers.TPESampler)
-    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
-    assert pruner._max_resource == spec.epochs
-    assert pruner._min_resource == spec.pruner["min_resource"]
-    assert pruner._reduction_factor == spec.pruner["reduction_factor"]
+    assert isinstance(pruner, CostAwarePruner)
+    assert isinstance(pruner.base, optuna.pruners.MedianPruner)
+    assert pruner.max_epochs == spec.epochs
+
+
+@pytest.mark.parametrize("name", builtin_spec_names())
+def test_builtin_enqueued_trials_count_towards_tpes_random_start(name: str) -> None:
+    spec = load_builtin_spec(name)
+
+    assert len(spec.enqueue_trials) < spec.sampler["n_startup_trials"]
+    for params in spec.enqueued_params():
+        assert params["arch"] in spec.param("arch").choices
 
 
 def test_unknown_builtin_spec_raises_value_error_listing_the_choices() -> None:
@@ -593,6 +607,14 @@ def test_enqueued_plain_names_become_optuna_names_and_resume_draws_the_same(tmp_
         resumed.tell(trial, 0.2)
 
 
+def test_enqueued_set_may_name_a_fixed_parameter_with_its_value(tmp_path) -> None:
+    spec = _conditional(tmp_path, lambda raw: raw["enqueue_trials"][0].update(
+        weight_decay=5.0e-4))
+
+    (enqueued,) = spec.enqueued_params()
+    assert "weight_decay" not in enqueued and enqueued["cnn.depth"] == 3
+
+
 def test_conditional_spec_round_trips_through_its_yaml(tmp_path) -> None:
     spec = _conditional(tmp_path)
     again = tmp_path / "again.yaml"
@@ -628,6 +650,9 @@ CONDITIONAL_REJECTED = [
                  "width = 512 lies outside the search space", id="enqueued-outside-branch"),
     pytest.param(lambda raw: raw["enqueue_trials"][0].update(arch="mlp", depth=3),
                  "enqueue_trials[0]", "depth = 3 lies outside", id="enqueued-other-branch"),
+    pytest.param(lambda raw: raw["enqueue_trials"][0].update(weight_decay=1e-4),
+                 "enqueue_trials[0]", "weight_decay = 0.0001, but the space fixes it at 0.0005",
+                 id="enqueued-fixed-other-value"),
 ]
 
 

@@ -123,14 +123,24 @@ def active_params(space: tuple[ParamSpec, ...],
 def enqueue_names(space: tuple[ParamSpec, ...], values: Mapping[str, Any]) -> dict[str, Any]:
     """An enqueued parameter set with plain names, as Optuna names it (``cnn.depth``).
 
+    A parameter fixed on that path may be named with its fixed value (so that a set reads
+    as a whole configuration); it is left out of the result.
+
     Raises:
-        ValueError: a name is not a searched hyperparameter on the path the set's choices
-            take, or its value lies outside that parameter's range; the message says which.
+        ValueError: a name is not a hyperparameter of the path the set's choices take, a
+            fixed one is given another value, or a value lies outside its parameter's range;
+            the message says which.
     """
-    searched = {p.name: (optuna_name, p) for optuna_name, p in active_params(space, values)
-                if p.kind != "fixed"}
+    active = list(active_params(space, values))
+    fixed = {p.name: p.value for _, p in active if p.kind == "fixed"}
+    searched = {p.name: (optuna_name, p) for optuna_name, p in active if p.kind != "fixed"}
     named = {}
     for name, value in values.items():
+        if name in fixed:
+            if value != fixed[name]:
+                raise ValueError(f"{name} = {value!r}, but the space fixes it at "
+                                 f"{fixed[name]!r}")
+            continue
         if name not in searched:
             raise ValueError(f"{name!r} is not a searched hyperparameter "
                              f"({', '.join(sorted(searched))})")
