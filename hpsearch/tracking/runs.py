@@ -168,7 +168,7 @@ class StudyTracker:
 
     def end_parent(self, status: str = "FINISHED") -> None:
         if self.parent_monitor is not None:
-            self.parent_monitor.finish()
+            stop_monitor(self.parent_monitor)
             self.parent_monitor = None
         if self.parent_run_id is not None:
             self.client.set_terminated(self.parent_run_id, status)
@@ -252,7 +252,7 @@ class TrialRun:
         run_tags += [RunTag(k, v) for k, v in (tags or {}).items()]
         self.client.log_batch(self.run_id, tags=run_tags)
         if self.monitor is not None:
-            self.monitor.finish()
+            stop_monitor(self.monitor)
         self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
 
     def _log_per_class(self, report: dict, epoch: int) -> None:
@@ -272,6 +272,21 @@ class TrialRun:
             with open(path, "wb") as f:
                 f.write(data)
             self.client.log_artifact(self.run_id, path, directory or None)
+
+
+def stop_monitor(monitor: SystemMetricsMonitor) -> None:
+    """Stop ``monitor``. MLflow publishes system metrics only after a full logging period
+    (``samples_before_logging`` samples) and drops a partial one at shutdown, so a run
+    shorter than one period would get none: it gets the samples taken so far instead."""
+    monitor.finish()
+    try:
+        if monitor._logging_step == 0:  # nothing published (MLflow has no public count)
+            metrics = monitor.aggregate_metrics()
+            if metrics:
+                monitor.publish_metrics(metrics)
+                monitor.mlflow_logger.flush()
+    except AttributeError:  # another MLflow's internals: leave it to MLflow
+        pass
 
 
 def close_orphaned_trial_run(client: MlflowClient, run_id: str, *, reason: str,
