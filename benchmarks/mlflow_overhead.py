@@ -1,9 +1,10 @@
 """Share of a trial's wall time spent in MLflow logging, from real trials of hpsearch's
 ``Objective``.
 
-Runs ``--trials`` trials with one fixed set of hyperparameters (enqueued, so every trial is
-the same configuration; no pruning) through ``Objective`` with a ``StudyTracker`` on a
-fresh sqlite tracking store in a temp dir (or ``--tracking-uri``, e.g. an HTTP server),
+Runs ``--trials`` trials with one fixed set of hyperparameters (the study's whole search
+space, so every trial is the same configuration; no pruning) through ``Objective`` with a
+``StudyTracker`` on a fresh sqlite tracking store in a temp dir (or ``--tracking-uri``, e.g.
+an HTTP server),
 exactly as ``hpsearch run`` drives them::
 
     python benchmarks/mlflow_overhead.py --trials 3 --epochs 3 --train-subset 10000
@@ -136,8 +137,10 @@ def trial_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, workdir: Path, device: torch.device) -> list[dict]:
-    spec = load_builtin_spec("fashion_mnist").replace(epochs=args.epochs,
-                                                      pruner={"name": "none"})
+    # The built-in study's settings with one fixed configuration as its whole space.
+    spec = load_builtin_spec("fashion_mnist").replace(
+        epochs=args.epochs, pruner={"name": "none"}, search_space=trial_params(args),
+        enqueue_trials=[])
     info = get_dataset_info(spec.dataset)
     train, _ = load_dataset(spec.dataset)
     train, val = split_train_val(train, val_fraction=spec.val_fraction, seed=args.seed,
@@ -161,11 +164,8 @@ def run(args: argparse.Namespace, workdir: Path, device: torch.device) -> list[d
     objective = Objective(spec=spec, data=TrialData(info=info, train=train, val=val),
                           device=device, tracker=tracker, seed=args.seed,
                           reporter=Reporter(spec.metric, stream=sys.stderr))
-    searched = {p.name for p in spec.search_space if p.kind != "fixed"}
-    params = {k: v for k, v in trial_params(args).items() if k in searched}
     records = []
     for _ in range(args.trials):
-        study.enqueue_trial(params)
         trial = study.ask()
         client_timers.reset()
         other.reset()

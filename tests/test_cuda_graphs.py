@@ -231,7 +231,7 @@ def test_a_trial_asking_for_cuda_graphs_on_a_cpu_trains_eagerly_and_says_why() -
 
     spec = load_builtin_spec("mnist").replace(epochs=2, augment=False, search_space={
         "lr": 0.01, "batch_size": 16, "depth": 1, "dropout": 0.0, "arch": "mlp",
-        "width": 2, "optimizer": "adamw", "weight_decay": 0.0})
+        "width": 2, "optimizer": "adamw", "weight_decay": 0.0}, enqueue_trials=[])
     data = TrialData(info=TINY, train=_tiny_split(48, seed=1), val=_tiny_split(24, seed=2))
     tracker, stream = _FakeTracker(), io.StringIO()
     objective = Objective(spec=spec, data=data, device=CPU, tracker=tracker,

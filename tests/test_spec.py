@@ -230,8 +230,10 @@ REJECTED = [
     pytest.param(_space(batch_size=[16, 0]), "search_space.batch_size", "integers >= 1",
                  id="batch-size-zero"),
     pytest.param(_space(width=True), "search_space.width", "integers >= 1", id="width-bool"),
-    pytest.param(_top(enqueue_trials=[{"lr": 1e-3}, {"width": 32}]), "enqueue_trials[1]",
-                 "'width' is not a searched hyperparameter", id="enqueue-unsearched-param"),
+    pytest.param(_top(enqueue_trials=[{"lr": 1e-3}, {"width": 64}]), "enqueue_trials[1]",
+                 "width = 64, but the space fixes it at 32", id="enqueue-fixed-param-other-value"),
+    pytest.param(_top(enqueue_trials=[{"lr": 1e-3}, {"momentum": 0.9}]), "enqueue_trials[1]",
+                 "'momentum' is not a searched hyperparameter", id="enqueue-unknown-param"),
     pytest.param(_top(enqueue_trials={"lr": 1e-3}), "enqueue_trials",
                  "list of parameter mappings", id="enqueue-not-a-list"),
 ]

@@ -393,7 +393,7 @@ def _objective(epochs: int = 3, **space) -> tuple[Objective, _FakeTracker, io.St
                     "batch_size": 16, "depth": 1, "dropout": 0.0, "arch": "mlp", "width": 2,
                     "optimizer": "adamw", "weight_decay": 0.0} | space
     spec = load_builtin_spec("mnist").replace(epochs=epochs, augment=False,
-                                              search_space=search_space)
+                                              search_space=search_space, enqueue_trials=[])
     data = TrialData(info=TINY, train=_tiny_split(48, seed=1), val=_tiny_split(24, seed=2))
     tracker, stream = _FakeTracker(), io.StringIO()
     objective = Objective(spec=spec, data=data, device=CPU, tracker=tracker,
