@@ -234,7 +234,8 @@ def test_a_trial_that_runs_out_of_device_memory_fails_and_the_next_one_trains(
         _Hog(in_channels * image_size ** 2, num_classes))
     space = {"lr": 0.01, "batch_size": 16, "depth": 1, "dropout": 0.0, "width": 2,
              "optimizer": "adamw", "weight_decay": 0.0, "arch": ["hog", "mlp"]}
-    spec = load_builtin_spec("mnist").replace(epochs=2, augment=False, search_space=space)
+    spec = load_builtin_spec("mnist").replace(epochs=2, augment=False, search_space=space,
+                                              enqueue_trials=[])
     data = TrialData(info=TINY, train=_tiny_split(48, seed=1), val=_tiny_split(24, seed=2))
     objective = Objective(spec=spec, data=data, device=CUDA, tracker=_FakeTracker(),
                           reporter=Reporter(spec.metric), seed=0)
