@@ -5,6 +5,7 @@ in a second)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from typing import Any
@@ -23,6 +24,24 @@ __all__ = ["RetryStaleTrial", "fail_stale_trials", "load_existing_study", "open_
 DEFINITION_ATTR = "hpsearch.definition"
 
 
+class _HeartbeatTolerantStorage(optuna.storages.RDBStorage):
+    """An RDBStorage whose heartbeat writes may fail without a traceback.
+
+    Optuna records heartbeats from a thread of its own; a write that fails there (the
+    database busy or closing while Ctrl-C stops the workers) printed the thread's traceback.
+    One missed heartbeat is harmless (a trial goes stale only after three intervals), so it
+    is logged in one line instead.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:  # SQLAlchemy's errors vary by driver
+            logging.getLogger(__name__).warning(
+                "heartbeat of trial id %d not recorded: %s", trial_id,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
 def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
     """Create the study, or load it to resume. Raises HpsearchError on a bad storage.
 
@@ -38,7 +57,7 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
         with warnings.catch_warnings():
             # Heartbeats and their retry callback are marked experimental; we rely on them.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
+            storage = _HeartbeatTolerantStorage(
                 config.storage,
                 heartbeat_interval=config.heartbeat_interval_s,
                 grace_period=3 * config.heartbeat_interval_s,
