@@ -18,7 +18,7 @@ from hpsearch.cli.common import (
 from hpsearch.data_utils import list_datasets
 from hpsearch.errors import HpsearchError, handle_termination_signals
 from hpsearch.redact import redact_url
-from hpsearch.studies import SpecError
+from hpsearch.studies import SpecError, load_spec
 
 
 @main.command(short_help="Search hyperparameters; track, register and resume.")
@@ -81,13 +81,19 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
     far and exits with 130 or 143; the same command again resumes the study.
     """
     quiet_libraries()
+    try:
+        # Before torch, Optuna and MLflow are imported: a hostile file is refused in a
+        # fraction of a second and in the memory of click, pydantic and PyYAML.
+        spec = load_spec(spec_path) if spec_path is not None else None
+    except SpecError as exc:
+        fail(str(exc))
     headless()
     handle_termination_signals()  # SIGTERM unwinds like Ctrl-C: the stores stay consistent
     from hpsearch.api import run as run_api
 
     try:
         summary = run_api(
-            dataset=dataset, spec=spec_path, trials=trials, epochs=epochs,
+            dataset=dataset, spec=spec, trials=trials, epochs=epochs,
             timeout_s=timeout_s, train_subset=train_subset, study_name=study_name,
             storage=storage, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
             seed=seed, register_name=register_name, max_failures=max_failures,
