@@ -78,7 +78,10 @@ def exec_command(command: list[str], env: dict[str, str]) -> NoReturn:
 
 def with_storage(storage: str, read):
     """Run ``read(storage)``, turning an unusable storage into one clear error."""
-    if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
+    from hpsearch.search.preflight import sqlite_file
+
+    path = sqlite_file(storage)
+    if path is not None and not path.exists():
         fail(f"no Optuna storage at {storage}; run `hpsearch run` first or pass --storage")
     try:
         return read(storage)

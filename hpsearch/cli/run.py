@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -140,14 +141,18 @@ def _print_summary(summary) -> None:
         uri = redact_url(summary.tracking_uri)  # a server's password stays in your shell
         # MLflow 3's UI opens its GenAI pages unless the URL asks for model training.
         page = f"#/experiments/{summary.experiment_id}/runs?workflowType=machine_learning"
+        # Quoted for the shell, so a line pastes as it reads: a path with a space, a model
+        # name with an accent.
+        quoted_uri, model = shlex.quote(uri), shlex.quote(reg.name)
         echo("\nnext:")
         if uri.startswith(("http://", "https://")):
             echo(f"  open {uri.rstrip('/')}/{page}   # the tracking server's UI")
         else:
-            echo(f"  hpsearch ui --tracking-uri {uri}   # then open "
+            echo(f"  hpsearch ui --tracking-uri {quoted_uri}   # then open "
                  f"http://127.0.0.1:5000/{page}")
-        echo(f"  hpsearch serve --model {reg.name} --tracking-uri {uri}   # or:")
-        echo(f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{reg.name}@champion "
-             f"--env-manager local --host 127.0.0.1 --port 5001")
+        echo(f"  hpsearch serve --model {model} --tracking-uri {quoted_uri}   # or:")
+        echo(f"  MLFLOW_TRACKING_URI={quoted_uri} mlflow models serve -m "
+             f"{shlex.quote(f'models:/{reg.name}@champion')} --env-manager local "
+             "--host 127.0.0.1 --port 5001")
 
 

@@ -34,7 +34,7 @@ model_option = click.option(
 def predict(images, model, run_id, tracking_uri) -> None:
     """Classify IMAGES (PNG/JPEG files or .npy arrays) with a registered or logged model."""
     quiet_libraries()
-    from hpsearch.search.preflight import check_reachable
+    from hpsearch.search.preflight import check_tracking_store
     from hpsearch.serving.predict import predict_files
     from hpsearch.serving.uris import champion_model, model_uri
     from hpsearch.tracking.provenance import resolve_tracking_uri
@@ -44,8 +44,7 @@ def predict(images, model, run_id, tracking_uri) -> None:
         if missing:
             raise HpsearchError(f"no such file: {', '.join(missing)}")
         tracking = resolve_tracking_uri(tracking_uri)
-        if tracking.startswith(("http://", "https://")):
-            check_reachable(tracking)
+        check_tracking_store(tracking)
         uri = model_uri(model or (None if run_id else champion_model(tracking)), run_id)
         predictions = predict_files(list(images), uri, tracking)
     except HpsearchError as exc:
@@ -77,14 +76,13 @@ def serve(model, host, port, tracking_uri) -> None:
     quiet_libraries()
     import mlflow
 
-    from hpsearch.search.preflight import check_reachable
+    from hpsearch.search.preflight import check_tracking_store
     from hpsearch.serving.uris import champion_model, check_registered, model_uri
     from hpsearch.tracking.provenance import resolve_tracking_uri
 
     tracking = resolve_tracking_uri(tracking_uri)
     try:
-        if tracking.startswith(("http://", "https://")):
-            check_reachable(tracking)
+        check_tracking_store(tracking)
         uri = model_uri(model or champion_model(tracking))
         check_registered(uri, tracking)
     except HpsearchError as exc:
@@ -110,11 +108,16 @@ def serve(model, host, port, tracking_uri) -> None:
 def ui(tracking_uri, host, port, workers) -> None:
     """Start the MLflow UI on the tracking store."""
     quiet_libraries()
+    from hpsearch.search.preflight import check_sqlite_store
     from hpsearch.tracking.provenance import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         fail(f"{redact_url(uri)} is a tracking server: open it in a browser, it is the UI")
+    try:
+        check_sqlite_store(uri, "tracking store", "--tracking-uri")
+    except HpsearchError as exc:
+        fail(str(exc))
     command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "ui",
                "--backend-store-uri", uri, "--host", host, "--port", str(port),
                "--workers", str(workers)]

@@ -96,12 +96,12 @@ class StudyRunner:
                 written.
         """
         device = resolve_device(config.device, deterministic=config.deterministic)
+        tracking_uri = resolve_tracking_uri(config.tracking_uri)
+        preflight(config.storage, tracking_uri)  # in a second: before reading the data set
         train, test = load_data(config.spec.dataset, config.data_dir)
         train, val = split_train_val(train, val_fraction=config.spec.val_fraction,
                                      seed=config.seed, train_subset=config.train_subset)
         data = TrialData(info=get_dataset_info(config.spec.dataset), train=train, val=val)
-        tracking_uri = resolve_tracking_uri(config.tracking_uri)
-        preflight(config.storage, tracking_uri)
         with schema_lock(config.storage, tracking_uri):
             study = open_study(config, tracking_uri)
             tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
