@@ -12,6 +12,7 @@ from hpsearch.cli.common import (
     fail,
     main,
     quiet_libraries,
+    run_mlflow_cli,
     tracking_uri_option,
 )
 from hpsearch.errors import HpsearchError
@@ -87,17 +88,16 @@ def serve(model, host, port, tracking_uri) -> None:
         check_registered(uri, tracking)
     except HpsearchError as exc:
         fail(str(exc))
-    bin_dir = os.path.dirname(sys.executable)
-    env = os.environ | {
+    env = {
         "MLFLOW_TRACKING_URI": tracking,
         # mlflow models serve execs uvicorn from PATH: this interpreter's must come first.
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     }
-    command = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", uri,
-               "--env-manager", "local", "--host", host, "--port", str(port)]
     click.echo(f"serving {uri} from {redact_url(tracking)} on "
                f"http://{host}:{port}/invocations (mlflow {mlflow.__version__})", err=True)
-    exec_command(command, env)
+    sys.stderr.flush()
+    run_mlflow_cli(["models", "serve", "-m", uri, "--env-manager", "local", "--host", host,
+                    "--port", str(port)], env)
 
 
 @main.command(short_help="Start the MLflow UI on the tracking store.")
@@ -128,6 +128,10 @@ def ui(tracking_uri, host, port, workers) -> None:
         # The UI needs none of MLflow's background job runners (GenAI scorers): 7 processes
         # less; and its server's deprecation warnings are for MLflow's developers.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "PYTHONWARNINGS": "ignore::DeprecationWarning",
+        # MLflow's FastAPI app imports starlette.middleware.wsgi, which Starlette deprecates
+        # with a UserWarning of its own (StarletteDeprecationWarning, which a category
+        # filter cannot name here: -W imports no module), so it is matched by its message.
+        "PYTHONWARNINGS": "ignore::DeprecationWarning,"
+                          "ignore:starlette.middleware.wsgi is deprecated",
     }
     exec_command(command, env)

@@ -186,7 +186,8 @@ class StudyRunner:
                      FailureGuard(config.max_consecutive_failures, summary)]
         if refresh_reports:  # this is the study's only process
             callbacks += [ReportRefresher(self.tracker, study, self.reporter),
-                          RemainingTime(target=config.trials, jobs=1, reporter=self.reporter)]
+                          RemainingTime(target=config.trials, jobs=1, reporter=self.reporter,
+                                        deadline=deadline)]
 
         def start_trial(trial: optuna.Trial) -> float:
             lock.release()  # the trial holds its slot now: RUNNING in the storage

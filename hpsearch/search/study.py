@@ -89,7 +89,8 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
             from hpsearch.search.workers import run_workers
 
             refresh = ReportRefresher(tracker, study, reporter)
-            remaining = RemainingTime(target=config.trials, jobs=config.jobs, reporter=reporter)
+            remaining = RemainingTime(target=config.trials, jobs=config.jobs, reporter=reporter,
+                                      deadline=deadline)
             summary.stop_reason, summary.exit_code = run_workers(
                 config, jobs=config.jobs, parent_run_id=tracker.parent_run_id,
                 deadline=deadline, reporter=reporter,
