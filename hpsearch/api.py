@@ -79,9 +79,8 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
     Nothing global is left changed: MLflow's tracking URI and Optuna's verbosity are the
     caller's again when it returns, and no signal handler is installed.
     """
-    from hpsearch.search.progress import Reporter
-    from hpsearch.search.study import run_study
-
+    # The spec and the arguments are checked before the study's modules (torch, Optuna,
+    # MLflow) are imported: bad input is refused at once, in little memory.
     config = make_config(
         dataset=dataset, spec=spec, trials=trials, epochs=epochs, timeout_s=timeout_s,
         train_subset=train_subset, study_name=study_name, storage=storage,
@@ -89,6 +88,9 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
         register_name=register_name, max_failures=max_failures,
         heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile,
         compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic)
+    from hpsearch.search.progress import Reporter
+    from hpsearch.search.study import run_study
+
     return run_study(config, reporter or Reporter(config.spec.metric, verbose=not quiet))
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR
 from hpsearch.training.device import autocast_dtype
 
 from conftest import (
@@ -147,6 +148,17 @@ def test_every_run_records_provenance_and_its_data_set_inputs(client):
         assert set(by_context) == {"training", "validation"}
         assert by_context["training"].name == "fashion_mnist-training"
         assert json.loads(by_context["validation"].profile)["features_shape"] == [N_VAL, 1, 28, 28]
+
+
+def test_the_header_and_every_run_say_the_data_came_from_the_installed_copy(study_dir,
+                                                                          client):
+    header = next(line for line in (study_dir / "first_run.txt").read_text().splitlines()
+                  if " trials finished; " in line)
+    assert header.endswith(f"validation images from {DEBIAN_FASHION_MNIST_DIR}"), header
+    for run in runs(client, "study") + runs(client, "trial"):
+        assert run.data.tags["hpsearch.data_source"] == str(DEBIAN_FASHION_MNIST_DIR)
+        for each in client.get_run(run.info.run_id).inputs.dataset_inputs:
+            assert json.loads(each.dataset.source) == {"uri": str(DEBIAN_FASHION_MNIST_DIR)}
 
 
 def test_per_class_report_agrees_with_the_confusion_matrix(client, tmp_path):

@@ -15,9 +15,11 @@ import torch
 from hpsearch.data_utils import (
     ArraySplit,
     DataNotFoundError,
+    DataOrigin,
     get_dataset,
     get_dataset_info,
     load_dataset,
+    load_dataset_with_origin,
     loading,
     read_cifar_batch,
     read_idx_labels,
@@ -219,6 +221,85 @@ def test_cifar_batch_with_code_executing_global_is_refused(tmp_path):
         read_cifar_batch(path)
 
 
+# ------------------------------------------------------------- a named folder: used or refused
+
+
+@pytest.fixture
+def debian_copy(isolated_sources, monkeypatch):
+    """An installed copy of Fashion-MNIST that a named folder must never fall back to."""
+    folder = isolated_sources / "debian"
+    write_idx_set(folder, n_train=30)
+    debian_copy_at(monkeypatch, folder)
+    return folder
+
+
+def test_a_named_folder_is_read_and_named_as_the_origin(isolated_sources, debian_copy):
+    arrays = write_idx_set(isolated_sources / "mine" / "FashionMNIST" / "raw", n_train=12)
+    train, _, origin = load_dataset_with_origin("fashion_mnist", isolated_sources / "mine",
+                                                download=False)
+    np.testing.assert_array_equal(train.images[:, 0], arrays[0])
+    assert origin == DataOrigin(isolated_sources / "mine" / "FashionMNIST" / "raw")
+    assert origin.describe() == str(isolated_sources / "mine" / "FashionMNIST" / "raw")
+
+
+def test_without_a_named_folder_the_installed_copy_is_the_origin(isolated_sources,
+                                                                 debian_copy):
+    train, _, origin = load_dataset_with_origin("fashion_mnist", download=False)
+    assert len(train) == 30 and origin == DataOrigin(debian_copy)
+
+
+@pytest.mark.parametrize("how", ["data_dir", "env"])
+def test_a_named_folder_without_the_files_never_falls_back_to_the_installed_copy(
+        isolated_sources, debian_copy, monkeypatch, how):
+    empty = isolated_sources / "empty"
+    empty.mkdir()
+    if how == "env":
+        monkeypatch.setenv("HPSEARCH_DATA_DIR", str(empty))
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("fashion_mnist", empty if how == "data_dir" else None, download=False)
+    msg = str(err.value)
+    assert msg.startswith(f"Could not load the fashion_mnist data set from {empty}, the "
+                          "folder given with --data-dir or HPSEARCH_DATA_DIR")
+    assert "it needs train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in msg
+    assert f"{debian_copy} (" not in msg and "\n" not in msg
+
+
+def test_an_empty_named_folder_is_downloaded_into(isolated_sources, debian_copy,
+                                                  monkeypatch):
+    def fake_download(source, root):
+        write_idx_set(root / "FashionMNIST" / "raw", n_train=7)
+
+    monkeypatch.setattr(loading, "_download_with_torchvision", fake_download)
+    empty = isolated_sources / "empty"
+    empty.mkdir()
+    train, _, origin = load_dataset_with_origin("fashion_mnist", empty)
+    assert len(train) == 7  # the download, not the installed copy's 30
+    assert origin == DataOrigin(empty / "FashionMNIST" / "raw", downloaded=True,
+                                url="https://github.com/zalandoresearch/fashion-mnist")
+    assert origin.describe() == ("a download of https://github.com/zalandoresearch/"
+                                 f"fashion-mnist into {empty / 'FashionMNIST' / 'raw'}")
+
+
+@pytest.mark.parametrize("layout", ["class sub-folders", "flat"])
+def test_a_folder_of_own_images_is_refused_without_a_download(isolated_sources, debian_copy,
+                                                              monkeypatch, layout):
+    monkeypatch.setattr(loading, "_download_with_torchvision", pytest.fail)
+    mine = isolated_sources / "myimgs"
+    for i in range(4):
+        folder = mine / ("cats", "dogs")[i % 2] if layout == "class sub-folders" else mine
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.JPG").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("fashion_mnist", mine)
+    msg = str(err.value)
+    shown = "cats/0.JPG, cats/2.JPG, dogs/1.JPG" if layout == "class sub-folders" \
+        else "0.JPG, 1.JPG, 2.JPG"
+    assert msg.endswith(f"; it holds image files ({shown}, ...) instead: to train on your "
+                        "own images, pass the folder with --dataset")
+    assert msg.startswith(f"Could not load the fashion_mnist data set from {mine}")
+    assert not (mine / "FashionMNIST").exists()
+
+
 # ---------------------------------------------------------------------------- missing data
 
 
@@ -230,12 +311,27 @@ def test_missing_data_error_lists_every_place_and_how_to_provide(isolated_source
     msg = str(err.value)
     assert "fashion_mnist" in msg
     for folder in (data_dir, data_dir / "fashion-mnist", data_dir / "fashion_mnist",
-                   data_dir / "FashionMNIST" / "raw", isolated_sources / "no-debian-copy"):
+                   data_dir / "FashionMNIST" / "raw"):
         assert f"{folder} (" in msg
+    # A named folder is used or refused: the installed copy is not searched, only named.
+    debian = isolated_sources / "no-debian-copy"
+    assert f"{debian} (" not in msg
+    assert f"Without a data folder, the installed copy in {debian} is read" in msg
     assert "download=False" in msg
     assert "train-images-idx3-ubyte.gz" in msg and "t10k-labels-idx1-ubyte.gz" in msg
     assert "--data-dir" in msg and "HPSEARCH_DATA_DIR" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_missing_data_without_a_data_dir_lists_the_installed_copy_and_the_cache(
+        isolated_sources):
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("fashion_mnist", download=False)
+    msg = str(err.value)
+    cache = isolated_sources / "cache" / "hpsearch" / "data" / "FashionMNIST" / "raw"
+    for folder in (isolated_sources / "no-debian-copy", cache):
+        assert f"{folder} (does not exist)" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "--data-dir" in msg
 
 
 def test_failed_download_reason_appears_in_error(isolated_sources, monkeypatch):
@@ -445,3 +541,16 @@ def test_augment_never_flips_mnist():
     increasing, decreasing, saw_padding = flip_and_pad_stats("mnist")
     assert (increasing, decreasing) == (128, 0)
     assert saw_padding
+
+
+def test_a_failed_download_leaves_no_empty_folders_behind(isolated_sources, monkeypatch):
+    def no_network(source, root):
+        (root / "FashionMNIST" / "raw").mkdir(parents=True)  # as torchvision does first
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:")
+
+    monkeypatch.setattr(loading, "_download_with_torchvision", no_network)
+    empty = isolated_sources / "empty"
+    empty.mkdir()
+    with pytest.raises(DataNotFoundError, match=r"download into .*failed: RuntimeError"):
+        load_dataset("fashion_mnist", empty)
+    assert list(empty.iterdir()) == []

@@ -150,6 +150,23 @@ def test_in_a_log_a_line_every_few_seconds_and_none_when_quiet(monkeypatch) -> N
         assert all(line.startswith("  trial    0  epoch   1/3   batch ") for line in lines)
 
 
+def test_remaining_time_is_capped_by_the_time_left_until_the_timeout(monkeypatch) -> None:
+    study, start = optuna.create_study(), datetime(2026, 1, 1)
+    for i in range(3):  # three trials of 5 s each, as `--timeout 25` on a tiny spec
+        trial = create_trial(state=TrialState.COMPLETE, value=0.5, params={}, distributions={})
+        trial.datetime_start = start + timedelta(seconds=5 * i)
+        trial.datetime_complete = trial.datetime_start + timedelta(seconds=5)
+        study.add_trial(trial)
+    monkeypatch.setattr("hpsearch.search.progress.time.time", lambda: 1000.0)
+    stream = io.StringIO()
+    RemainingTime(target=100, jobs=1, reporter=Reporter("val_accuracy", stream=stream),
+                  deadline=1012.0)(study)
+
+    assert stream.getvalue() == (
+        "about 12 s left until --timeout (no trial starts after it); the 97 trials still to "
+        "run would take about 8 min 05 s (5 s a trial so far)\n")
+
+
 def test_remaining_time_is_said_after_three_trials_with_a_hint_past_an_hour() -> None:
     study, start = optuna.create_study(), datetime(2026, 1, 1)
     for i in range(3):  # three trials of 200 s each

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import time
 import warnings
 from typing import NoReturn
 
@@ -16,8 +18,8 @@ from hpsearch.errors import HpsearchError
 from hpsearch.redact import redact_url
 
 __all__ = ["data_dir_option", "echo_table", "exec_command", "fail", "format_option",
-           "headless", "main", "quiet_libraries", "storage_option", "tracking_uri_option",
-           "with_storage"]
+           "headless", "main", "quiet_libraries", "run_mlflow_cli", "storage_option",
+           "tracking_uri_option", "with_storage"]
 
 storage_option = click.option(
     "--storage", default="sqlite:///hpsearch.db", show_default=True, envvar="HPSEARCH_STORAGE",
@@ -76,9 +78,57 @@ def exec_command(command: list[str], env: dict[str, str]) -> NoReturn:
     os.execve(command[0], command, env)
 
 
+class _Interrupted(SystemExit):
+    """Ctrl-C in :func:`run_mlflow_cli`: a SystemExit, which click lets through (it turns a
+    KeyboardInterrupt into "Aborted!" and exit code 1)."""
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server is stopping: let it finish
+    raise _Interrupted(128 + signum)
+
+
+def run_mlflow_cli(args: list[str], env: dict[str, str], *, wait_s: float = 10.0) -> NoReturn:
+    """Run MLflow's command line (``mlflow ARGS``) in this process, with ``env`` added to
+    the environment, and exit with its exit code.
+
+    In this process, as :func:`exec_command` would: Ctrl-C and SIGTERM reach the process
+    that started MLflow's server, whose child gets them too (the terminal's Ctrl-C reaches
+    the whole process group; SIGTERM through MLflow's parent-death signal). Ctrl-C ends it
+    quietly with exit code 130 once the server has shut down (``wait_s`` seconds at most),
+    where ``mlflow`` itself prints "Aborted!" and exits with 1.
+    """
+    os.environ.update(env)
+    from mlflow.cli import cli
+
+    signal.signal(signal.SIGINT, _interrupted)
+    try:
+        cli.main(args=args, prog_name="mlflow")
+    except _Interrupted:
+        _reap_children(wait_s)
+        raise
+    sys.exit(0)  # not reached: click exits itself
+
+
+def _reap_children(wait_s: float) -> None:
+    """Wait up to ``wait_s`` seconds for this process's children to exit, so that the
+    server's last lines come before the shell's prompt."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # none left
+            return
+        if pid == 0:
+            time.sleep(0.1)
+
+
 def with_storage(storage: str, read):
     """Run ``read(storage)``, turning an unusable storage into one clear error."""
-    if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
+    from hpsearch.search.preflight import sqlite_file
+
+    path = sqlite_file(storage)
+    if path is not None and not path.exists():
         fail(f"no Optuna storage at {storage}; run `hpsearch run` first or pass --storage")
     try:
         return read(storage)

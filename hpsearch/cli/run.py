@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -18,7 +19,7 @@ from hpsearch.cli.common import (
 from hpsearch.data_utils import list_datasets
 from hpsearch.errors import HpsearchError, handle_termination_signals
 from hpsearch.redact import redact_url
-from hpsearch.studies import SpecError
+from hpsearch.studies import SpecError, load_spec
 
 
 @main.command(short_help="Search hyperparameters; track, register and resume.")
@@ -81,13 +82,19 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
     far and exits with 130 or 143; the same command again resumes the study.
     """
     quiet_libraries()
+    try:
+        # Before torch, Optuna and MLflow are imported: a hostile file is refused in a
+        # fraction of a second and in the memory of click, pydantic and PyYAML.
+        spec = load_spec(spec_path) if spec_path is not None else None
+    except SpecError as exc:
+        fail(str(exc))
     headless()
     handle_termination_signals()  # SIGTERM unwinds like Ctrl-C: the stores stay consistent
     from hpsearch.api import run as run_api
 
     try:
         summary = run_api(
-            dataset=dataset, spec=spec_path, trials=trials, epochs=epochs,
+            dataset=dataset, spec=spec, trials=trials, epochs=epochs,
             timeout_s=timeout_s, train_subset=train_subset, study_name=study_name,
             storage=storage, tracking_uri=tracking_uri, data_dir=data_dir, device=device,
             seed=seed, register_name=register_name, max_failures=max_failures,
@@ -134,14 +141,18 @@ def _print_summary(summary) -> None:
         uri = redact_url(summary.tracking_uri)  # a server's password stays in your shell
         # MLflow 3's UI opens its GenAI pages unless the URL asks for model training.
         page = f"#/experiments/{summary.experiment_id}/runs?workflowType=machine_learning"
+        # Quoted for the shell, so a line pastes as it reads: a path with a space, a model
+        # name with an accent.
+        quoted_uri, model = shlex.quote(uri), shlex.quote(reg.name)
         echo("\nnext:")
         if uri.startswith(("http://", "https://")):
             echo(f"  open {uri.rstrip('/')}/{page}   # the tracking server's UI")
         else:
-            echo(f"  hpsearch ui --tracking-uri {uri}   # then open "
+            echo(f"  hpsearch ui --tracking-uri {quoted_uri}   # then open "
                  f"http://127.0.0.1:5000/{page}")
-        echo(f"  hpsearch serve --model {reg.name} --tracking-uri {uri}   # or:")
-        echo(f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{reg.name}@champion "
-             f"--env-manager local --host 127.0.0.1 --port 5001")
+        echo(f"  hpsearch serve --model {model} --tracking-uri {quoted_uri}   # or:")
+        echo(f"  MLFLOW_TRACKING_URI={quoted_uri} mlflow models serve -m "
+             f"{shlex.quote(f'models:/{reg.name}@champion')} --env-manager local "
+             "--host 127.0.0.1 --port 5001")
 
 

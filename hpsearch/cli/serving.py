@@ -12,6 +12,7 @@ from hpsearch.cli.common import (
     fail,
     main,
     quiet_libraries,
+    run_mlflow_cli,
     tracking_uri_option,
 )
 from hpsearch.errors import HpsearchError
@@ -34,7 +35,7 @@ model_option = click.option(
 def predict(images, model, run_id, tracking_uri) -> None:
     """Classify IMAGES (PNG/JPEG files or .npy arrays) with a registered or logged model."""
     quiet_libraries()
-    from hpsearch.search.preflight import check_reachable
+    from hpsearch.search.preflight import check_tracking_store
     from hpsearch.serving.predict import predict_files
     from hpsearch.serving.uris import champion_model, model_uri
     from hpsearch.tracking.provenance import resolve_tracking_uri
@@ -44,8 +45,7 @@ def predict(images, model, run_id, tracking_uri) -> None:
         if missing:
             raise HpsearchError(f"no such file: {', '.join(missing)}")
         tracking = resolve_tracking_uri(tracking_uri)
-        if tracking.startswith(("http://", "https://")):
-            check_reachable(tracking)
+        check_tracking_store(tracking)
         uri = model_uri(model or (None if run_id else champion_model(tracking)), run_id)
         predictions = predict_files(list(images), uri, tracking)
     except HpsearchError as exc:
@@ -77,29 +77,27 @@ def serve(model, host, port, tracking_uri) -> None:
     quiet_libraries()
     import mlflow
 
-    from hpsearch.search.preflight import check_reachable
+    from hpsearch.search.preflight import check_tracking_store
     from hpsearch.serving.uris import champion_model, check_registered, model_uri
     from hpsearch.tracking.provenance import resolve_tracking_uri
 
     tracking = resolve_tracking_uri(tracking_uri)
     try:
-        if tracking.startswith(("http://", "https://")):
-            check_reachable(tracking)
+        check_tracking_store(tracking)
         uri = model_uri(model or champion_model(tracking))
         check_registered(uri, tracking)
     except HpsearchError as exc:
         fail(str(exc))
-    bin_dir = os.path.dirname(sys.executable)
-    env = os.environ | {
+    env = {
         "MLFLOW_TRACKING_URI": tracking,
         # mlflow models serve execs uvicorn from PATH: this interpreter's must come first.
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     }
-    command = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", uri,
-               "--env-manager", "local", "--host", host, "--port", str(port)]
     click.echo(f"serving {uri} from {redact_url(tracking)} on "
                f"http://{host}:{port}/invocations (mlflow {mlflow.__version__})", err=True)
-    exec_command(command, env)
+    sys.stderr.flush()
+    run_mlflow_cli(["models", "serve", "-m", uri, "--env-manager", "local", "--host", host,
+                    "--port", str(port)], env)
 
 
 @main.command(short_help="Start the MLflow UI on the tracking store.")
@@ -110,11 +108,16 @@ def serve(model, host, port, tracking_uri) -> None:
 def ui(tracking_uri, host, port, workers) -> None:
     """Start the MLflow UI on the tracking store."""
     quiet_libraries()
+    from hpsearch.search.preflight import check_sqlite_store
     from hpsearch.tracking.provenance import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         fail(f"{redact_url(uri)} is a tracking server: open it in a browser, it is the UI")
+    try:
+        check_sqlite_store(uri, "tracking store", "--tracking-uri")
+    except HpsearchError as exc:
+        fail(str(exc))
     command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "ui",
                "--backend-store-uri", uri, "--host", host, "--port", str(port),
                "--workers", str(workers)]
@@ -125,6 +128,10 @@ def ui(tracking_uri, host, port, workers) -> None:
         # The UI needs none of MLflow's background job runners (GenAI scorers): 7 processes
         # less; and its server's deprecation warnings are for MLflow's developers.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "PYTHONWARNINGS": "ignore::DeprecationWarning",
+        # MLflow's FastAPI app imports starlette.middleware.wsgi, which Starlette deprecates
+        # with a UserWarning of its own (StarletteDeprecationWarning, which a category
+        # filter cannot name here: -W imports no module), so it is matched by its message.
+        "PYTHONWARNINGS": "ignore::DeprecationWarning,"
+                          "ignore:starlette.middleware.wsgi is deprecated",
     }
     exec_command(command, env)

@@ -16,8 +16,10 @@ from hpsearch.data_utils.formats import (
 from hpsearch.data_utils.loading import (
     DATA_DIR_ENV_VAR,
     DataNotFoundError,
+    DataOrigin,
     default_data_dir,
     load_dataset,
+    load_dataset_with_origin,
 )
 from hpsearch.data_utils.registry import (
     DatasetInfo,
@@ -34,6 +36,7 @@ __all__ = [
     "ArraySplit",
     "DataFileError",
     "DataNotFoundError",
+    "DataOrigin",
     "DatasetInfo",
     "DatasetSource",
     "default_data_dir",
@@ -41,6 +44,7 @@ __all__ = [
     "get_dataset_info",
     "list_datasets",
     "load_dataset",
+    "load_dataset_with_origin",
     "read_cifar_batch",
     "read_idx_images",
     "read_idx_labels",

@@ -121,18 +121,22 @@ class Reporter:
 
 class RemainingTime:
     """Says how long the study has left: after its 3rd finished trial, then every 10th.
-    Past an hour it suggests ``--timeout`` or the README's smaller budget for a CPU.
+    Past an hour it suggests ``--timeout`` or the README's smaller budget for a CPU. With a
+    ``--timeout`` that comes first, it says the time until then instead.
 
     Args:
         target: the study's target number of finished trials.
         jobs: trials run at once.
         reporter: where to say it.
+        deadline: ``time.time()`` after which no new trial starts (``--timeout``), or None.
     """
 
     FIRST, EVERY = 3, 10
 
-    def __init__(self, *, target: int, jobs: int, reporter: Reporter) -> None:
+    def __init__(self, *, target: int, jobs: int, reporter: Reporter,
+                 deadline: float | None = None) -> None:
         self.target, self.jobs, self.reporter = target, jobs, reporter
+        self.deadline = deadline
         self.said_at = 0
 
     def __call__(self, study: optuna.Study, *_: object) -> None:
@@ -147,6 +151,14 @@ class RemainingTime:
         per_trial = sum((t.datetime_complete - t.datetime_start).total_seconds()
                         for t in finished) / n
         left = per_trial * remaining / self.jobs
+        until_timeout = None if self.deadline is None else max(0.0,
+                                                                self.deadline - time.time())
+        if until_timeout is not None and until_timeout < left:
+            self.reporter.say(
+                f"about {format_seconds(until_timeout)} left until --timeout (no trial "
+                f"starts after it); the {remaining} trials still to run would take about "
+                f"{format_seconds(left)} ({format_seconds(per_trial)} a trial so far)")
+            return
         line = (f"about {format_seconds(left)} left for the {remaining} trials still to run "
                 f"({format_seconds(per_trial)} a trial so far)")
         if left > 3600:

@@ -21,8 +21,9 @@ from hpsearch.data_utils import (
     ArraySplit,
     DataFileError,
     DataNotFoundError,
+    DataOrigin,
     get_dataset_info,
-    load_dataset,
+    load_dataset_with_origin,
     split_train_val,
 )
 from hpsearch.errors import HpsearchError, check_interrupted
@@ -56,15 +57,16 @@ from hpsearch.training.device import autocast_dtype, device_name, resolve_device
 __all__ = ["StudyRunner", "default_jobs", "load_data"]
 
 
-def load_data(dataset: str, data_dir: str | None) -> tuple[ArraySplit, ArraySplit]:
-    """The data set's official (train, test) splits.
+def load_data(dataset: str,
+              data_dir: str | None) -> tuple[ArraySplit, ArraySplit, DataOrigin]:
+    """The data set's official (train, test) splits, and where their files were read.
 
     Raises:
         HpsearchError: the files are missing, or present but unusable (the message names
             the file and what is wrong).
     """
     try:
-        return load_dataset(dataset, data_dir)
+        return load_dataset_with_origin(dataset, data_dir)
     except (DataNotFoundError, DataFileError, pickle.UnpicklingError) as exc:
         raise HpsearchError(str(exc)) from None
 
@@ -85,6 +87,7 @@ class StudyRunner:
     lock: StudyLock
     reporter: Reporter
     config: RunConfig | None = None
+    data_origin: DataOrigin | None = None  # where the data set's files were read
 
     @classmethod
     def open(cls, config: RunConfig, reporter: Reporter) -> StudyRunner:
@@ -96,18 +99,18 @@ class StudyRunner:
                 written.
         """
         device = resolve_device(config.device, deterministic=config.deterministic)
-        train, test = load_data(config.spec.dataset, config.data_dir)
+        tracking_uri = resolve_tracking_uri(config.tracking_uri)
+        preflight(config.storage, tracking_uri)  # in a second: before reading the data set
+        train, test, origin = load_data(config.spec.dataset, config.data_dir)
         train, val = split_train_val(train, val_fraction=config.spec.val_fraction,
                                      seed=config.seed, train_subset=config.train_subset)
         data = TrialData(info=get_dataset_info(config.spec.dataset), train=train, val=val)
-        tracking_uri = resolve_tracking_uri(config.tracking_uri)
-        preflight(config.storage, tracking_uri)
         with schema_lock(config.storage, tracking_uri):
             study = open_study(config, tracking_uri)
             tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
         return cls(study=study, tracker=tracker, device=device, data=data, test=test,
                    lock=StudyLock(config.storage, config.study_name), reporter=reporter,
-                   config=config)
+                   config=config, data_origin=origin)
 
     @classmethod
     def open_existing(cls, *, study_name: str, storage: str, tracking_uri: str | None,
@@ -124,9 +127,10 @@ class StudyRunner:
         study = load_existing_study(study_name, storage)
         tracker = StudyTracker(tracking_uri=tracking_uri, study_name=study_name)
         dataset = study.user_attrs.get("hpsearch.dataset") or _dataset_from_runs(tracker)
-        _, test = load_data(dataset, data_dir)
+        _, test, origin = load_data(dataset, data_dir)
         return cls(study=study, tracker=tracker, device=torch_device, data=None, test=test,
-                   lock=StudyLock(storage, study_name), reporter=reporter)
+                   lock=StudyLock(storage, study_name), reporter=reporter,
+                   data_origin=origin)
 
     @property
     def dataset(self) -> str:
@@ -143,8 +147,7 @@ class StudyRunner:
                       "register_name": register_name}
             spec_yaml = None
         self.tracker.start_parent(params=params, spec_yaml=spec_yaml, role=role,
-                                  run_tags=provenance_tags(self.device, self._seed),
-                                  inputs=self._inputs())
+                                  run_tags=self._run_tags(), inputs=self._inputs())
         if role == "study":
             log_data_report(self.tracker.client, self.tracker.parent_run_id,
                             {"training": self.data.train, "validation": self.data.val,
@@ -152,8 +155,7 @@ class StudyRunner:
 
     def attach_parent(self, parent_run_id: str) -> None:
         """Nest this worker's trial runs under the coordinator's parent run (``--jobs``)."""
-        self.tracker.attach_parent(parent_run_id,
-                                   run_tags=provenance_tags(self.device, self._seed),
+        self.tracker.attach_parent(parent_run_id, run_tags=self._run_tags(),
                                    inputs=self._inputs())
 
     def work(self, summary: StudySummary, *, deadline: float | None,
@@ -184,7 +186,8 @@ class StudyRunner:
                      FailureGuard(config.max_consecutive_failures, summary)]
         if refresh_reports:  # this is the study's only process
             callbacks += [ReportRefresher(self.tracker, study, self.reporter),
-                          RemainingTime(target=config.trials, jobs=1, reporter=self.reporter)]
+                          RemainingTime(target=config.trials, jobs=1, reporter=self.reporter,
+                                        deadline=deadline)]
 
         def start_trial(trial: optuna.Trial) -> float:
             lock.release()  # the trial holds its slot now: RUNNING in the storage
@@ -239,11 +242,18 @@ class StudyRunner:
     def _seed(self) -> int:
         return self.config.seed if self.config else 0
 
+    def _run_tags(self) -> dict[str, str]:
+        tags = provenance_tags(self.device, self._seed)
+        if self.data_origin is not None:
+            tags["hpsearch.data_source"] = self.data_origin.describe()
+        return tags
+
     def _inputs(self) -> list:
         if self.data is None:
             return []
+        source = str(self.data_origin.folder) if self.data_origin is not None else None
         return dataset_inputs({"training": self.data.train, "validation": self.data.val},
-                              self.dataset)
+                              self.dataset, source=source)
 
     def _run_params(self) -> dict[str, object]:
         config = self.config

@@ -74,12 +74,13 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
     summary = StudySummary(study_name=config.study_name, tracking_uri=tracker.tracking_uri,
                            metric=config.spec.metric, experiment_id=tracker.experiment_id)
     missing = config.trials - count_trials(study, *FINISHED_STATES)
+    origin = f" from {runner.data_origin.describe()}" if runner.data_origin else ""
     workers = (f" in {config.jobs} worker processes"
                f"{gpu_sharing_note(runner.device, config.jobs)}" if config.jobs > 1 else "")
     reporter.say(f"study {config.study_name!r}: {config.trials - missing} of {config.trials} "
                  f"trials finished; {max(missing, 0)} to run on {device_name(runner.device)}"
                  f"{workers}; {len(runner.data.train)} training / {len(runner.data.val)} "
-                 "validation images")
+                 f"validation images{origin}")
     runner.start_parent()
     deadline = None if config.timeout_s is None else time.time() + config.timeout_s
     status = "FAILED"
@@ -88,7 +89,8 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
             from hpsearch.search.workers import run_workers
 
             refresh = ReportRefresher(tracker, study, reporter)
-            remaining = RemainingTime(target=config.trials, jobs=config.jobs, reporter=reporter)
+            remaining = RemainingTime(target=config.trials, jobs=config.jobs, reporter=reporter,
+                                      deadline=deadline)
             summary.stop_reason, summary.exit_code = run_workers(
                 config, jobs=config.jobs, parent_run_id=tracker.parent_run_id,
                 deadline=deadline, reporter=reporter,

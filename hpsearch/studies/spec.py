@@ -41,6 +41,7 @@ from hpsearch.studies.components import (
     keyword_arguments,
 )
 from hpsearch.studies.file import METRICS, SpecFile, build_space, reason_of
+from hpsearch.studies.limits import MAX_SPEC_BYTES, SpecLoader, SpecTooLarge
 from hpsearch.studies.space import ParamSpec, check_space, enqueue_names, sample
 
 __all__ = ["SpecError", "StudySpec", "builtin_spec_names", "builtin_spec_text",
@@ -48,11 +49,23 @@ __all__ = ["SpecError", "StudySpec", "builtin_spec_names", "builtin_spec_text",
 
 
 class SpecError(ValueError):
-    """A study spec that cannot be used; the message names the file, key and reason."""
+    """A study spec that cannot be used; the message names the file, key and reason.
+
+    A key or value holding anything but printable ASCII is shown with Python's escapes
+    (``'search_space.b\\u0430tch_size'``): a Cyrillic letter or a non-breaking space
+    would otherwise print as the key it imitates. ``key`` and ``reason`` keep the text.
+    """
 
     def __init__(self, source: str, key: str, reason: str) -> None:
-        super().__init__(f"{source}: {key}: {reason}")
+        shown_key = key if _plain(key) else ascii(key)
+        shown_reason = reason if _plain(reason) else reason.encode(
+            "ascii", "backslashreplace").decode()
+        super().__init__(f"{source}: {shown_key}: {shown_reason}")
         self.source, self.key, self.reason = source, key, reason
+
+
+def _plain(text: str) -> bool:
+    return text.isascii() and text.isprintable()
 
 
 @dataclass(frozen=True)
@@ -161,17 +174,39 @@ def load_builtin_spec(name: str) -> StudySpec:
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    """Load and validate a user's spec file.
+    """Load and validate a user's spec file, in bounded time and memory whatever it holds
+    (see :mod:`hpsearch.studies.limits`).
 
     Raises:
-        SpecError: the file is missing, is not YAML, or fails validation.
+        SpecError: the file is missing or unreadable, larger than 256 KiB, not UTF-8 text,
+            not YAML, larger than :data:`~hpsearch.studies.limits.MAX_SPEC_NODES` values
+            once its aliases are expanded, or fails validation.
     """
     path = Path(path)
+    source = str(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:  # refused before a byte is read
+            raise SpecError(source, "<file>", _too_big(size))
+        with path.open("rb") as file:
+            # Never more than the limit: /dev/zero, a pipe or a growing file has no real size.
+            data = file.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
-        raise SpecError(str(path), "<file>", f"cannot be read ({exc.strerror})") from None
-    return _parse(text, str(path))
+        raise SpecError(source, "<file>", f"cannot be read ({exc.strerror})") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(source, "<file>", _too_big(None))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(source, "<file>", f"not UTF-8 text (byte {exc.start} is "
+                                          f"{data[exc.start]:#04x})") from None
+    return _parse(text, source)
+
+
+def _too_big(size: int | None) -> str:
+    what = f"{size:,} bytes" if size is not None else f"more than {MAX_SPEC_BYTES:,} bytes"
+    return (f"is {what}; a spec file is at most {MAX_SPEC_BYTES:,} bytes (256 KiB; the "
+            "built-in ones are 1 to 4 KB)")
 
 
 def spec_schema() -> dict[str, Any]:
@@ -191,11 +226,16 @@ def spec_schema() -> dict[str, Any]:
 
 def _parse(text: str, source: str) -> StudySpec:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=SpecLoader)
+    except SpecTooLarge as exc:
+        raise SpecError(source, "<file>", str(exc)) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         raise SpecError(source, "<file>", f"not valid YAML{line}") from None
+    except ValueError as exc:  # an integer of more than 4300 digits (sys.int_info)
+        raise SpecError(source, "<file>", f"holds a value Python cannot read: "
+                                          f"{str(exc).split(';')[0]}") from None
     if not isinstance(raw, dict):
         raise SpecError(source, "<file>", "must be a YAML mapping of settings")
     return _validate(raw, source)

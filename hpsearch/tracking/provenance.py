@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -52,12 +53,24 @@ def _git_commit(directory: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def dataset_inputs(splits: Mapping[str, Any], name: str) -> list[DatasetInput]:
-    """MLflow dataset inputs (name, digest, size) for ``{context: ArraySplit}``."""
+def dataset_inputs(splits: Mapping[str, Any], name: str,
+                   source: str | None = None) -> list[DatasetInput]:
+    """MLflow dataset inputs (name, digest, size, source) for ``{context: ArraySplit}``.
+
+    Args:
+        splits: ``{"training": ArraySplit, ...}``.
+        name: the data set's name; each input is called ``NAME-CONTEXT``.
+        source: the folder its files were read from (MLflow records a local source), or
+            None for MLflow's default (the code that logged it).
+    """
     inputs = []
     for context, split in splits.items():
-        dataset = mlflow.data.from_numpy(features=split.images, targets=split.labels,
-                                         name=f"{name}-{context}")
+        with warnings.catch_warnings():
+            # MLflow registers its local artifact source twice, and says so on every call.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be "
+                                                      "interpreted in multiple ways")
+            dataset = mlflow.data.from_numpy(features=split.images, targets=split.labels,
+                                             name=f"{name}-{context}", source=source)
         inputs.append(DatasetInput(dataset._to_mlflow_entity(),
                                    tags=[InputTag("mlflow.data.context", context)]))
     return inputs
