@@ -42,11 +42,12 @@ def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = browser.new_page(viewport={"width": 1600, "height": 1100})
         # The URL hpsearch prints: MLflow 3's UI shows model training only when asked to.
         page.goto(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
         page.get_by_text("matching runs").wait_for(timeout=60_000)
         _close_assistant(page)
+        _check_model_training_view(page)
         # The "+" before a parent run's name shows its nested (trial) runs.
         page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
         page.get_by_text(re.compile(r"^trial-\d{4}$")).first.wait_for(timeout=30_000)
@@ -63,6 +64,7 @@ def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
                   "confusion_matrix.png?workflowType=machine_learning")
         page.get_by_text("confusion_matrix.json").wait_for(timeout=60_000)
         _close_assistant(page)
+        _check_model_training_view(page)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(out / "ui_trial_artifacts.png"))
         browser.close()
@@ -74,6 +76,15 @@ def _close_assistant(page) -> None:
     if close.count():
         close.first.click()
         page.wait_for_timeout(500)
+
+
+def _check_model_training_view(page) -> None:
+    """Refuse to take a screenshot of MLflow's GenAI view (its side bar lists "Evaluation
+    runs" and no "Model registry"): the docs promise the model-training view."""
+    genai = page.get_by_text("Evaluation runs", exact=True)
+    page.get_by_text("Model registry", exact=True).or_(genai).first.wait_for(timeout=30_000)
+    if genai.count():
+        raise SystemExit(f"{page.url} shows MLflow's GenAI view, not model training")
 
 
 def main() -> None:
