@@ -42,7 +42,9 @@ def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1100})
+        # Runs tables are short (the parent run and a screenful of trials); a confusion matrix
+        # needs the height.
+        page = browser.new_page(viewport={"width": 1600, "height": 720})
         # The URL hpsearch prints: MLflow 3's UI shows model training only when asked to.
         page.goto(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
         page.get_by_text("matching runs").wait_for(timeout=60_000)
@@ -60,6 +62,7 @@ def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
             search.press("Enter")
             page.wait_for_timeout(3000)
             page.screenshot(path=str(out / "ui_best_trials.png"))
+        page.set_viewport_size({"width": 1600, "height": 1100})
         page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/"
                   "confusion_matrix.png?workflowType=machine_learning")
         page.get_by_text("confusion_matrix.json").wait_for(timeout=60_000)
