@@ -5,7 +5,10 @@
 STUDY_DIR holds the study's ``mlflow.db`` (and ``mlruns/``), as ``hpsearch run`` leaves them
 in its working directory. The script starts ``mlflow ui`` on a free loopback port, then
 saves ``ui_experiment.png`` (the experiment page: parent run and its nested trial runs) and
-``ui_trial_artifacts.png`` (the best trial's artifacts) in --out. Needs Debian's
+``ui_trial_artifacts.png`` (the best trial's artifacts) in --out, and with --best-trials
+``ui_best_trials.png`` (the runs tagged ``hpsearch.best_so_far``). Every page is MLflow's
+model-training view, the one ``hpsearch ui`` prints the address of; the script stops rather
+than take a screenshot of the GenAI view. Needs Debian's
 ``chromium`` (``apt-get install chromium``) and the ``playwright`` Python package (which
 drives it; ``pip install playwright``, no browser download).
 """
@@ -18,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -51,16 +55,28 @@ def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
         _close_assistant(page)
         _check_model_training_view(page)
         # The "+" before a parent run's name shows its nested (trial) runs.
-        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+        # (The rows come after the count: seconds later for hundreds of runs on a busy machine.)
+        page.locator("button[data-component-id*='runnamecellrenderer']").first.click(
+            timeout=90_000)
         page.get_by_text(re.compile(r"^trial-\d{4}$")).first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "ui_experiment.png"))
         if best_filter:
-            # The trials that were the best when they finished: findable among hundreds.
-            search = page.get_by_placeholder('metrics.rmse < 1 and params.model = "tree"')
-            search.fill(best_filter)
-            search.press("Enter")
-            page.wait_for_timeout(3000)
+            # The trials that were the best when they finished: findable among hundreds. A
+            # fresh page (a new tab: a changed hash alone would keep the unfiltered rows for a
+            # while) shows every parent run the filter keeps collapsed: expand each.
+            page = browser.new_page(viewport={"width": 1600, "height": 720})
+            page.goto(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                      f"&searchFilter={urllib.parse.quote(best_filter)}")
+            page.get_by_text("matching runs").wait_for(timeout=60_000)
+            _close_assistant(page)
+            _check_model_training_view(page)
+            expanders = page.locator("button[data-component-id*='runnamecellrenderer']")
+            expanders.first.wait_for(timeout=90_000)
+            for i in range(expanders.count()):
+                expanders.nth(i).click()
+            page.get_by_text(re.compile(r"^trial-\d{4}$")).first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1500)
             page.screenshot(path=str(out / "ui_best_trials.png"))
         page.set_viewport_size({"width": 1600, "height": 1100})
         page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/"
@@ -128,7 +144,9 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"wrote {args.out / 'ui_experiment.png'} and {args.out / 'ui_trial_artifacts.png'}")
+    names = ["ui_experiment.png", "ui_trial_artifacts.png"] + (
+        ["ui_best_trials.png"] if args.best_trials else [])
+    print("wrote " + ", ".join(str(args.out / name) for name in names))
 
 
 if __name__ == "__main__":
