@@ -5,7 +5,10 @@
 STUDY_DIR holds the study's ``mlflow.db`` (and ``mlruns/``), as ``hpsearch run`` leaves them
 in its working directory. The script starts ``mlflow ui`` on a free loopback port, then
 saves ``ui_experiment.png`` (the experiment page: parent run and its nested trial runs) and
-``ui_trial_artifacts.png`` (the best trial's artifacts) in --out. Needs Debian's
+``ui_trial_artifacts.png`` (the best trial's artifacts) in --out, and with --best-trials
+``ui_best_trials.png`` (the runs tagged ``hpsearch.best_so_far``). Every page is MLflow's
+model-training view, the one ``hpsearch ui`` prints the address of; the script stops rather
+than take a screenshot of the GenAI view. Needs Debian's
 ``chromium`` (``apt-get install chromium``) and the ``playwright`` Python package (which
 drives it; ``pip install playwright``, no browser download).
 """
@@ -18,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -42,27 +46,44 @@ def screenshots(base: str, experiment_id: str, run_id: str, out: Path, *,
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # Runs tables are short (the parent run and a screenful of trials); a confusion matrix
+        # needs the height.
+        page = browser.new_page(viewport={"width": 1600, "height": 720})
         # The URL hpsearch prints: MLflow 3's UI shows model training only when asked to.
         page.goto(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
         page.get_by_text("matching runs").wait_for(timeout=60_000)
         _close_assistant(page)
+        _check_model_training_view(page)
         # The "+" before a parent run's name shows its nested (trial) runs.
-        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+        # (The rows come after the count: seconds later for hundreds of runs on a busy machine.)
+        page.locator("button[data-component-id*='runnamecellrenderer']").first.click(
+            timeout=90_000)
         page.get_by_text(re.compile(r"^trial-\d{4}$")).first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "ui_experiment.png"))
         if best_filter:
-            # The trials that were the best when they finished: findable among hundreds.
-            search = page.get_by_placeholder('metrics.rmse < 1 and params.model = "tree"')
-            search.fill(best_filter)
-            search.press("Enter")
-            page.wait_for_timeout(3000)
+            # The trials that were the best when they finished: findable among hundreds. A
+            # fresh page (a new tab: a changed hash alone would keep the unfiltered rows for a
+            # while) shows every parent run the filter keeps collapsed: expand each.
+            page = browser.new_page(viewport={"width": 1600, "height": 720})
+            page.goto(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                      f"&searchFilter={urllib.parse.quote(best_filter)}")
+            page.get_by_text("matching runs").wait_for(timeout=60_000)
+            _close_assistant(page)
+            _check_model_training_view(page)
+            expanders = page.locator("button[data-component-id*='runnamecellrenderer']")
+            expanders.first.wait_for(timeout=90_000)
+            for i in range(expanders.count()):
+                expanders.nth(i).click()
+            page.get_by_text(re.compile(r"^trial-\d{4}$")).first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1500)
             page.screenshot(path=str(out / "ui_best_trials.png"))
+        page.set_viewport_size({"width": 1600, "height": 1100})
         page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/"
                   "confusion_matrix.png?workflowType=machine_learning")
         page.get_by_text("confusion_matrix.json").wait_for(timeout=60_000)
         _close_assistant(page)
+        _check_model_training_view(page)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(out / "ui_trial_artifacts.png"))
         browser.close()
@@ -74,6 +95,15 @@ def _close_assistant(page) -> None:
     if close.count():
         close.first.click()
         page.wait_for_timeout(500)
+
+
+def _check_model_training_view(page) -> None:
+    """Refuse to take a screenshot of MLflow's GenAI view (its side bar lists "Evaluation
+    runs" and no "Model registry"): the docs promise the model-training view."""
+    genai = page.get_by_text("Evaluation runs", exact=True)
+    page.get_by_text("Model registry", exact=True).or_(genai).first.wait_for(timeout=30_000)
+    if genai.count():
+        raise SystemExit(f"{page.url} shows MLflow's GenAI view, not model training")
 
 
 def main() -> None:
@@ -114,7 +144,9 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"wrote {args.out / 'ui_experiment.png'} and {args.out / 'ui_trial_artifacts.png'}")
+    names = ["ui_experiment.png", "ui_trial_artifacts.png"] + (
+        ["ui_best_trials.png"] if args.best_trials else [])
+    print("wrote " + ", ".join(str(args.out / name) for name in names))
 
 
 if __name__ == "__main__":
