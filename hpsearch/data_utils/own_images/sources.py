@@ -1,0 +1,253 @@
+"""A path given as a data set: what it lists, from the file system alone (``stat``, no image
+decoding), and the digest that keys the cache on it.
+
+Two forms:
+
+- a folder with one sub-folder per class (torchvision ``ImageFolder``'s rule: class names are
+  the sorted sub-folder names, files found recursively below each), optionally split at the
+  top into ``train/``, ``val/`` (or ``validation/``) and ``test/`` folders that each hold the
+  class folders;
+- a CSV or JSONL manifest (see :mod:`.manifests`).
+
+Where this differs from torchvision, on purpose: names starting with ``.`` are ignored (the
+``.ipynb_checkpoints`` folder is not a class, ``._photo.jpg`` from macOS is not a photo); a
+class folder without any image is reported and ignored instead of failing; ``.gif`` counts as
+an image; a symlink that leads back to a folder being walked is skipped as a loop (os.walk
+would follow it until the path is too long, listing each file dozens of times).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from hpsearch.data_utils.own_images.manifests import scan_manifest
+from hpsearch.data_utils.own_images.records import (
+    IMAGE_EXTENSIONS,
+    MANIFEST_SUFFIXES,
+    SPLIT_FOLDERS,
+    SPLITS,
+    ImageDataError,
+    SkippedFile,
+    Source,
+    os_reason,
+)
+
+__all__ = ["IMAGE_EXTENSIONS", "SPLITS", "ImageDataError", "SkippedFile", "Source",
+           "dataset_display_name", "is_path_dataset", "resolve_dataset", "scan_source"]
+
+def is_path_dataset(name: str | os.PathLike[str]) -> bool:
+    """Whether ``name`` is taken as a path: it is not a registered data set name and a file
+    or folder of that name exists (a registered name always wins)."""
+    from hpsearch.data_utils.registry import list_datasets
+
+    return str(name) not in list_datasets() and Path(name).expanduser().exists()
+
+
+def resolve_dataset(name: str | os.PathLike[str]) -> str | Path:
+    """A registered data set's name, or the absolute path ``name`` points at.
+
+    Raises:
+        ValueError: ``name`` is neither registered nor an existing path; the message lists
+            the registered names and says that a path must exist.
+    """
+    from hpsearch.data_utils.registry import list_datasets
+
+    registered = list_datasets()
+    if str(name) in registered:
+        return str(name)
+    path = Path(name).expanduser()
+    if path.exists():
+        return path.resolve()
+    raise ValueError(f"unknown dataset {str(name)!r}: not a registered data set (one of "
+                     f"{', '.join(registered)}) and no file or folder of that name exists; "
+                     "a folder of images or a .csv/.jsonl manifest must exist")
+
+
+def dataset_display_name(path: str | os.PathLike[str]) -> str:
+    """A data set path's short name: the folder's base name, or the manifest's without its
+    suffix (``./photos`` -> ``photos``, ``data/labels.csv`` -> ``labels``); never the whole
+    path (a default study name)."""
+    resolved = Path(path).expanduser().resolve()
+    return resolved.stem if resolved.is_file() else resolved.name
+
+
+def scan_source(path: str | os.PathLike[str], *, path_column: str = "path",
+                label_column: str = "label", split_column: str | None = "split") -> Source:
+    """List a folder or manifest's image files with their labels, splits, sizes and times.
+
+    Class names are the sorted class folder names, or the sorted labels of a manifest (by
+    number when every label is a whole number, so labels 0..9 keep their order).
+
+    Args:
+        path: a folder (one sub-folder per class, optionally under ``train/``, ``val/``,
+            ``test/``) or a ``.csv`` / ``.jsonl`` manifest.
+        path_column, label_column, split_column: a manifest's column (JSONL: key) names; an
+            absent split column means no split is given.
+
+    Returns:
+        The :class:`Source`, its ``digest`` set.
+
+    Raises:
+        ImageDataError: the path does not exist, is neither a folder nor a manifest, or
+            lists no usable image, fewer than two classes, or (manifest) lacks a column.
+    """
+    root = Path(path).expanduser().absolute()
+    if not root.exists():
+        raise ImageDataError(f"{root}: does not exist")
+    if root.is_dir():
+        source = _scan_folder(root)
+    elif root.suffix.lower() in MANIFEST_SUFFIXES:
+        source = scan_manifest(root, path_column=path_column, label_column=label_column,
+                               split_column=split_column)
+    else:
+        raise ImageDataError(f"{root}: neither a folder of images nor a manifest (a .csv or "
+                             ".jsonl file)")
+    _check_usable(source)
+    return _with_digest(source)
+
+
+def _check_usable(source: Source) -> None:
+    if not source.files:
+        where = ("no image files (looked for " + ", ".join(IMAGE_EXTENSIONS) + ")"
+                 if source.kind == "folder" else "no usable rows")
+        found = len(source.skipped) + source.ignored
+        raise ImageDataError(f"{source.path}: {where}"
+                             + (f"; {found} other files skipped or ignored" if found else ""))
+    if len(source.class_names) < 2:
+        raise ImageDataError(
+            f"{source.path}: only one class ({source.class_names[0]!r}); a classifier needs at "
+            "least two" + (" (one sub-folder per class)" if source.kind == "folder" else ""))
+
+
+def _with_digest(source: Source) -> Source:
+    """The digest of everything that decides the cache's content except the settings: each
+    file's name, size and modification time, its label (by name) and given split."""
+    digest = hashlib.sha256(f"{source.kind}\n".encode())
+    for name, size, mtime, label, split in zip(source.names, source.sizes, source.mtimes,
+                                               source.labels, source.splits):
+        line = f"{name}\t{size}\t{mtime}\t{source.class_names[label]}\t{split}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    object.__setattr__(source, "digest", digest.hexdigest())
+    return source
+
+
+def _scan_folder(root: Path) -> Source:
+    folders = _visible_folders(root)
+    split_folders = {name for name in folders if name in SPLIT_FOLDERS}
+    if "train" in split_folders:
+        others = sorted(set(folders) - split_folders)
+        if others:
+            raise ImageDataError(f"{root}: holds split folders (train/ ...) and other folders "
+                                 f"({', '.join(o + '/' for o in others)}); put class folders "
+                                 "inside train/, val/ and test/ only")
+        if {"val", "validation"} <= split_folders:
+            raise ImageDataError(f"{root}: holds both val/ and validation/; keep one")
+        parts = [(root / name, name + "/", SPLIT_FOLDERS[name]) for name in sorted(folders)]
+    else:
+        parts = [(root, "", -1)]
+    walker = _Walker(root)
+    per_class: dict[str, list[tuple[str, str, int]]] = {}
+    for folder, _prefix, split in parts:
+        walker.loose_files(folder)
+        for name in _visible_folders(folder):
+            found = walker.images(folder / name)
+            per_class.setdefault(name, []).extend((path, rel, split) for path, rel in found)
+    empty = sorted(name for name, found in per_class.items() if not found)
+    walker.skipped += [SkippedFile(f"{name}/", "class folder holds no image: not a class")
+                       for name in empty]
+    class_names = tuple(sorted(name for name, found in per_class.items() if found))
+    rows = sorted((rel, path, index, split) for index, name in enumerate(class_names)
+                  for path, rel, split in per_class[name])
+    stats = walker.stats
+    return Source(
+        path=root, kind="folder", class_names=class_names,
+        files=tuple(r[1] for r in rows), names=tuple(r[0] for r in rows),
+        labels=tuple(r[2] for r in rows), splits=tuple(r[3] for r in rows),
+        sizes=tuple(stats[r[1]][0] for r in rows), mtimes=tuple(stats[r[1]][1] for r in rows),
+        skipped=tuple(walker.skipped), ignored=walker.ignored,
+        split_origin="folders" if parts[0][2] >= 0 else "")
+
+
+def _visible_folders(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".") and _is_dir(e))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+class _Walker:
+    """Walks class folders (following symlinks, skipping loops), collecting image files with
+    their ``stat`` and what it skipped or ignored on the way."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.skipped: list[SkippedFile] = []
+        self.ignored = 0
+        self.stats: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns)
+
+    def loose_files(self, folder: Path) -> None:
+        """Files directly in the root or a split folder belong to no class."""
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or _is_dir(entry):
+                    continue
+                if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    self.skipped.append(SkippedFile(self._rel(entry.path),
+                                                    "not inside a class folder"))
+                else:
+                    self.ignored += 1
+
+    def images(self, folder: Path) -> list[tuple[str, str]]:
+        """(path, path relative to the root) of every image file below ``folder``."""
+        found: list[tuple[str, str]] = []
+        self._walk(str(folder), [_identity(folder)], found)
+        return found
+
+    def _walk(self, folder: str, ancestors: list[tuple[int, int]],
+              found: list[tuple[str, str]]) -> None:
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as exc:
+            self.skipped.append(SkippedFile(self._rel(folder) + "/", os_reason(exc)))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                self.ignored += 1
+                continue
+            try:
+                st = entry.stat()  # follows symlinks
+            except OSError as exc:
+                self.skipped.append(SkippedFile(self._rel(entry.path), os_reason(exc)))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                identity = (st.st_dev, st.st_ino)
+                if identity in ancestors:
+                    self.skipped.append(SkippedFile(self._rel(entry.path) + "/",
+                                                    "symlink loop: leads back to a folder "
+                                                    "above it"))
+                else:
+                    self._walk(entry.path, [*ancestors, identity], found)
+            elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                self.ignored += 1
+            elif not stat.S_ISREG(st.st_mode):
+                self.skipped.append(SkippedFile(self._rel(entry.path), "not a regular file"))
+            else:
+                self.stats[entry.path] = (st.st_size, st.st_mtime_ns)
+                found.append((entry.path, self._rel(entry.path)))
+
+    def _rel(self, path: str) -> str:
+        return Path(os.path.relpath(path, self.root)).as_posix()
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    st = folder.stat()
+    return st.st_dev, st.st_ino
