@@ -208,7 +208,8 @@ class _Walker:
     def images(self, folder: Path) -> list[tuple[str, str]]:
         """(path, path relative to the root) of every image file below ``folder``."""
         found: list[tuple[str, str]] = []
-        self._walk(str(folder), [_identity(folder)], found)
+        above = {_identity(f) for f in (self.root, folder.parent, folder)}
+        self._walk(str(folder), list(above), found)
         return found
 
     def _walk(self, folder: str, ancestors: list[tuple[int, int]],
