@@ -308,13 +308,14 @@ def test_an_unchanged_folder_finds_its_cache_and_a_change_builds_a_new_one(tmp_p
                                                                              monkeypatch) -> None:
     root = class_tree(tmp_path / "p", {"a": 5, "b": 5})
     first = load(root, tmp_path)
-    from hpsearch.data_utils.own_images import build
+    from hpsearch.data_utils.own_images import passes
 
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(build, "decode_chunk", no_decoding)
-    monkeypatch.setattr(build, "probe_chunk", no_decoding)
+    monkeypatch.setattr(passes, "decode_chunk", no_decoding)
+    monkeypatch.setattr(passes, "probe_chunk", no_decoding)
+    monkeypatch.setattr(passes, "sample_headers", no_decoding)
     assert load(root, tmp_path).cache_dir == first.cache_dir
     monkeypatch.undo()
     os.utime(root / "a" / "0.png", ns=(1, 1))  # same bytes, other modification time
@@ -324,15 +325,79 @@ def test_an_unchanged_folder_finds_its_cache_and_a_change_builds_a_new_one(tmp_p
     assert resized.cache_dir != touched.cache_dir and resized.train.images.shape[-1] == 8
 
 
+def test_a_first_build_reads_each_file_once_and_records_the_headers_a_probe_reads(
+        tmp_path, monkeypatch) -> None:
+    from image_files import truncated
+
+    from hpsearch.data_utils.own_images import passes
+    from hpsearch.data_utils.own_images.sources import scan_source
+
+    root = class_tree(tmp_path / "p", {"a": 4, "b": 4}, mode="L", size=(30, 20))
+    write(root / "a" / "x.jpg", noise("L", (50, 40)), "JPEG")
+    write(root / "b" / "y.gif", noise("L", (24, 24)).convert("P"), "GIF")
+    truncated(root / "b" / "t.png", image_bytes(noise("L", (64, 64))))
+    (root / "a" / "z.png").write_bytes(b"text")
+
+    def no_header_pass(*args: object) -> None:
+        raise AssertionError("a separate header pass")
+
+    monkeypatch.setattr(passes, "probe_chunk", no_header_pass)
+    built = load(root, tmp_path)
+    monkeypatch.undo()
+    source = scan_source(root)
+    recorded = passes.load_probe(tmp_path / "cache", source, ImageOptions().max_pixels)
+    (tmp_path / "cache" / "probes").rename(tmp_path / "recorded")
+    with passes.WorkerPool(1) as pool:
+        probed = passes.probe_source(source, root=tmp_path / "cache",
+                                     max_pixels=ImageOptions().max_pixels, pool=pool, stream=None)
+    for name in ("widths", "heights", "modes", "grey"):
+        np.testing.assert_array_equal(getattr(recorded, name), getattr(probed, name))
+    assert recorded.reasons == probed.reasons == {source.names.index("a/z.png"): (
+        "not an image (Pillow cannot identify the file)")}
+    assert dict((s.path, s.reason[:3]) for s in built.skipped) == {"a/z.png": "not",
+                                                                   "b/t.png": "PNG"}
+
+
+def test_a_wrong_guess_from_the_sample_is_decoded_again(tmp_path, monkeypatch) -> None:
+    from hpsearch.data_utils.own_images import passes
+
+    root = class_tree(tmp_path / "p", {"a": 3, "b": 3}, mode="L")
+    colour = write(root / "a" / "1.png", Image.new("RGB", (20, 16), (200, 0, 0)))  # unsampled
+    monkeypatch.setattr(passes, "SAMPLE", 2)  # the first and the last file
+    log = io.StringIO()
+    data = load_images(root, cache_dir=tmp_path / "cache", progress=log)
+    assert "the sample suggested 16 px, 1 channel(s); all headers say 16 px, 3: decoding " \
+           "again" in log.getvalue()
+    assert data.channels == 3
+    row = next((split, i) for split in data.files
+               for i, name in enumerate(data.files[split]) if name == "a/1.png")
+    np.testing.assert_array_equal(getattr(data, row[0]).images[row[1]],
+                                  preprocess_image(colour, image_size=16, channels=3))
+
+
+def test_an_inspected_folder_builds_without_guessing(tmp_path, monkeypatch) -> None:
+    from hpsearch.data_utils.own_images import inspect_images, passes
+
+    root = class_tree(tmp_path / "p", {"a": 3, "b": 3})
+    report = inspect_images(root, cache_dir=tmp_path / "cache")
+
+    def no_sampling(*args: object) -> None:
+        raise AssertionError("guessed")
+
+    monkeypatch.setattr(passes, "sample_headers", no_sampling)
+    data = load(root, tmp_path)
+    assert str(data.cache_dir) == report["cache"]["folder"]
+
+
 def test_a_failed_build_leaves_no_cache_and_the_next_one_succeeds(tmp_path,
                                                                    monkeypatch) -> None:
     root = class_tree(tmp_path / "p", {"a": 3, "b": 3})
-    from hpsearch.data_utils.own_images import build
+    from hpsearch.data_utils.own_images import passes
 
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build, "decode_chunk", crash)
+    monkeypatch.setattr(passes, "decode_chunk", crash)
     with pytest.raises(KeyboardInterrupt):
         load(root, tmp_path)
     monkeypatch.undo()

@@ -35,9 +35,8 @@ def image_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--split-column", default="split", show_default=True,
                      help="A manifest's column of splits (train, val, test); optional."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                     envvar="HPSEARCH_CACHE_DIR",
-                     help="Where decoded caches live [default: $XDG_CACHE_HOME/hpsearch/cache; "
-                          "env: HPSEARCH_CACHE_DIR]."),
+                     help="Where decoded caches live [default: $HPSEARCH_CACHE_DIR, else "
+                          "$XDG_CACHE_HOME/hpsearch/cache]."),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Processes that read and decode [default: every usable core]."),
     ]

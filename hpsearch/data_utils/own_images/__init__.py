@@ -12,11 +12,13 @@ Entry points:
 - :func:`is_path_dataset` / :func:`resolve_dataset`: whether a ``--dataset`` value is a path;
 - :func:`class_key_parts`: class names as distinct, valid MLflow metric-key parts.
 
-Modules: ``sources`` and ``manifests`` (what a path lists), ``headers`` (image headers without
-decoding), ``preprocess`` (decoding), ``splits`` (splits, leakage, counts), ``cache`` (the
-files on disk, atomic and locked), ``build`` (the probe and decode passes), ``workers`` (the
-process pool and progress), ``dataset`` (:func:`load_images`), ``report``
-(:func:`inspect_images`), ``names``. Importing this package imports none of them (nor Pillow)
+Modules: ``records`` (shared records, the error), ``sources`` and ``manifests`` (what a path
+lists), ``headers`` (image headers without decoding), ``preprocess`` (decoding), ``splits``
+(splits, leakage, counts), ``cache`` (the files on disk, atomic and locked), ``passes`` (the
+header probe and the decoding pass), ``plan`` (settings and cache name), ``build`` (a new
+cache), ``workers`` (the process pool and progress), ``dataset`` (:class:`ImageOptions`,
+:class:`ImageDataset`), ``load`` (:func:`load_images`), ``report`` (:func:`inspect_images`),
+``names``. Importing this package imports none of them (nor Pillow)
 until a name is used.
 """
 
@@ -30,5 +32,5 @@ __all__ = [
     "preprocess_image", "resolve_dataset",
 ]
 
-__getattr__ = lazy_exports(__name__, ["sources", "names", "splits", "cache", "preprocess",
-                                      "dataset", "report"])
+__getattr__ = lazy_exports(__name__, ["records", "sources", "names", "splits", "cache",
+                                      "preprocess", "dataset", "load", "report"])

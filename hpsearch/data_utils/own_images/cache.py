@@ -1,8 +1,9 @@
 """The decoded-image cache: every image decoded once, into one uint8 array on disk.
 
-A cache is a folder under :func:`default_cache_dir` named after the data set, the image size
-and its key, a digest of the manifest (each file's path, size, modification time, label and
-split), the split assignment and the preprocessing settings and code version. It holds:
+A cache is a folder under :func:`default_cache_dir` (one for every data set) named after the
+data set, the image size and its key, a digest of the manifest (each file's path, size,
+modification time, label and split), the split assignment and the preprocessing settings and
+code version. It holds:
 
 - ``images.npy``: uint8 (N, C, S, S), the training rows first, then validation, then test,
   each split in file order, so that each split is a slice of one memory map;
@@ -46,13 +47,17 @@ __all__ = ["CACHE_FORMAT", "CacheEntry", "cache_key", "default_cache_dir", "open
            "write_json_atomic"]
 
 CACHE_FORMAT = 1
-CACHE_DIR_ENV_VAR = "XDG_CACHE_HOME"
+CACHE_DIR_ENV_VAR = "HPSEARCH_CACHE_DIR"
+"""Environment variable naming the cache folder (before ``$XDG_CACHE_HOME/hpsearch/cache``)."""
 _HEADER_BYTES = 128  # images.npy header, fixed so the shape can be rewritten in place
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/hpsearch/cache`` (``~/.cache/hpsearch/cache`` when unset)."""
-    cache = os.environ.get(CACHE_DIR_ENV_VAR) or str(Path.home() / ".cache")
+    """``$HPSEARCH_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/hpsearch/cache`` (with
+    ``~/.cache`` for an unset ``XDG_CACHE_HOME``)."""
+    if os.environ.get(CACHE_DIR_ENV_VAR):
+        return Path(os.environ[CACHE_DIR_ENV_VAR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "hpsearch" / "cache"
 
 

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
 
 from hpsearch.data_utils.own_images.preprocess import (
     MAX_IMAGE_PIXELS,
     ImageFileError,
+    ImageHeader,
     _os_error_reason,
     is_grey,
     open_image,
 )
 
-__all__ = ["HEAD_BYTES", "ImageHeader", "file_digest", "probe_file", "read_header"]
+__all__ = ["HEAD_BYTES", "file_digest", "header_of", "probe_file", "read_header"]
 
 HEAD_BYTES = 65536  # a JPEG's EXIF and ICC segments come before its frame header
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,22 +31,6 @@ _PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
 _JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
 # Start-of-frame markers: C0-CF except DHT (C4), JPG (C8) and DAC (CC).
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-@dataclass(frozen=True)
-class ImageHeader:
-    """A file's declared image, before decoding.
-
-    Attributes:
-        width, height: pixels, as stored (before the EXIF orientation, which may swap them).
-        mode: Pillow's mode name, e.g. ``"L"``, ``"RGB"``, ``"P"``, ``"I;16"``, ``"CMYK"``.
-        grey: grey by :data:`~hpsearch.data_utils.own_images.preprocess.MODE_RULES`.
-    """
-
-    width: int
-    height: int
-    mode: str
-    grey: bool
 
 
 def read_header(path: str, *, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[ImageHeader, bytes]:
@@ -60,19 +44,35 @@ def read_header(path: str, *, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image
             head = f.read(HEAD_BYTES)
     except OSError as exc:
         raise ImageFileError(_os_error_reason(exc)) from None
+    header = header_of(head, max_pixels=max_pixels, fallback=path)
+    assert header is not None
+    return header, head
+
+
+def header_of(head: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS,
+              fallback: str | bytes | None) -> ImageHeader | None:
+    """The header in a file's first bytes: parsed here for PNG and JPEG, else read by Pillow
+    from ``fallback`` (the path, or the whole file's bytes); None when parsing fails and
+    there is no fallback.
+
+    Raises:
+        ImageFileError: empty, not an image, or a decompression bomb.
+    """
     if not head:
         raise ImageFileError("empty file")
     header = _parse_png(head) or _parse_jpeg(head)
     if header is None:
-        with open_image(path, max_pixels=max_pixels) as image:
-            header = ImageHeader(image.width, image.height, image.mode, is_grey(image))
-    elif header.width * header.height > max_pixels:
+        if fallback is None:
+            return None
+        with open_image(fallback, max_pixels=max_pixels) as image:
+            return ImageHeader(image.width, image.height, image.mode, is_grey(image))
+    if header.width * header.height > max_pixels:
         raise ImageFileError(f"decompression bomb: declares {header.width:,} x "
                              f"{header.height:,} pixels, more than the limit of {max_pixels:,}")
-    elif header.width < 1 or header.height < 1:
+    if header.width < 1 or header.height < 1:
         raise ImageFileError(f"declares an empty image ({header.width} x {header.height} "
                              "pixels)")
-    return header, head
+    return header
 
 
 def file_digest(data: bytes) -> bytes:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from hpsearch.data_utils.own_images.records import os_reason
 
 __all__ = ["FORMATS", "MAX_IMAGE_PIXELS", "MODE_RULES", "PREPROCESS_VERSION", "ImageFileError",
-           "is_grey", "open_image", "preprocess_image"]
+           "ImageHeader", "decode_image", "is_grey", "open_image", "preprocess_image"]
 
 PREPROCESS_VERSION = 1
 MAX_IMAGE_PIXELS = 89_478_485
@@ -57,6 +58,22 @@ F (32-bit float): clipped to 0..255. A colour image in a grey data set becomes L
 601 luma (Pillow's convert); a grey image in a colour data set is repeated on R, G and B.
 """
 """How each Pillow mode becomes L or RGB (documentation, shown by ``hpsearch data inspect``)."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """A file's declared image, before decoding.
+
+    Attributes:
+        width, height: pixels, as stored (before the EXIF orientation, which may swap them).
+        mode: Pillow's mode name, e.g. ``"L"``, ``"RGB"``, ``"P"``, ``"I;16"``, ``"CMYK"``.
+        grey: grey by :data:`MODE_RULES`.
+    """
+
+    width: int
+    height: int
+    mode: str
+    grey: bool
 
 
 class ImageFileError(ValueError):
@@ -137,18 +154,19 @@ def preprocess_image(source: bytes | str | os.PathLike[str], *, image_size: int,
 
 
 def decode_image(source: bytes | str | os.PathLike[str], *, image_size: int, channels: int,
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
-    """:func:`preprocess_image`, also returning the file's own Pillow mode (for reports)."""
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, ImageHeader]:
+    """:func:`preprocess_image`, also returning what the file declares."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size!r}")
     image = open_image(source, max_pixels=max_pixels)
-    mode = image.mode
+    fmt, (width, height), mode = image.format, image.size, image.mode
     try:
         with image:
             image.draft(None, (image_size, image_size))  # JPEG only; a no-op for the others
             image.load()
+            header = ImageHeader(width, height, mode, is_grey(image))
             ImageOps.exif_transpose(image, in_place=True)
             image = _to_mode(image, "L" if channels == 1 else "RGB")
             width, height = image.size
@@ -161,8 +179,8 @@ def decode_image(source: bytes | str | os.PathLike[str], *, image_size: int, cha
     except ImageFileError:
         raise
     except Exception as exc:
-        raise ImageFileError(f"{_format_of(image)}{_describe(exc)}") from None
-    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), mode
+        raise ImageFileError(f"{fmt + ' ' if fmt else ''}{_describe(exc)}") from None
+    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), header
 
 
 def _to_mode(image: Image.Image, target: str) -> Image.Image:
@@ -186,10 +204,6 @@ def _describe(exc: BaseException) -> str:
     if "truncated" in text or isinstance(exc, (EOFError, SyntaxError)):
         return f"truncated or corrupt: {text}"
     return text if len(text) <= 160 else text[:157] + "..."
-
-
-def _format_of(image: Image.Image) -> str:
-    return f"{image.format} " if image.format else ""
 
 
 def _os_error_reason(exc: OSError) -> str:

@@ -10,8 +10,10 @@ from typing import IO, Any
 import numpy as np
 
 import hpsearch.data_utils.own_images.cache as cache_files
-from hpsearch.data_utils.own_images.dataset import ImageOptions, _Plan
+from hpsearch.data_utils.own_images.dataset import ImageOptions
 from hpsearch.data_utils.own_images.names import class_key_parts
+from hpsearch.data_utils.own_images.passes import Probe
+from hpsearch.data_utils.own_images.plan import Plan
 from hpsearch.data_utils.own_images.sources import SPLITS, dataset_display_name
 from hpsearch.data_utils.own_images.splits import (
     Leakage,
@@ -54,9 +56,9 @@ def inspect_images(path: str | os.PathLike[str], options: ImageOptions | None = 
         ImageDataError: the path cannot be used at all.
     """
     options = options or ImageOptions()
-    plan = _Plan.make(path, options, cache_dir, workers, progress)
-    plan.pool.close()
+    plan = Plan.make(path, options, cache_dir, workers, progress, read_headers=True)
     source, probe = plan.source, plan.probe
+    assert probe is not None
     entry = cache_files.open_cache(plan.final) if plan.final.exists() else None
     if entry is not None:
         dataset = plan.dataset(entry)
@@ -65,17 +67,17 @@ def inspect_images(path: str | os.PathLike[str], options: ImageOptions | None = 
         leakage = dataset.leakage
         total = sum(len(getattr(dataset, name)) for name in SPLITS)
     else:
-        usable = plan.usable()
+        usable = probe.usable
         labels = np.asarray(source.labels)[usable]
         splits = plan.splits[usable]
         counts = {name: np.bincount(labels[splits == code],
                                     minlength=len(source.class_names)).tolist()
                   for code, name in enumerate(SPLITS)}
         skipped = [(s.path, s.reason) for s in source.skipped] + [
-            (source.names[i], r) for i, r in enumerate(probe.reasons) if r is not None]
+            (source.names[i], r) for i, r in sorted(probe.reasons.items())]
         names = [n for n, u in zip(source.names, usable) if u]
-        digests = [bytes.fromhex(d) if d else None
-                   for d, u in zip(probe.digests, usable) if u]
+        digests = [d.tobytes() if has else None
+                   for d, has in zip(probe.digests[usable], probe.has_digest[usable])]
         leakage = Leakage(find_leakage(splits, names, digests))
         total = int(usable.sum())
     if options.dedupe and entry is None:
@@ -118,12 +120,12 @@ def _finite(value: float) -> float | None:
     return None if value == float("inf") else round(value, 3)
 
 
-def _originals(probe: Any) -> dict[str, Any]:
+def _originals(probe: Probe) -> dict[str, Any]:
     """Sizes and modes of the readable originals."""
-    usable = np.array([r is None for r in probe.reasons], dtype=bool)
-    widths, heights = np.asarray(probe.widths)[usable], np.asarray(probe.heights)[usable]
+    usable = probe.usable
+    widths, heights = probe.widths[usable], probe.heights[usable]
     sides = np.minimum(widths, heights)
-    modes = Counter(m for m, u in zip(probe.modes, usable) if u)
+    modes = Counter(probe.modes[usable].tolist())
     bins = np.histogram(sides, bins=[*_SIDE_BINS, np.inf])[0] if len(sides) else []
     labels = [f"{lo}-{hi - 1}" for lo, hi in zip(_SIDE_BINS, _SIDE_BINS[1:])] + [
         f">={_SIDE_BINS[-1]}"]

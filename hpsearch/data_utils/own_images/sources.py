@@ -125,11 +125,12 @@ def _check_usable(source: Source) -> None:
 def _with_digest(source: Source) -> Source:
     """The digest of everything that decides the cache's content except the settings: each
     file's name, size and modification time, its label (by name) and given split."""
-    digest = hashlib.sha256(f"{source.kind}\n".encode())
-    for name, size, mtime, label, split in zip(source.names, source.sizes, source.mtimes,
-                                               source.labels, source.splits):
-        line = f"{name}\t{size}\t{mtime}\t{source.class_names[label]}\t{split}\n"
-        digest.update(line.encode("utf-8", "surrogateescape"))
+    names = source.class_names
+    text = "".join(f"{name}\t{size}\t{mtime}\t{names[label]}\t{split}\n"
+                   for name, size, mtime, label, split in zip(source.names, source.sizes,
+                                                              source.mtimes, source.labels,
+                                                              source.splits))
+    digest = hashlib.sha256(f"{source.kind}\n{text}".encode("utf-8", "surrogateescape"))
     object.__setattr__(source, "digest", digest.hexdigest())
     return source
 
@@ -149,25 +150,23 @@ def _scan_folder(root: Path) -> Source:
     else:
         parts = [(root, "", -1)]
     walker = _Walker(root)
-    per_class: dict[str, list[tuple[str, str, int]]] = {}
-    for folder, _prefix, split in parts:
-        walker.loose_files(folder)
+    rows: list[tuple] = []  # (shown path, path, size, mtime, class name, split), walk order
+    seen: dict[str, int] = {}  # class folder -> image files in it, over every split
+    for folder, prefix, split in parts:
+        walker.loose_files(folder, prefix)
         for name in _visible_folders(folder):
-            found = walker.images(folder / name)
-            per_class.setdefault(name, []).extend((path, rel, split) for path, rel in found)
-    empty = sorted(name for name, found in per_class.items() if not found)
+            found = walker.images(folder / name, f"{prefix}{name}/")
+            seen[name] = seen.get(name, 0) + len(found)
+            rows += [(*row, name, split) for row in found]
     walker.skipped += [SkippedFile(f"{name}/", "class folder holds no image: not a class")
-                       for name in empty]
-    class_names = tuple(sorted(name for name, found in per_class.items() if found))
-    rows = sorted((rel, path, index, split) for index, name in enumerate(class_names)
-                  for path, rel, split in per_class[name])
-    stats = walker.stats
+                       for name in sorted(seen) if not seen[name]]
+    class_names = tuple(sorted(name for name, n in seen.items() if n))
+    index = {name: i for i, name in enumerate(class_names)}
+    columns = list(zip(*rows)) or [()] * 6
     return Source(
-        path=root, kind="folder", class_names=class_names,
-        files=tuple(r[1] for r in rows), names=tuple(r[0] for r in rows),
-        labels=tuple(r[2] for r in rows), splits=tuple(r[3] for r in rows),
-        sizes=tuple(stats[r[1]][0] for r in rows), mtimes=tuple(stats[r[1]][1] for r in rows),
-        skipped=tuple(walker.skipped), ignored=walker.ignored,
+        path=root, kind="folder", class_names=class_names, names=columns[0], files=columns[1],
+        sizes=columns[2], mtimes=columns[3], labels=tuple(index[c] for c in columns[4]),
+        splits=columns[5], skipped=tuple(walker.skipped), ignored=walker.ignored,
         split_origin="folders" if parts[0][2] >= 0 else "")
 
 
@@ -185,68 +184,65 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 class _Walker:
     """Walks class folders (following symlinks, skipping loops), collecting image files with
-    their ``stat`` and what it skipped or ignored on the way."""
+    their ``stat`` and what it skipped or ignored on the way. Paths shown to the user are
+    built as strings on the way down (``os.path.relpath`` per file would cost more than the
+    ``stat``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.skipped: list[SkippedFile] = []
         self.ignored = 0
-        self.stats: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns)
 
-    def loose_files(self, folder: Path) -> None:
+    def loose_files(self, folder: Path, prefix: str) -> None:
         """Files directly in the root or a split folder belong to no class."""
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.startswith(".") or _is_dir(entry):
                     continue
                 if entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                    self.skipped.append(SkippedFile(self._rel(entry.path),
+                    self.skipped.append(SkippedFile(prefix + entry.name,
                                                     "not inside a class folder"))
                 else:
                     self.ignored += 1
 
-    def images(self, folder: Path) -> list[tuple[str, str]]:
-        """(path, path relative to the root) of every image file below ``folder``."""
-        found: list[tuple[str, str]] = []
+    def images(self, folder: Path, prefix: str) -> list[tuple[str, str, int, int]]:
+        """(shown path, path, size, mtime in ns) of every image file below ``folder``."""
+        found: list[tuple[str, str, int, int]] = []
         above = {_identity(f) for f in (self.root, folder.parent, folder)}
-        self._walk(str(folder), list(above), found)
+        self._walk(str(folder), prefix, list(above), found)
         return found
 
-    def _walk(self, folder: str, ancestors: list[tuple[int, int]],
-              found: list[tuple[str, str]]) -> None:
+    def _walk(self, folder: str, prefix: str, ancestors: list[tuple[int, int]],
+              found: list[tuple[str, str, int, int]]) -> None:
         try:
             with os.scandir(folder) as scan:
                 entries = sorted(scan, key=lambda e: e.name)
         except OSError as exc:
-            self.skipped.append(SkippedFile(self._rel(folder) + "/", os_reason(exc)))
+            self.skipped.append(SkippedFile(prefix, os_reason(exc)))
             return
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
                 self.ignored += 1
                 continue
             try:
                 st = entry.stat()  # follows symlinks
             except OSError as exc:
-                self.skipped.append(SkippedFile(self._rel(entry.path), os_reason(exc)))
+                self.skipped.append(SkippedFile(prefix + name, os_reason(exc)))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 identity = (st.st_dev, st.st_ino)
                 if identity in ancestors:
-                    self.skipped.append(SkippedFile(self._rel(entry.path) + "/",
-                                                    "symlink loop: leads back to a folder "
-                                                    "above it"))
+                    self.skipped.append(SkippedFile(f"{prefix}{name}/", "symlink loop: leads "
+                                                    "back to a folder above it"))
                 else:
-                    self._walk(entry.path, [*ancestors, identity], found)
-            elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    self._walk(entry.path, f"{prefix}{name}/", [*ancestors, identity], found)
+            elif not name.lower().endswith(IMAGE_EXTENSIONS):
                 self.ignored += 1
             elif not stat.S_ISREG(st.st_mode):
-                self.skipped.append(SkippedFile(self._rel(entry.path), "not a regular file"))
+                self.skipped.append(SkippedFile(prefix + name, "not a regular file"))
             else:
-                self.stats[entry.path] = (st.st_size, st.st_mtime_ns)
-                found.append((entry.path, self._rel(entry.path)))
-
-    def _rel(self, path: str) -> str:
-        return Path(os.path.relpath(path, self.root)).as_posix()
+                found.append((prefix + name, entry.path, st.st_size, st.st_mtime_ns))
 
 
 def _identity(folder: Path) -> tuple[int, int]:
