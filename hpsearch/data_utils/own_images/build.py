@@ -36,14 +36,15 @@ def build_cache(plan: Plan) -> cache_files.CacheEntry:
     """
     rows = np.argsort(plan.splits, kind="stable")  # train, val, test; file order in each
     files = [plan.source.files[r] for r in rows.tolist()]
+    n_train = int((plan.splits == 0).sum())
     temp = cache_files.temp_folder(plan.root, plan.lock_key())
     started = time.perf_counter()
     try:
         target = temp / "images.npy"
         if plan.probe is None:
-            decoded = _decode_guessing(plan, rows, files, target)
+            decoded = _decode_guessing(plan, rows, files, target, n_train)
         else:
-            decoded = decode_files(files, target, image_size=plan.image_size,
+            decoded = decode_files(files, target, n_train=n_train, image_size=plan.image_size,
                                    channels=plan.channels, max_pixels=plan.options.max_pixels,
                                    pool=plan.pool, stream=plan.stream, record_headers=False)
         plan.pool.close()  # the workers' memory maps end before the file is cut
@@ -59,8 +60,8 @@ def build_cache(plan: Plan) -> cache_files.CacheEntry:
     return entry
 
 
-def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str],
-                     target: Path) -> Decoded:
+def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str], target: Path,
+                     n_train: int) -> Decoded:
     """Decode with settings guessed from a sample of headers; decode again if every file's
     header, recorded on the way, says otherwise. Resolves ``plan``."""
     options = plan.options
@@ -70,7 +71,8 @@ def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str],
         guess_probe.set(i, header, None, None)
     guess = settings_of(guess_probe, np.ones(len(sample), bool), options) if sample else (
         options.image_size or 32, 3)
-    decoded = decode_files(files, target, image_size=guess[0], channels=guess[1],
+    decoded = decode_files(files, target, n_train=n_train, image_size=guess[0],
+                           channels=guess[1],
                            max_pixels=options.max_pixels, pool=plan.pool, stream=plan.stream,
                            record_headers=True)
     assert decoded.probe is not None
@@ -82,7 +84,7 @@ def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str],
             print(f"the sample suggested {guess[0]} px, {guess[1]} channel(s); all headers say "
                   f"{plan.image_size} px, {plan.channels}: decoding again", file=plan.stream,
                   flush=True)
-        decoded = decode_files(files, target, image_size=plan.image_size,
+        decoded = decode_files(files, target, n_train=n_train, image_size=plan.image_size,
                                channels=plan.channels, max_pixels=options.max_pixels,
                                pool=plan.pool, stream=plan.stream, record_headers=False)
     return decoded
@@ -108,7 +110,7 @@ def _finish(plan: Plan, rows: np.ndarray, decoded: Decoded, temp: Path) -> dict[
     names = [plan.source.names[r] for r in rows[keep].tolist()]
     if not len(labels):
         check_classes(plan.source, labels, splits, "decodable")
-    train_sums = decoded.sums[keep][splits == 0].sum(axis=0).astype(np.float64)
+    train_sums = decoded.sums.astype(np.float64)
     pixels = max(1, int((splits == 0).sum()) * size * size)
     mean = train_sums[0] / pixels
     std = np.sqrt(np.maximum(train_sums[1] / pixels - mean**2, 0.0))

@@ -127,7 +127,7 @@ def probe_source(source: Source, *, root: Path, max_pixels: int, pool: WorkerPoo
     probe = Probe.empty(len(items))
     progress = Progress("reading image headers", len(items), stream)
     for results in pool.map_chunks(probe_chunk, chunked(items, pool.workers, most=1024),
-                                   size=len(items), progress=progress):
+                                   size=len(items), progress=progress, count=len):
         for i, width, height, mode, grey, reason, digest in results:
             probe.set(i, _Header(width, height, mode, grey), reason, digest)
     progress.close()
@@ -169,9 +169,9 @@ class Decoded:
     Attributes:
         reasons: N entries, why the row's file was skipped, or None.
         file_digests, pixel_digests: N 16-byte digests (None where unknown).
-        sums: int64 (N, 2, C): per row and channel, the sum and the sum of squares of the
-            pixel values (0-255).
-        probe: the headers seen, in the rows' source order (only when asked for).
+        sums: int64 (2, C): per channel, the sum and the sum of squares of the pixel values
+            (0-255) of the training rows (rows below ``n_train``; failed rows add nothing).
+        probe: the headers seen, in row order (only when asked for).
     """
 
     reasons: list[str | None]
@@ -181,71 +181,99 @@ class Decoded:
     probe: Probe | None
 
 
-def decode_files(files: Sequence[str], target: Path, *, image_size: int, channels: int,
-                 max_pixels: int, pool: WorkerPool, stream: IO[str] | None,
+def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size: int,
+                 channels: int, max_pixels: int, pool: WorkerPool, stream: IO[str] | None,
                  record_headers: bool) -> Decoded:
-    """Decode ``files`` into the rows of a new ``images.npy`` at ``target``."""
+    """Decode ``files`` into the rows of a new ``images.npy`` at ``target``; the first
+    ``n_train`` are the training rows (their pixel sums give the mean and std)."""
     n = len(files)
     shape = (n, channels, image_size, image_size)
     cache_files.create_images_file(target, shape)
-    tasks = [(str(target), shape, max_pixels, record_headers, chunk)
-             for chunk in chunked(list(enumerate(files)), pool.workers)]
-    decoded = Decoded([None] * n, [None] * n, [None] * n, np.zeros((n, 2, channels), np.int64),
+    chunks = chunked(range(n), pool.workers)
+    tasks = [(str(target), shape, max_pixels, record_headers, n_train, rows.start,
+              list(files[rows.start:rows.stop])) for rows in chunks]
+    decoded = Decoded([None] * n, [None] * n, [None] * n, np.zeros((2, channels), np.int64),
                       Probe.empty(n) if record_headers else None)
     progress = Progress("decoding images", n, stream)
-    for results in pool.map_chunks(decode_chunk, tasks, size=n, progress=progress):
-        for row, header, header_reason, reason, fdig, pdig, sums in results:
-            decoded.reasons[row] = header_reason or reason
-            decoded.file_digests[row], decoded.pixel_digests[row] = fdig, pdig
-            if sums is not None:
-                decoded.sums[row] = sums
-            if decoded.probe is not None:
-                decoded.probe.set(row, header, header_reason, fdig)
+    for start, reasons, fdigs, pdigs, sums, headers in pool.map_chunks(
+            decode_chunk, tasks, size=n, progress=progress, count=lambda r: len(r[1])):
+        stop = start + len(reasons)
+        decoded.reasons[start:stop] = reasons
+        decoded.file_digests[start:stop], decoded.pixel_digests[start:stop] = fdigs, pdigs
+        decoded.sums[...] += sums
+        if decoded.probe is not None:
+            _record(decoded.probe, start, headers, fdigs)
     skipped = sum(r is not None for r in decoded.reasons)
     progress.close(f"{skipped} skipped" if skipped else "")
     _MAPS.pop(str(target), None)
     return decoded
 
 
-_MAPS: dict[str, np.memmap] = {}  # a worker's writable map of the cache being built
+def _record(probe: Probe, start: int, headers: list[tuple], digests: list[bytes | None]
+            ) -> None:
+    """Store one chunk's headers: (reason or None, width, height, mode, grey) per file."""
+    stop = start + len(headers)
+    reasons, widths, heights, modes, grey = zip(*headers)
+    probe.widths[start:stop], probe.heights[start:stop] = widths, heights
+    probe.modes[start:stop], probe.grey[start:stop] = modes, grey
+    probe.reasons.update({start + i: r for i, r in enumerate(reasons) if r is not None})
+    have = [i for i, d in enumerate(digests) if d is not None]
+    if have:
+        probe.digests[[start + i for i in have]] = np.frombuffer(
+            b"".join(digests[i] for i in have), np.uint8).reshape(-1, 16)
+        probe.has_digest[[start + i for i in have]] = True
 
 
-def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, list[tuple[int, str]]]
-                 ) -> list[tuple]:
-    """Decode files into rows of the cache being built. Per file: (row, header, why the
-    header is unusable, why decoding failed, file digest, pixel digest, per-channel [sum,
-    sum of squares]); the header is read as a header probe reads it."""
-    target, shape, max_pixels, record_headers, items = task
+_MAPS: dict[str, np.ndarray] = {}  # a worker's writable map of the cache being built
+
+
+def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int, list[str]]
+                 ) -> tuple[int, list, list, list, np.ndarray, list]:
+    """Decode consecutive files into rows ``start, start + 1, ...`` of the cache being built.
+
+    Returns:
+        (start, why each file was skipped or None, file digests, pixel digests, int64 (2, C)
+        per-channel sum and sum of squares of the pixels of the chunk's training rows, and
+        when headers are recorded (why the header is unusable or None, width, height, mode,
+        grey) per file, as a header probe reads them; else []).
+    """
+    target, shape, max_pixels, record_headers, n_train, start, files = task
     images = _MAPS.get(target)
-    if images is None:
-        images = _MAPS[target] = cache_files.images_map(Path(target), shape)
+    if images is None:  # a plain ndarray view: np.memmap's item assignment costs more
+        images = _MAPS[target] = cache_files.images_map(Path(target), shape).view(np.ndarray)
     channels, image_size = shape[1], shape[2]
-    results = []
-    for row, file in items:
+    reasons: list[str | None] = []
+    fdigs: list[bytes | None] = []
+    pdigs: list[bytes | None] = []
+    headers: list[tuple] = []
+    for row, file in enumerate(files, start=start):
+        header, header_reason, reason, fdig, pdig = None, None, None, None, None
         try:
             with open(file, "rb") as f:
                 data = f.read()
+            fdig = file_digest(data)
+            pixels, header = decode_image(data, image_size=image_size, channels=channels,
+                                          max_pixels=max_pixels)
+            images[row] = pixels
+            pdig = file_digest(pixels.tobytes())
         except OSError as exc:
-            results.append((row, None, _os_error_reason(exc), None, None, None, None))
-            continue
-        fdig = file_digest(data)
-        header = None
-        try:
-            if record_headers:  # PNG and JPEG here; the others from the decoding below
-                header = header_of(data, max_pixels=max_pixels, fallback=None)
-            pixels, seen = decode_image(data, image_size=image_size, channels=channels,
-                                        max_pixels=max_pixels)
+            reason = header_reason = _os_error_reason(exc)
         except ImageFileError as exc:
-            header_reason = None
-            if record_headers and header is None:
-                try:
-                    header = header_of(data, max_pixels=max_pixels, fallback=data)
-                except ImageFileError as header_exc:
-                    header_reason = header_exc.reason
-            results.append((row, header, header_reason, exc.reason, fdig, None, None))
-            continue
-        images[row] = pixels
-        flat = pixels.reshape(channels, -1).astype(np.int64)
-        results.append((row, header or seen, None, None, fdig, file_digest(pixels.tobytes()),
-                        [flat.sum(axis=1).tolist(), np.einsum("ij,ij->i", flat, flat).tolist()]))
-    return results
+            reason = exc.reason
+            try:  # what the header alone says, as a header probe (and inspect) reads it
+                header = header_of(data, max_pixels=max_pixels, fallback=data)
+            except ImageFileError as header_exc:
+                header_reason = header_exc.reason
+        reasons.append(header_reason or reason)
+        fdigs.append(fdig)
+        pdigs.append(pdig)
+        if record_headers:
+            headers.append((header_reason, 0, 0, "", False) if header is None else
+                           (None, header.width, header.height, header.mode, header.grey))
+    # Training rows of this chunk; rows that failed are zeros and add nothing. Squares of
+    # uint8 fit in uint16: a smaller temporary than int64, summed exactly in int64.
+    train = images[start:min(start + len(files), max(start, n_train))]
+    train = train.transpose(1, 0, 2, 3).reshape(channels, -1)
+    sums = np.stack([train.sum(axis=1, dtype=np.int64),
+                     np.square(train, dtype=np.uint16).sum(axis=1, dtype=np.int64)])
+    return start, reasons, fdigs, pdigs, sums, headers

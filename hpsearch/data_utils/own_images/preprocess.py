@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -60,9 +60,8 @@ F (32-bit float): clipped to 0..255. A colour image in a grey data set becomes L
 """How each Pillow mode becomes L or RGB (documentation, shown by ``hpsearch data inspect``)."""
 
 
-@dataclass(frozen=True)
-class ImageHeader:
-    """A file's declared image, before decoding.
+class ImageHeader(NamedTuple):
+    """A file's declared image, before decoding (a named tuple: one is made per file).
 
     Attributes:
         width, height: pixels, as stored (before the EXIF orientation, which may swap them).
@@ -150,12 +149,12 @@ def preprocess_image(source: bytes | str | os.PathLike[str], *, image_size: int,
     """
     pixels, _ = decode_image(source, image_size=image_size, channels=channels,
                              max_pixels=max_pixels)
-    return pixels
+    return pixels.copy()  # decode_image's is a read-only view of Pillow's bytes
 
 
 def decode_image(source: bytes | str | os.PathLike[str], *, image_size: int, channels: int,
                  max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, ImageHeader]:
-    """:func:`preprocess_image`, also returning what the file declares."""
+    """:func:`preprocess_image` (a read-only array), also returning what the file declares."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     if image_size < 1:
@@ -167,7 +166,8 @@ def decode_image(source: bytes | str | os.PathLike[str], *, image_size: int, cha
             image.draft(None, (image_size, image_size))  # JPEG only; a no-op for the others
             image.load()
             header = ImageHeader(width, height, mode, is_grey(image))
-            ImageOps.exif_transpose(image, in_place=True)
+            if _may_be_oriented(image):  # reading the EXIF costs more than decoding a thumbnail
+                ImageOps.exif_transpose(image, in_place=True)
             image = _to_mode(image, "L" if channels == 1 else "RGB")
             width, height = image.size
             side = min(width, height)
@@ -175,12 +175,21 @@ def decode_image(source: bytes | str | os.PathLike[str], *, image_size: int, cha
                    (height + side) / 2)
             if (width, height) != (image_size, image_size):
                 image = image.resize((image_size, image_size), RESAMPLE, box=box)
-            array = np.asarray(image)
+            array = np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(
+                image_size, image_size, -1)
     except ImageFileError:
         raise
     except Exception as exc:
         raise ImageFileError(f"{fmt + ' ' if fmt else ''}{_describe(exc)}") from None
-    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), header
+    return array.transpose(2, 0, 1), header
+
+
+_ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
+
+
+def _may_be_oriented(image: Image.Image) -> bool:
+    """Whether a loaded image holds anything ``Image.getexif`` reads an orientation from."""
+    return hasattr(image, "tag_v2") or not _ORIENTATION_SOURCES.isdisjoint(image.info)
 
 
 def _to_mode(image: Image.Image, target: str) -> Image.Image:

@@ -145,13 +145,14 @@ def find_leakage(splits: np.ndarray, names: Sequence[str], file_digests: Sequenc
         if key is not None:
             members.setdefault(key, []).append(row)
     groups = []
+    split_of = np.asarray(splits).tolist()
     for rows in members.values():
-        if len({int(splits[r]) for r in rows}) < 2:
+        if len(rows) < 2 or len({split_of[r] for r in rows}) < 2:
             continue
-        rows = sorted(rows, key=lambda r: (int(splits[r]), names[r]))
+        rows = sorted(rows, key=lambda r: (split_of[r], names[r]))
         same_bytes = len({file_digests[r] for r in rows}) == 1 and file_digests[rows[0]]
         kind = "identical files" if same_bytes else "identical pixels"
-        groups.append(LeakGroup(kind, tuple((SPLITS[int(splits[r])], names[r]) for r in rows)))
+        groups.append(LeakGroup(kind, tuple((SPLITS[split_of[r]], names[r]) for r in rows)))
     return tuple(sorted(groups, key=lambda g: g.files))
 
 

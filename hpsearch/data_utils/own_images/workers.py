@@ -88,12 +88,11 @@ class WorkerPool:
         self.workers = default_workers() if workers is None else max(1, workers)
         self._pool: Any = None
 
-    def map_chunks(self, func: Callable[[Sequence[Any]], list[Any]],
-                   chunks: Sequence[Sequence[Any]], *, size: int,
-                   progress: Progress) -> Iterator[list[Any]]:
+    def map_chunks(self, func: Callable[[Any], Any], chunks: Sequence[Any], *, size: int,
+                   progress: Progress, count: Callable[[Any], int]) -> Iterator[Any]:
         """``func(chunk)`` for every chunk, in any order; ``size`` is the number of items,
-        which decides whether workers start at all."""
-        results: Iterable[list[Any]]
+        which decides whether workers start at all; ``count(result)``: items done."""
+        results: Iterable[Any]
         if self.workers <= 1 or size < INLINE_BELOW:
             results = map(func, chunks)
         else:
@@ -103,7 +102,7 @@ class WorkerPool:
             futures = [self._pool.submit(func, chunk) for chunk in chunks]
             results = (future.result() for future in as_completed(futures))
         for result in results:
-            progress.advance(len(result))
+            progress.advance(count(result))
             yield result
 
     def close(self, *, cancel: bool = False) -> None:
@@ -119,7 +118,7 @@ class WorkerPool:
         self.close(cancel=exc[0] is not None)
 
 
-def chunked(items: Sequence[Any], workers: int, *, most: int = 256) -> list[Sequence[Any]]:
+def chunked(items: Sequence[Any], workers: int, *, most: int = 256) -> list[Any]:
     """Items in chunks: at least ~8 per worker for balance, at most ``most`` each so progress
     moves."""
     size = max(1, min(most, len(items) // max(1, 8 * workers)))
