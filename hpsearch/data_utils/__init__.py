@@ -4,6 +4,8 @@ not torch.
 
 ``load_dataset`` reads Fashion-MNIST, MNIST or CIFAR-10 from their original files (offline
 first, else torchvision's download) and ``split_train_val`` carves a seeded validation split.
+A folder or manifest of your own images is :mod:`hpsearch.data_utils.own_images` (numpy and
+Pillow; imported only when used).
 """
 
 from hpsearch.data_utils.arrays import ArraySplit, split_train_val
