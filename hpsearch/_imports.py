@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -30,9 +30,10 @@ def lazy_exports(package: str, modules: Sequence[str]) -> Callable[[str], Any]:
     return __getattr__
 
 
-def import_submodules(package: str, skip: Collection[str]) -> None:
-    """Import every module of ``package`` (once; later calls cost a dict look-up each)
-    except those in ``skip`` and private ones (``_name``): each registers itself."""
+def import_submodules(package: str) -> None:
+    """Import every public module of the plug-in package ``package`` (once; later calls cost
+    a dict look-up each): each registers itself. Private modules (``_name``) are helpers and
+    are skipped; the package holds plug-ins only, so no other module needs excluding."""
     for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        if not module.name.startswith("_") and module.name not in skip:
+        if not module.name.startswith("_"):
             importlib.import_module(f"{package}.{module.name}")

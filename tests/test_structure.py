@@ -91,12 +91,13 @@ def test_a_new_architecture_is_one_file(tmp_path: Path, monkeypatch) -> None:
             return nn.Sequential(nn.Flatten(), nn.Dropout(dropout),
                                  nn.Linear(in_channels * image_size ** 2, num_classes))
     '''))
-    import hpsearch.models as models_package
+    import hpsearch.models.families as families_package
 
     list_models()  # the built-in families registered before the registry is copied
     monkeypatch.setattr(model_registry, "_BUILDERS", dict(model_registry._BUILDERS))
-    monkeypatch.setattr(models_package, "__path__", [*models_package.__path__, str(tmp_path)])
-    monkeypatch.delitem(sys.modules, "hpsearch.models.tiny", raising=False)
+    monkeypatch.setattr(families_package, "__path__",
+                        [*families_package.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "hpsearch.models.families.tiny", raising=False)
 
     assert "tiny" in list_models()
     model = build_model("tiny", in_channels=3, image_size=32)
@@ -106,7 +107,7 @@ def test_a_new_architecture_is_one_file(tmp_path: Path, monkeypatch) -> None:
 def test_a_new_data_set_is_one_file(tmp_path: Path, monkeypatch) -> None:
     import numpy as np
 
-    import hpsearch.data_utils as data_package
+    import hpsearch.data_utils.datasets as datasets_package
 
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -134,11 +135,29 @@ def test_a_new_data_set_is_one_file(tmp_path: Path, monkeypatch) -> None:
         (data / stem).write_bytes(header + array.astype(np.uint8).tobytes())
     list_datasets()  # the built-in data sets registered before the registry is copied
     monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
-    monkeypatch.setattr(data_package, "__path__", [*data_package.__path__, str(plugins)])
-    monkeypatch.delitem(sys.modules, "hpsearch.data_utils.tiny_digits", raising=False)
+    monkeypatch.setattr(datasets_package, "__path__",
+                        [*datasets_package.__path__, str(plugins)])
+    monkeypatch.delitem(sys.modules, "hpsearch.data_utils.datasets.tiny_digits", raising=False)
 
     assert "tiny_digits" in list_datasets()
     train, test = load_dataset("tiny_digits", data, download=False)
     assert isinstance(train, ArraySplit) and train.images.shape == (6, 1, 8, 8)
     assert len(test) == 4
     assert get_dataset("tiny_digits").info.class_names == ("zero", "one")
+
+
+@pytest.mark.parametrize("package", ["hpsearch.data_utils", "hpsearch.models"])
+def test_a_helper_module_beside_the_registry_is_not_a_plug_in(tmp_path: Path,
+                                                             package: str) -> None:
+    # A helper module next to the registry (data_utils/ or models/, not datasets/ or
+    # families/) must never be imported as a data set or family: here it would raise.
+    (tmp_path / "helper_module.py").write_text("raise RuntimeError('imported as a plug-in')\n")
+    result = _python(f"""
+        import sys, {package}
+        {package}.__path__.append({str(tmp_path)!r})
+        from hpsearch.data_utils import list_datasets
+        from hpsearch.models import list_models
+        assert list_datasets() == ["cifar10", "fashion_mnist", "mnist"], list_datasets()
+        assert "mlp" in list_models() and "{package}.helper_module" not in sys.modules
+    """)
+    assert result.returncode == 0, result.stderr

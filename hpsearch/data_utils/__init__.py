@@ -1,12 +1,15 @@
-"""Data sets: a registry of sources (one file per data set), readers for the original file
-formats, the offline-first loader and the seeded validation split. Needs numpy, not torch.
+"""Data sets: a registry of sources (one file per data set, in ``datasets/``), readers for the
+original file formats, the offline-first loader and the seeded validation split. Needs numpy,
+not torch.
 
 ``load_dataset`` reads Fashion-MNIST, MNIST or CIFAR-10 from their original files (offline
 first, else torchvision's download) and ``split_train_val`` carves a seeded validation split.
+A folder or manifest of your own images is :mod:`hpsearch.data_utils.own_images` (numpy and
+Pillow; imported only when used).
 """
 
 from hpsearch.data_utils.arrays import ArraySplit, split_train_val
-from hpsearch.data_utils.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
+from hpsearch.data_utils.datasets.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
 from hpsearch.data_utils.formats import (
     DataFileError,
     read_cifar_batch,

@@ -1,7 +1,8 @@
 """The data set registry: one :class:`DatasetSource` per data set, registered by name.
 
-Each data set is one module of this package that calls :func:`register_dataset`; the modules
-are imported on first use. A new data set is one new file here (see ``fashion_mnist.py``).
+Each data set is one module of :mod:`hpsearch.data_utils.datasets` that calls
+:func:`register_dataset`; the modules are imported on first use. A new data set is one new file
+there (see ``datasets/fashion_mnist.py``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class DatasetSource:
 
 
 _SOURCES: dict[str, DatasetSource] = {}
-_NOT_DATA_SETS = {"registry", "arrays", "formats", "loading"}  # this package's machinery
+_PLUGINS = "hpsearch.data_utils.datasets"  # every public module there is a data set record
 
 
 def register_dataset(source: DatasetSource) -> DatasetSource:
@@ -96,7 +97,7 @@ def register_dataset(source: DatasetSource) -> DatasetSource:
 
 def list_datasets() -> list[str]:
     """The registered data set names, sorted."""
-    import_submodules(__package__, _NOT_DATA_SETS)
+    import_submodules(_PLUGINS)
     return sorted(_SOURCES)
 
 
@@ -106,7 +107,7 @@ def get_dataset(name: str) -> DatasetSource:
     Raises:
         ValueError: If ``name`` is not registered; the message lists the choices.
     """
-    import_submodules(__package__, _NOT_DATA_SETS)
+    import_submodules(_PLUGINS)
     try:
         return _SOURCES[name]
     except KeyError:

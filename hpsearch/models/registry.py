@@ -1,8 +1,8 @@
 """Name -> builder registry for the classifier families, after torchvision's ``models/_api.py``.
 
-Each family is one module of this package that registers its builder with
+Each family is one module of :mod:`hpsearch.models.families` that registers its builder with
 :func:`register_model`; the families are imported on first use, so importing the registry
-(or :mod:`hpsearch.models`) loads no torch. A new architecture is one new file here.
+(or :mod:`hpsearch.models`) loads no torch. A new architecture is one new file there.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ BUILDER_DEFAULTS: dict[str, Any] = {
 }
 
 _BUILDERS: dict[str, ModelBuilder] = {}
-_NOT_FAMILIES = {"registry"}  # modules of this package that register no family
+_PLUGINS = "hpsearch.models.families"  # every public module there registers a family
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -52,7 +52,7 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 def list_models() -> list[str]:
     """Returns the registered architecture names, sorted alphabetically."""
-    import_submodules(__package__, _NOT_FAMILIES)
+    import_submodules(_PLUGINS)
     return sorted(_BUILDERS)
 
 
@@ -77,7 +77,7 @@ def build_model(name: str, **config: Any) -> nn.Module:
         ValueError: If ``name`` is not registered, a size is below 1, or ``dropout`` lies
             outside [0, 1) (NaN included); the message names the argument and its value.
     """
-    import_submodules(__package__, _NOT_FAMILIES)
+    import_submodules(_PLUGINS)
     builder = _BUILDERS.get(name)
     if builder is None:
         choices = ", ".join(list_models())

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from hpsearch.models._layers import conv_bn_relu, pooled_head
+from hpsearch.models.families._layers import conv_bn_relu, pooled_head
 from hpsearch.models.registry import register_model
 
 _MAX_POOLS = 3

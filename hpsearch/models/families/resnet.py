@@ -2,7 +2,7 @@
 
 from torch import Tensor, nn
 
-from hpsearch.models._layers import pooled_head
+from hpsearch.models.families._layers import pooled_head
 from hpsearch.models.registry import register_model
 
 _STAGE_MULTIPLIERS = (1, 2, 4)

@@ -4,7 +4,7 @@ document recognition"), with BatchNorm and ReLU."""
 
 from torch import nn
 
-from hpsearch.models._layers import conv_bn_relu
+from hpsearch.models.families._layers import conv_bn_relu
 from hpsearch.models.registry import register_model
 
 _POOLED_SIZE = 7  # max-pool while the map stays at least this big: 28 -> 14 -> 7

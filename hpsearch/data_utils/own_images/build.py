@@ -1,0 +1,136 @@
+"""Building a cache: decode every file into a temp folder (guessing the settings from a
+sample when no header was read yet, see :mod:`.passes`), drop the rows that failed, compute
+the training split's mean and std and the leakage, and rename the folder into place."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import hpsearch.data_utils.own_images.cache as cache_files
+from hpsearch.data_utils.own_images.passes import (
+    Decoded,
+    Probe,
+    decode_files,
+    sample_headers,
+    save_probe,
+)
+from hpsearch.data_utils.own_images.plan import Plan, check_classes, settings_of
+from hpsearch.data_utils.own_images.preprocess import PREPROCESS_VERSION
+from hpsearch.data_utils.own_images.records import SPLITS
+from hpsearch.data_utils.own_images.splits import find_leakage, split_digest
+
+__all__ = ["build_cache"]
+
+
+def build_cache(plan: Plan) -> cache_files.CacheEntry:
+    """Decode ``plan``'s files into its cache folder (the caller holds the build lock).
+
+    Raises:
+        ImageDataError: no file, or no training file of some class, could be used.
+    """
+    rows = np.argsort(plan.splits, kind="stable")  # train, val, test; file order in each
+    files = [plan.source.files[r] for r in rows.tolist()]
+    n_train = int((plan.splits == 0).sum())
+    temp = cache_files.temp_folder(plan.root, plan.lock_key())
+    started = time.perf_counter()
+    try:
+        target = temp / "images.npy"
+        if plan.probe is None:
+            decoded = _decode_guessing(plan, rows, files, target, n_train)
+        else:
+            decoded = decode_files(files, target, n_train=n_train, image_size=plan.image_size,
+                                   channels=plan.channels, max_pixels=plan.options.max_pixels,
+                                   pool=plan.pool, stream=plan.stream, record_headers=False)
+        plan.pool.close()  # the workers' memory maps end before the file is cut
+        meta = _finish(plan, rows, decoded, temp) | {
+            "built": {"seconds": round(time.perf_counter() - started, 2),
+                      "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+        cache_files.finish(temp, plan.final, meta)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    entry = cache_files.open_cache(plan.final, plan.stream)
+    assert entry is not None, plan.final
+    return entry
+
+
+def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str], target: Path,
+                     n_train: int) -> Decoded:
+    """Decode with settings guessed from a sample of headers; decode again if every file's
+    header, recorded on the way, says otherwise. Resolves ``plan``."""
+    options = plan.options
+    sample = sample_headers(plan.source, options.max_pixels)
+    guess_probe = Probe.empty(len(sample))
+    for i, header in enumerate(sample):
+        guess_probe.set(i, header, None, None)
+    guess = settings_of(guess_probe, np.ones(len(sample), bool), options) if sample else (
+        options.image_size or 32, 3)
+    decoded = decode_files(files, target, n_train=n_train, image_size=guess[0],
+                           channels=guess[1],
+                           max_pixels=options.max_pixels, pool=plan.pool, stream=plan.stream,
+                           record_headers=True)
+    assert decoded.probe is not None
+    probe = _in_source_order(decoded.probe, rows)
+    save_probe(plan.root, plan.source, options.max_pixels, probe)
+    plan.resolve(probe)
+    if (plan.image_size, plan.channels) != guess:
+        if plan.stream is not None:
+            print(f"the sample suggested {guess[0]} px, {guess[1]} channel(s); all headers say "
+                  f"{plan.image_size} px, {plan.channels}: decoding again", file=plan.stream,
+                  flush=True)
+        decoded = decode_files(files, target, n_train=n_train, image_size=plan.image_size,
+                               channels=plan.channels, max_pixels=options.max_pixels,
+                               pool=plan.pool, stream=plan.stream, record_headers=False)
+    return decoded
+
+
+def _in_source_order(probe: Probe, rows: np.ndarray) -> Probe:
+    """A probe recorded in row order, as the source lists the files (row r is file rows[r])."""
+    ordered = Probe.empty(len(rows))
+    for name in ("widths", "heights", "modes", "grey", "digests", "has_digest"):
+        getattr(ordered, name)[rows] = getattr(probe, name)
+    ordered.reasons.update({int(rows[r]): reason for r, reason in probe.reasons.items()})
+    return ordered
+
+
+def _finish(plan: Plan, rows: np.ndarray, decoded: Decoded, temp: Path) -> dict[str, Any]:
+    """Cut the failed rows, write the labels; the metadata (mean, std, leakage, files)."""
+    n, size, channels = len(rows), plan.image_size, plan.channels
+    keep = np.array([r is None for r in decoded.reasons], dtype=bool)
+    cache_files.drop_rows(temp / "images.npy", (n, channels, size, size), keep)
+    labels = np.asarray(plan.source.labels, dtype=np.int64)[rows][keep]
+    np.save(temp / "labels.npy", labels)
+    splits = plan.splits[rows][keep]
+    names = [plan.source.names[r] for r in rows[keep].tolist()]
+    if not len(labels):
+        check_classes(plan.source, labels, splits, "decodable")
+    train_sums = decoded.sums.astype(np.float64)
+    pixels = max(1, int((splits == 0).sum()) * size * size)
+    mean = train_sums[0] / pixels
+    std = np.sqrt(np.maximum(train_sums[1] / pixels - mean**2, 0.0))
+    kept = np.flatnonzero(keep).tolist()
+    leakage = find_leakage(splits, names, [decoded.file_digests[r] for r in kept],
+                           [decoded.pixel_digests[r] for r in kept])
+    return {
+        "format": cache_files.CACHE_FORMAT, "preprocess_version": PREPROCESS_VERSION,
+        "key": plan.key, "source": str(plan.source.path), "kind": plan.source.kind,
+        "manifest_digest": plan.source.digest, "split_digest": split_digest(plan.splits),
+        "settings": plan.settings() | {"val_fraction": plan.options.val_fraction,
+                                       "test_fraction": plan.options.test_fraction,
+                                       "seed": plan.options.seed},
+        "class_names": list(plan.source.class_names),
+        "image_size": size, "channels": channels,
+        "rows": {name: int((splits == code).sum()) for code, name in enumerate(SPLITS)},
+        "files": {name: [f for f, s in zip(names, splits.tolist()) if s == code]
+                  for code, name in enumerate(SPLITS)},
+        "skipped": [[plan.source.names[r], reason] for r, reason in
+                    sorted(zip(rows.tolist(), decoded.reasons)) if reason is not None],
+        "leakage": [{"kind": g.kind, "files": [list(f) for f in g.files]} for g in leakage],
+        "mean": (mean / 255).round(6).tolist(), "std": (std / 255).round(6).tolist(),
+    }

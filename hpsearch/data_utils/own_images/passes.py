@@ -1,0 +1,279 @@
+"""The passes over the files: the header probe (for ``inspect``) and the decoding into a new
+cache, which records every file's header on the way, so a first build reads each file once.
+
+A first build must choose the channels (1 when every image is grey) and the default image
+size (the median shorter side) before decoding, which would take a pass over every header:
+for small images as much as a third of the decoding. Instead it guesses both from the
+headers of a fixed sample of files, decodes everything with the guess while recording every
+header, and checks the guess against all of them; only when it was wrong (a colour image
+among grey ones, a median across a multiple of 8) does it decode again. What it records is
+remembered (``probes/``) like a header probe's result, so later loads know the settings from
+``stat`` alone. Worker functions are module-level so spawned processes can run them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+import hpsearch.data_utils.own_images.cache as cache_files
+from hpsearch.data_utils.own_images.headers import file_digest, header_of, probe_file
+from hpsearch.data_utils.own_images.preprocess import (
+    ImageFileError,
+    _os_error_reason,
+    decode_image,
+)
+from hpsearch.data_utils.own_images.records import Source
+from hpsearch.data_utils.own_images.workers import Progress, WorkerPool, chunked
+
+__all__ = ["Probe", "decode_files", "load_probe", "probe_source", "save_probe"]
+
+PROBE_VERSION = 2
+SAMPLE = 256  # files whose headers decide a first build's guess
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The header of every file of a :class:`Source` (arrays in the source's order).
+
+    Attributes:
+        widths, heights: int32 (N,), pixels as stored (0 where the header is unusable).
+        modes: str array (N,), Pillow modes ("" where unusable).
+        grey: bool (N,).
+        reasons: index -> why the file's header is unusable (a skipped file).
+        digests: uint8 (N, 16), BLAKE2b of the file's bytes where ``has_digest``.
+        has_digest: bool (N,); a header probe hashes only files whose size another shares.
+    """
+
+    widths: np.ndarray
+    heights: np.ndarray
+    modes: np.ndarray
+    grey: np.ndarray
+    reasons: dict[int, str]
+    digests: np.ndarray
+    has_digest: np.ndarray
+
+    @property
+    def usable(self) -> np.ndarray:
+        """bool (N,): the header could be read."""
+        usable = np.ones(len(self.widths), dtype=bool)
+        usable[list(self.reasons)] = False
+        return usable
+
+    @classmethod
+    def empty(cls, n: int) -> Probe:
+        return cls(np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, "<U8"),
+                   np.zeros(n, bool), {}, np.zeros((n, 16), np.uint8), np.zeros(n, bool))
+
+    def set(self, i: int, header: Any, reason: str | None, digest: bytes | None) -> None:
+        if reason is not None:
+            self.reasons[i] = reason
+        else:
+            self.widths[i], self.heights[i] = header.width, header.height
+            self.modes[i], self.grey[i] = header.mode, header.grey
+        if digest is not None:
+            self.digests[i] = np.frombuffer(digest, np.uint8)
+            self.has_digest[i] = True
+
+
+def probe_path(root: Path, source: Source, max_pixels: int) -> Path:
+    return root / "probes" / f"{source.digest[:32]}-{max_pixels}-v{PROBE_VERSION}.npz"
+
+
+def load_probe(root: Path, source: Source, max_pixels: int) -> Probe | None:
+    """The remembered probe of this manifest digest, or None."""
+    try:
+        with np.load(probe_path(root, source, max_pixels), allow_pickle=False) as saved:
+            arrays = {key: saved[key] for key in saved.files}
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(arrays.get("widths", ())) != len(source):
+        return None
+    reasons = dict(zip(arrays.pop("reason_rows").tolist(), arrays.pop("reason_texts").tolist()))
+    return Probe(reasons=reasons, **arrays)
+
+
+def save_probe(root: Path, source: Source, max_pixels: int, probe: Probe) -> None:
+    path = probe_path(root, source, max_pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    rows = np.array(sorted(probe.reasons), dtype=np.int64)
+    with open(temp, "wb") as f:
+        np.savez(f, widths=probe.widths, heights=probe.heights, modes=probe.modes,
+                 grey=probe.grey, digests=probe.digests, has_digest=probe.has_digest,
+                 reason_rows=rows, reason_texts=np.array([probe.reasons[r] for r in rows.tolist()],
+                                                         dtype=str))
+    os.replace(temp, path)
+
+
+def probe_source(source: Source, *, root: Path, max_pixels: int, pool: WorkerPool,
+                 stream: IO[str] | None) -> Probe:
+    """Every file's header, from the remembered probe or read now (then remembered); files
+    whose size another file shares are hashed too (byte-identical files share a size)."""
+    probe = load_probe(root, source, max_pixels)
+    if probe is not None:
+        return probe
+    sizes = np.asarray(source.sizes)
+    _, inverse, counts = np.unique(sizes, return_inverse=True, return_counts=True)
+    shared = counts[inverse] > 1
+    items = [(i, file, size, bool(want), max_pixels)
+             for i, (file, size, want) in enumerate(zip(source.files, source.sizes, shared))]
+    probe = Probe.empty(len(items))
+    progress = Progress("reading image headers", len(items), stream)
+    for results in pool.map_chunks(probe_chunk, chunked(items, pool.workers, most=1024),
+                                   size=len(items), progress=progress, count=len):
+        for i, width, height, mode, grey, reason, digest in results:
+            probe.set(i, _Header(width, height, mode, grey), reason, digest)
+    progress.close()
+    save_probe(root, source, max_pixels, probe)
+    return probe
+
+
+@dataclass(frozen=True)
+class _Header:
+    width: int
+    height: int
+    mode: str
+    grey: bool
+
+
+def probe_chunk(items: list[tuple[int, str, int, bool, int]]) -> list[tuple]:
+    return [(i, *probe_file(file, size, want, max_pixels))
+            for i, file, size, want, max_pixels in items]
+
+
+def sample_headers(source: Source, max_pixels: int) -> list[Any]:
+    """Headers of up to :data:`SAMPLE` files spread evenly over the source (fixed choice)."""
+    from hpsearch.data_utils.own_images.headers import read_header
+
+    picks = np.unique(np.linspace(0, len(source) - 1, min(SAMPLE, len(source))).astype(int))
+    headers = []
+    for i in picks.tolist():
+        try:
+            headers.append(read_header(source.files[i], max_pixels=max_pixels)[0])
+        except ImageFileError:
+            continue
+    return headers
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What decoding wrote into an ``images.npy`` of N rows.
+
+    Attributes:
+        reasons: N entries, why the row's file was skipped, or None.
+        file_digests, pixel_digests: N 16-byte digests (None where unknown).
+        sums: int64 (2, C): per channel, the sum and the sum of squares of the pixel values
+            (0-255) of the training rows (rows below ``n_train``; failed rows add nothing).
+        probe: the headers seen, in row order (only when asked for).
+    """
+
+    reasons: list[str | None]
+    file_digests: list[bytes | None]
+    pixel_digests: list[bytes | None]
+    sums: np.ndarray
+    probe: Probe | None
+
+
+def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size: int,
+                 channels: int, max_pixels: int, pool: WorkerPool, stream: IO[str] | None,
+                 record_headers: bool) -> Decoded:
+    """Decode ``files`` into the rows of a new ``images.npy`` at ``target``; the first
+    ``n_train`` are the training rows (their pixel sums give the mean and std)."""
+    n = len(files)
+    shape = (n, channels, image_size, image_size)
+    cache_files.create_images_file(target, shape)
+    chunks = chunked(range(n), pool.workers)
+    tasks = [(str(target), shape, max_pixels, record_headers, n_train, rows.start,
+              list(files[rows.start:rows.stop])) for rows in chunks]
+    decoded = Decoded([None] * n, [None] * n, [None] * n, np.zeros((2, channels), np.int64),
+                      Probe.empty(n) if record_headers else None)
+    progress = Progress("decoding images", n, stream)
+    for start, reasons, fdigs, pdigs, sums, headers in pool.map_chunks(
+            decode_chunk, tasks, size=n, progress=progress, count=lambda r: len(r[1])):
+        stop = start + len(reasons)
+        decoded.reasons[start:stop] = reasons
+        decoded.file_digests[start:stop], decoded.pixel_digests[start:stop] = fdigs, pdigs
+        decoded.sums[...] += sums
+        if decoded.probe is not None:
+            _record(decoded.probe, start, headers, fdigs)
+    skipped = sum(r is not None for r in decoded.reasons)
+    progress.close(f"{skipped} skipped" if skipped else "")
+    _MAPS.pop(str(target), None)
+    return decoded
+
+
+def _record(probe: Probe, start: int, headers: list[tuple], digests: list[bytes | None]
+            ) -> None:
+    """Store one chunk's headers: (reason or None, width, height, mode, grey) per file."""
+    stop = start + len(headers)
+    reasons, widths, heights, modes, grey = zip(*headers)
+    probe.widths[start:stop], probe.heights[start:stop] = widths, heights
+    probe.modes[start:stop], probe.grey[start:stop] = modes, grey
+    probe.reasons.update({start + i: r for i, r in enumerate(reasons) if r is not None})
+    have = [i for i, d in enumerate(digests) if d is not None]
+    if have:
+        probe.digests[[start + i for i in have]] = np.frombuffer(
+            b"".join(digests[i] for i in have), np.uint8).reshape(-1, 16)
+        probe.has_digest[[start + i for i in have]] = True
+
+
+_MAPS: dict[str, np.ndarray] = {}  # a worker's writable map of the cache being built
+
+
+def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int, list[str]]
+                 ) -> tuple[int, list, list, list, np.ndarray, list]:
+    """Decode consecutive files into rows ``start, start + 1, ...`` of the cache being built.
+
+    Returns:
+        (start, why each file was skipped or None, file digests, pixel digests, int64 (2, C)
+        per-channel sum and sum of squares of the pixels of the chunk's training rows, and
+        when headers are recorded (why the header is unusable or None, width, height, mode,
+        grey) per file, as a header probe reads them; else []).
+    """
+    target, shape, max_pixels, record_headers, n_train, start, files = task
+    images = _MAPS.get(target)
+    if images is None:  # a plain ndarray view: np.memmap's item assignment costs more
+        images = _MAPS[target] = cache_files.images_map(Path(target), shape).view(np.ndarray)
+    channels, image_size = shape[1], shape[2]
+    reasons: list[str | None] = []
+    fdigs: list[bytes | None] = []
+    pdigs: list[bytes | None] = []
+    headers: list[tuple] = []
+    for row, file in enumerate(files, start=start):
+        header, header_reason, reason, fdig, pdig = None, None, None, None, None
+        try:
+            with open(file, "rb") as f:
+                data = f.read()
+            fdig = file_digest(data)
+            pixels, header = decode_image(data, image_size=image_size, channels=channels,
+                                          max_pixels=max_pixels)
+            images[row] = pixels
+            pdig = file_digest(pixels.tobytes())
+        except OSError as exc:
+            reason = header_reason = _os_error_reason(exc)
+        except ImageFileError as exc:
+            reason = exc.reason
+            try:  # what the header alone says, as a header probe (and inspect) reads it
+                header = header_of(data, max_pixels=max_pixels, fallback=data)
+            except ImageFileError as header_exc:
+                header_reason = header_exc.reason
+        reasons.append(header_reason or reason)
+        fdigs.append(fdig)
+        pdigs.append(pdig)
+        if record_headers:
+            headers.append((header_reason, 0, 0, "", False) if header is None else
+                           (None, header.width, header.height, header.mode, header.grey))
+    # Training rows of this chunk; rows that failed are zeros and add nothing. Squares of
+    # uint8 fit in uint16: a smaller temporary than int64, summed exactly in int64.
+    train = images[start:min(start + len(files), max(start, n_train))]
+    train = train.transpose(1, 0, 2, 3).reshape(channels, -1)
+    sums = np.stack([train.sum(axis=1, dtype=np.int64),
+                     np.square(train, dtype=np.uint16).sum(axis=1, dtype=np.int64)])
+    return start, reasons, fdigs, pdigs, sums, headers

@@ -1,0 +1,219 @@
+"""The one function that turns an image file into pixels, for the training cache and for
+serving alike (so a served photo gets exactly the cached pixels of the same file).
+
+:func:`preprocess_image`, for a file's bytes (or path):
+
+1. opens it with Pillow, accepting only the raster formats of :data:`FORMATS` (Pillow's
+   other plug-ins, EPS through Ghostscript for one, are never reached), and the first frame
+   of an animated GIF or WEBP;
+2. refuses an image that declares more than ``max_pixels`` pixels before decoding a byte of
+   it (a decompression bomb: a small PNG can declare 30,000 x 30,000 pixels, 2.7 GB as RGB);
+3. lets libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale when that still leaves at least
+   ``image_size`` pixels on each side (``Image.draft``): much faster, and the same here and in
+   serving;
+4. applies the EXIF orientation, so a photo is used as a viewer shows it;
+5. converts the colour mode (see :data:`MODE_RULES`) to grey (``L``) for a one-channel data
+   set and to ``RGB`` for a three-channel one;
+6. resizes the centred square of side ``min(width, height)`` to ``image_size`` pixels, in
+   one resampling step (the same as resizing the shorter side, then centre-cropping), with
+   Pillow's antialiased bilinear filter: torchvision's ``Resize`` default, so pixels match
+   what a torchvision pipeline gives; it has no ringing (LANCZOS and BICUBIC overshoot at
+   edges) and it is the fastest of Pillow's antialiased filters.
+
+Bump :data:`PREPROCESS_VERSION` with any change here that changes a pixel: the cache keys on it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from hpsearch.data_utils.own_images.records import os_reason
+
+__all__ = ["FORMATS", "MAX_IMAGE_PIXELS", "MODE_RULES", "PREPROCESS_VERSION", "ImageFileError",
+           "ImageHeader", "decode_image", "is_grey", "open_image", "preprocess_image"]
+
+PREPROCESS_VERSION = 1
+MAX_IMAGE_PIXELS = 89_478_485
+"""Most pixels (width x height) an image may declare: Pillow's own warning threshold, about
+a 9,500 x 9,500 photo, 0.25 GiB decoded as RGB."""
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+"""Pillow format plug-ins tried (JPEG includes MPO, a phone's JPEG with several pictures;
+PPM includes PGM)."""
+RESAMPLE = Image.Resampling.BILINEAR
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+MODE_RULES = """\
+1, L: grey. LA, La: grey with alpha. P, PA: palette; grey when every palette entry is grey.
+RGB, RGBA, RGBa, CMYK, YCbCr, LAB, HSV: colour (CMYK by Pillow's formula; ICC profiles are
+not applied).
+Alpha (LA, RGBA, PA, and a palette's or PNG's transparent colour): composited over white,
+as a browser shows it on a white page (the colour under a transparent pixel is arbitrary).
+I;16 and I (16-bit grey): scaled from 0..65535 to 0..255 (rounded), values outside clipped;
+F (32-bit float): clipped to 0..255. A colour image in a grey data set becomes L by ITU-R
+601 luma (Pillow's convert); a grey image in a colour data set is repeated on R, G and B.
+"""
+"""How each Pillow mode becomes L or RGB (documentation, shown by ``hpsearch data inspect``)."""
+
+
+class ImageHeader(NamedTuple):
+    """A file's declared image, before decoding (a named tuple: one is made per file).
+
+    Attributes:
+        width, height: pixels, as stored (before the EXIF orientation, which may swap them).
+        mode: Pillow's mode name, e.g. ``"L"``, ``"RGB"``, ``"P"``, ``"I;16"``, ``"CMYK"``.
+        grey: grey by :data:`MODE_RULES`.
+    """
+
+    width: int
+    height: int
+    mode: str
+    grey: bool
+
+
+class ImageFileError(ValueError):
+    """A file that cannot be used as an image; ``reason`` says why in a short phrase."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def is_grey(image: Image.Image) -> bool:
+    """Whether an opened (not necessarily decoded) image is grey by :data:`MODE_RULES`."""
+    mode = image.mode
+    if mode in GREY_MODES or mode.startswith("I;16"):
+        return True
+    if mode not in ("P", "PA"):
+        return False
+    # getpalette loads the image: before that, some plug-ins (TIFF) hold the palette in their
+    # own layout. The header parser reads a PNG's palette without decoding.
+    entries = np.asarray(image.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+    return bool((entries[:, 0] == entries[:, 1]).all() and (entries[:, 1] == entries[:, 2]).all())
+
+
+def open_image(source: bytes | str | os.PathLike[str], *,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image file without decoding its pixels; check its declared size.
+
+    Raises:
+        ImageFileError: empty, not an image of :data:`FORMATS`, unreadable, or a
+            decompression bomb (more than ``max_pixels`` pixels declared).
+    """
+    if isinstance(source, bytes) and not source:
+        raise ImageFileError("empty file")
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit; ours is checked right after.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(fp, formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageFileError(f"decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageFileError("not an image (Pillow cannot identify the file)") from None
+    except OSError as exc:
+        raise ImageFileError(_os_error_reason(exc)) from None
+    except Exception as exc:  # Pillow's plug-ins raise many kinds on a corrupt header
+        raise ImageFileError(f"corrupt header: {_describe(exc)}") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageFileError(f"declares an empty image ({width} x {height} pixels)")
+    if width * height > max_pixels:
+        raise ImageFileError(f"decompression bomb: declares {width:,} x {height:,} pixels, "
+                             f"more than the limit of {max_pixels:,}")
+    return image
+
+
+def preprocess_image(source: bytes | str | os.PathLike[str], *, image_size: int, channels: int,
+                     max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file as the pixels a model of this package sees (see the module docstring).
+
+    Args:
+        source: the file's bytes, or its path.
+        image_size: side S of the square output, pixels (>= 1).
+        channels: 1 (grey, ``L``) or 3 (``RGB``).
+        max_pixels: most pixels the file may declare (see :data:`MAX_IMAGE_PIXELS`).
+
+    Returns:
+        uint8 array (channels, image_size, image_size), values 0-255.
+
+    Raises:
+        ImageFileError: the file cannot be used; ``reason`` says why (empty, not an image,
+            truncated or corrupt data, a decompression bomb).
+        ValueError: ``channels`` is not 1 or 3, or ``image_size`` < 1.
+    """
+    pixels, _ = decode_image(source, image_size=image_size, channels=channels,
+                             max_pixels=max_pixels)
+    return pixels.copy()  # decode_image's is a read-only view of Pillow's bytes
+
+
+def decode_image(source: bytes | str | os.PathLike[str], *, image_size: int, channels: int,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, ImageHeader]:
+    """:func:`preprocess_image` (a read-only array), also returning what the file declares."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size!r}")
+    image = open_image(source, max_pixels=max_pixels)
+    fmt, (width, height), mode = image.format, image.size, image.mode
+    try:
+        with image:
+            image.draft(None, (image_size, image_size))  # JPEG only; a no-op for the others
+            image.load()
+            header = ImageHeader(width, height, mode, is_grey(image))
+            if _may_be_oriented(image):  # reading the EXIF costs more than decoding a thumbnail
+                ImageOps.exif_transpose(image, in_place=True)
+            image = _to_mode(image, "L" if channels == 1 else "RGB")
+            width, height = image.size
+            side = min(width, height)
+            box = ((width - side) / 2, (height - side) / 2, (width + side) / 2,
+                   (height + side) / 2)
+            if (width, height) != (image_size, image_size):
+                image = image.resize((image_size, image_size), RESAMPLE, box=box)
+            array = np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(
+                image_size, image_size, -1)
+    except ImageFileError:
+        raise
+    except Exception as exc:
+        raise ImageFileError(f"{fmt + ' ' if fmt else ''}{_describe(exc)}") from None
+    return array.transpose(2, 0, 1), header
+
+
+_ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
+
+
+def _may_be_oriented(image: Image.Image) -> bool:
+    """Whether a loaded image holds anything ``Image.getexif`` reads an orientation from."""
+    return hasattr(image, "tag_v2") or not _ORIENTATION_SOURCES.isdisjoint(image.info)
+
+
+def _to_mode(image: Image.Image, target: str) -> Image.Image:
+    mode = image.mode
+    if mode == "I" or mode.startswith("I;16"):
+        values = np.asarray(image).astype(np.int64)
+        grey = ((np.clip(values, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        image = Image.fromarray(grey)
+    elif mode == "F":
+        image = Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8))
+    elif "A" in mode or "a" in mode or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint32)
+        alpha = rgba[..., 3:]
+        over_white = (rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
+        image = Image.fromarray(over_white.astype(np.uint8))
+    return image if image.mode == target else image.convert(target)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "truncated" in text or isinstance(exc, (EOFError, SyntaxError)):
+        return f"truncated or corrupt: {text}"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _os_error_reason(exc: OSError) -> str:
+    return os_reason(exc) if exc.errno is not None else f"cannot be read: {exc}"

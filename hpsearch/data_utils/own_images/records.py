@@ -1,0 +1,97 @@
+"""The records the own-images modules share: split names, what a path lists, what was
+skipped, and the one error for a path that cannot be used at all."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["IMAGE_EXTENSIONS", "MANIFEST_SUFFIXES", "SPLITS", "SPLIT_FOLDERS", "ImageDataError",
+           "SkippedFile", "Source", "os_reason", "sort_labels"]
+
+# torchvision.datasets.folder.IMG_EXTENSIONS plus .gif (the first frame of a GIF is used).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff",
+                    ".webp")
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+SPLITS = ("train", "val", "test")
+"""Split names; a split's code is its index here, ``-1`` for a file no split was given for."""
+SPLIT_FOLDERS = {"train": 0, "val": 1, "validation": 1, "test": 2}
+
+
+class ImageDataError(ValueError):
+    """A path that cannot be used as a data set at all; the message names the path and the
+    reason (files that merely cannot be used are skipped, see :class:`SkippedFile`)."""
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file (or folder, ending in ``/``) left out of the data set, and why.
+
+    Attributes:
+        path: as shown to the user: relative to the folder, or as the manifest lists it.
+        reason: one short phrase, e.g. ``"truncated PNG: image file is truncated"``.
+    """
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a folder or manifest lists, after the file-system checks.
+
+    The per-file tuples are parallel, in a fixed order (sorted paths for a folder, manifest
+    order for a manifest), and hold only files that exist as regular files with a label.
+
+    Attributes:
+        path: the folder or manifest, absolute.
+        kind: ``"folder"`` or ``"manifest"``.
+        class_names: sorted class names (see :func:`scan_source`); labels index into it.
+        files: absolute paths, to read.
+        names: the same files as shown to the user (relative to the folder or manifest).
+        labels: int64-able class indices.
+        splits: split codes (0 train, 1 val, 2 test), -1 where none was given.
+        sizes: file sizes in bytes.
+        mtimes: modification times in nanoseconds.
+        skipped: files left out at this stage, with the reason.
+        ignored: files ignored silently (not images by their extension, hidden files).
+        split_origin: ``"folders"``, ``"column"`` or ``""`` (no split given anywhere).
+    """
+
+    path: Path
+    kind: str
+    class_names: tuple[str, ...]
+    files: tuple[str, ...]
+    names: tuple[str, ...]
+    labels: tuple[int, ...]
+    splits: tuple[int, ...]
+    sizes: tuple[int, ...]
+    mtimes: tuple[int, ...]
+    skipped: tuple[SkippedFile, ...] = ()
+    ignored: int = 0
+    split_origin: str = ""
+    digest: str = field(default="", compare=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def sort_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    """Distinct labels sorted: by number when each is a whole number, else as strings."""
+    distinct = set(labels)
+    if distinct and all(label.isdecimal() for label in distinct):
+        return tuple(sorted(distinct, key=lambda label: (int(label), label)))
+    return tuple(sorted(distinct))
+
+
+def os_reason(exc: OSError) -> str:
+    """A short reason for a failed ``stat`` or read."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "broken symlink (its target does not exist)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "cannot be read: permission denied"
+    return f"cannot be read: {exc.strerror or exc}"
