@@ -41,7 +41,13 @@ from hpsearch.studies.components import (
     keyword_arguments,
 )
 from hpsearch.studies.file import METRICS, SpecFile, build_space, reason_of
-from hpsearch.studies.space import ParamSpec, check_space, enqueue_names, sample
+from hpsearch.studies.space import (
+    ParamSpec,
+    check_space,
+    default_params,
+    enqueue_names,
+    sample,
+)
 
 __all__ = ["SpecError", "StudySpec", "builtin_spec_names", "builtin_spec_text",
            "load_builtin_spec", "load_spec", "spec_schema"]
@@ -238,19 +244,10 @@ def _space(file: SpecFile, source: str) -> tuple[ParamSpec, ...]:
     problem = check_space(space)
     if problem:
         raise SpecError(source, *problem)
-    # Hyperparameters named nowhere get their defaults, fixed, at the top level.
-    named = {p.name for p in _all_params(space)}
-    defaults = [ParamSpec(n, "fixed", value=d) for n, d in HYPERPARAMETERS.items()
-                if n not in named]
+    # Hyperparameters named nowhere get their defaults, fixed, at the top level: a family's
+    # only where an architecture that takes it can be drawn (see default_params).
     order = list(HYPERPARAMETERS)
-    return tuple(sorted(space + tuple(defaults), key=lambda p: order.index(p.name)))
-
-
-def _all_params(space: tuple[ParamSpec, ...]):
-    for param in space:
-        yield param
-        for branch in param.branches.values():
-            yield from _all_params(branch)
+    return tuple(sorted(space + default_params(space), key=lambda p: order.index(p.name)))
 
 
 def _component(kind: str, config: Mapping[str, Any], source: str) -> dict[str, Any]:
