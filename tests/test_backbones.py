@@ -17,7 +17,12 @@ from torch import nn
 from hpsearch.data_utils import get_dataset_info
 from hpsearch.errors import HpsearchError
 from hpsearch.models import build_model, build_network, input_stats
-from hpsearch.models.finetune import FineTunedNetwork, adapt_input_conv, split_parameters
+from hpsearch.models.finetune import (
+    FineTunedNetwork,
+    Float32DepthwiseConv2d,
+    adapt_input_conv,
+    split_parameters,
+)
 from hpsearch.models.weights import (
     WeightsUnavailable,
     ensure_weights,
@@ -241,6 +246,27 @@ def test_a_randomly_initialised_first_convolution_keeps_torchvisions_scale() -> 
     assert ratio == pytest.approx(3 ** 0.5, rel=0.1)
     assert adapt_input_conv(conv, 3) is conv
     assert (fresh.stride, fresh.padding, fresh.bias) == ((2, 2), (3, 3), None)
+
+
+def test_depthwise_convolutions_run_in_float32_under_cpu_autocast_and_keep_their_keys() -> None:
+    model = build_model("mobilenet_v3_small", image_size=32).eval()
+    depthwise = [m for m in model.modules() if isinstance(m, Float32DepthwiseConv2d)]
+    outputs = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(
+                lambda m, args, out, name=name: outputs.__setitem__(name, out.dtype))
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(2, 1, 32, 32))
+
+    assert len(depthwise) == 11  # one per inverted-residual block
+    assert all(m.groups == m.in_channels > 1 for m in depthwise)
+    by_kind = {name: isinstance(model.get_submodule(name), Float32DepthwiseConv2d)
+               for name in outputs}
+    assert {outputs[n] for n, dw in by_kind.items() if dw} == {torch.float32}
+    assert {outputs[n] for n, dw in by_kind.items() if not dw} == {torch.bfloat16}
+    assert "network.features.1.block.0.0.weight" in model.state_dict()  # torchvision's key
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,6 +150,18 @@ def test_each_architecture_draws_its_own_family_hyperparameters(tmp_path: Path) 
                                        "batch_size": 32, "dropout": 0.1}]
 
 
+def test_the_architectures_to_fetch_weights_for_are_those_that_may_be_pretrained(
+        tmp_path: Path) -> None:
+    assert _load(tmp_path, FINE_TUNING).pretrained_archs() == ["resnet18", "mobilenet_v3_small"]
+    no_weights = _with(lambda raw: raw["search_space"]["arch"]["resnet18"].update(
+        pretrained=False))
+    assert _load(tmp_path, no_weights).pretrained_archs() == ["mobilenet_v3_small"]
+    searched = _with(lambda raw: (raw["search_space"]["arch"]["resnet18"].pop("pretrained"),
+                                  raw["search_space"].update(pretrained=[False, True])))
+    assert _load(tmp_path, searched).pretrained_archs() == ["resnet18", "mobilenet_v3_small"]
+    assert load_builtin_spec("fashion_mnist").pretrained_archs() == []
+
+
 def test_a_space_of_backbones_only_needs_no_depth_and_records_no_width(tmp_path: Path) -> None:
     raw = {"dataset": "cifar10", "search_space": {
         "lr": 1.0e-3, "batch_size": 32, "dropout": 0.0, "arch": ["resnet18", "efficientnet_b0"],

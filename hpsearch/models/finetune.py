@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from hpsearch.params import FREEZE_WORDS
 
-__all__ = ["FineTunedNetwork", "adapt_input_conv", "check_backbone_lr_mult", "check_freeze",
-           "split_parameters"]
+__all__ = ["FineTunedNetwork", "Float32DepthwiseConv2d", "adapt_input_conv",
+           "check_backbone_lr_mult", "check_freeze", "float32_depthwise", "split_parameters"]
 
 
 def check_freeze(freeze: object) -> str | int:
@@ -176,3 +176,41 @@ def _check_cover(network: nn.Module, stages: Sequence[Sequence[nn.Module]],
     left = [name for name, p in network.named_parameters() if id(p) not in covered]
     if left:
         raise ValueError(f"parameters in no stage and not in the head: {', '.join(left[:5])}")
+
+
+class Float32DepthwiseConv2d(nn.Conv2d):
+    """A depthwise convolution that runs in float32 under CPU autocast.
+
+    oneDNN's bfloat16 depthwise convolution backward is slow: on a 2-core Xeon with AMX-BF16
+    (torch 2.15, one thread, channels-last, batch 64), a 5x5 depthwise layer (96 channels,
+    8x8 maps) took 51 ms forward + backward in bf16 against 15 ms in float32, a 7x7 one
+    (96 channels, 16x16) 177 ms against 101 ms, while a 1x1 convolution took 3.8 ms in bf16
+    against 8.2 ms in float32. MobileNet, EfficientNet and ConvNeXt are mostly such pairs: with
+    their depthwise layers in float32, bf16 autocast trained MobileNetV3-small at 64 px at
+    132 img/s instead of 68 (float32 throughout: 130). On CUDA (cuDNN) nothing changes.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def float32_depthwise(model: nn.Module) -> nn.Module:
+    """Replace every depthwise Conv2d of ``model`` (groups == in_channels > 1) by a
+    :class:`Float32DepthwiseConv2d` holding the same parameters (same state-dict keys)."""
+    for name, module in list(model.named_modules()):
+        if (type(module) is nn.Conv2d and module.groups > 1
+                and module.groups == module.in_channels):
+            parent_name, _, attribute = name.rpartition(".")
+            replacement = Float32DepthwiseConv2d(
+                module.in_channels, module.out_channels, module.kernel_size,
+                stride=module.stride, padding=module.padding, dilation=module.dilation,
+                groups=module.groups, bias=module.bias is not None,
+                padding_mode=module.padding_mode, device=module.weight.device,
+                dtype=module.weight.dtype)
+            replacement.weight = module.weight
+            replacement.bias = module.bias
+            setattr(model.get_submodule(parent_name), attribute, replacement)
+    return model

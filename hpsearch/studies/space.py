@@ -18,7 +18,7 @@ from typing import Any
 from hpsearch.params import FAMILY_HYPERPARAMETERS, FREEZE_WORDS, HYPERPARAMETERS, OPTIMIZERS
 
 __all__ = ["ParamSpec", "active_params", "check_space", "default_params", "enqueue_names",
-           "sample"]
+           "pretrained_archs", "sample"]
 
 
 @dataclass(frozen=True)
@@ -208,6 +208,32 @@ def default_params(space: tuple[ParamSpec, ...]) -> tuple[ParamSpec, ...]:
                  for name, default in HYPERPARAMETERS.items()
                  if name not in named and default is not None
                  and (name not in FAMILY_HYPERPARAMETERS or name in taken))
+
+
+def pretrained_archs(space: tuple[ParamSpec, ...]) -> list[str]:
+    """The architectures ``space`` can draw whose trials may start from pretrained weights:
+    those taking ``pretrained`` where a value it can take on their path is true (or, named
+    nowhere on their path, its default is)."""
+    needed = []
+    for arch in _drawable_archs(space):
+        if "pretrained" not in _takes(arch):
+            continue
+        values = _values_on_path(space, "pretrained", arch)
+        if True in (values or (HYPERPARAMETERS["pretrained"],)):
+            needed.append(arch)
+    return needed
+
+
+def _values_on_path(params: tuple[ParamSpec, ...], name: str, arch: str) -> tuple[Any, ...]:
+    """Every value parameter ``name`` can take on the paths that draw ``arch``."""
+    values: tuple[Any, ...] = ()
+    for param in params:
+        if param.name == name:
+            values += param.candidates() or (True, False)  # a range: anything
+        for choice, branch in param.branches.items():
+            if param.name != "arch" or choice == arch:
+                values += _values_on_path(branch, name, arch)
+    return values
 
 
 def _all_params(space: tuple[ParamSpec, ...]) -> Iterator[ParamSpec]:

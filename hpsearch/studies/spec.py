@@ -18,6 +18,8 @@ Example (``hpsearch/studies/fashion_mnist.yaml`` is the full built-in one)::
       arch:                                # choices with parameters of their own
         cnn: {depth: {type: int, low: 2, high: 4}, width: [32, 64]}
         mlp: {depth: [1, 2], width: [32, 64]}
+        resnet18: {freeze: [none, backbone, 2],  # a pretrained backbone's own
+                   backbone_lr_mult: {type: float, low: 0.01, high: 1.0, log: true}}
       optimizer: adamw                     # a scalar is fixed, not searched
 """
 
@@ -46,6 +48,7 @@ from hpsearch.studies.space import (
     check_space,
     default_params,
     enqueue_names,
+    pretrained_archs,
     sample,
 )
 
@@ -105,6 +108,12 @@ class StudySpec:
     def enqueued_params(self) -> list[dict[str, Any]]:
         """:attr:`enqueue_trials` under the names Optuna knows them by (``cnn.depth``)."""
         return [enqueue_names(self.search_space, params) for params in self.enqueue_trials]
+
+    def pretrained_archs(self) -> list[str]:
+        """The architectures whose trials may start from pretrained weights (a backbone
+        whose ``pretrained`` can be true): what to fetch before the first trial
+        (``hpsearch.models.weights.ensure_weights``)."""
+        return pretrained_archs(self.search_space)
 
     def replace(self, **changes: Any) -> StudySpec:
         """A copy with ``changes`` applied and validated again (e.g. ``epochs`` from the CLI)."""

@@ -104,7 +104,7 @@ class CapturableOptimizer:
     def step(self) -> None:
         """Update every parameter that has a gradient, then advance the schedule."""
         self._step += 1
-        for i, group in enumerate(self.groups):
+        for g, group in enumerate(self.groups):
             with_grad = [i for i, p in enumerate(group.params) if p.grad is not None]
             if not with_grad:
                 continue
@@ -113,9 +113,9 @@ class CapturableOptimizer:
             moments = [group.moments[i] for i in with_grad]
             if self.kind == "adamw":
                 squares = [group.squares[i] for i in with_grad]
-                self._adamw(params, grads, moments, squares, group.weight_decay, self.lrs[i])
+                self._adamw(params, grads, moments, squares, group.weight_decay, self.lrs[g])
             else:
-                self._sgd(params, grads, moments, group.weight_decay, self.lrs[i])
+                self._sgd(params, grads, moments, group.weight_decay, self.lrs[g])
         last = self._table.shape[1] - 1
         self._index.add_(1).clamp_(max=last)
         self.lrs.copy_(self._table[:-1].index_select(1, self._index).squeeze(1))

@@ -4,8 +4,11 @@ Each is torchvision's own model (``torchvision.models.get_model(name)``) with, i
 its pretrained weights (``pretrained``; the default weights of ``get_model_weights(name)``,
 read from torchvision's cache, see :mod:`hpsearch.models.weights`), its first convolution
 adapted to the data set's channels (:func:`~hpsearch.models.finetune.adapt_input_conv`), its
-final Linear layer replaced by a new one for the data set's classes with ``dropout`` before
-it, and its stages frozen as ``freeze`` says (:class:`~hpsearch.models.finetune.FineTunedNetwork`).
+depthwise convolutions kept in float32 under CPU autocast
+(:class:`~hpsearch.models.finetune.Float32DepthwiseConv2d`: oneDNN's bf16 depthwise backward
+halved MobileNet's training throughput), its final Linear layer replaced by a new one for the
+data set's classes with ``dropout`` before it, and its stages frozen as ``freeze`` says
+(:class:`~hpsearch.models.finetune.FineTunedNetwork`).
 
 The stages ``freeze: N`` counts, input to output (N final stages train with the head):
 
@@ -34,7 +37,7 @@ from typing import Any
 
 from torch import nn
 
-from hpsearch.models.finetune import FineTunedNetwork, adapt_input_conv
+from hpsearch.models.finetune import FineTunedNetwork, adapt_input_conv, float32_depthwise
 from hpsearch.models.registry import register_model
 
 BACKBONE_HYPERPARAMETERS = {"pretrained": False, "freeze": "none", "backbone_lr_mult": 1.0}
@@ -158,6 +161,7 @@ def build_backbone(arch: str, *, in_channels: int, image_size: int, num_classes:
         model.load_state_dict(load_pretrained_state_dict(arch))
     parent, attribute, conv = _first_conv(model)
     setattr(parent, attribute, adapt_input_conv(conv, in_channels, pretrained=pretrained))
+    float32_depthwise(model)  # before the stages are listed: it replaces modules
     stages, head = prepare(model, num_classes, dropout)
     return FineTunedNetwork(model, stages=stages, head=head, freeze=freeze,
                             backbone_lr_mult=backbone_lr_mult)
