@@ -17,8 +17,10 @@ NUM_CLASSES = 10
 # The families with a depth and a width (the from-scratch ones).
 SCRATCH = [name for name in list_models() if "depth" in model_hyperparameters(name)]
 # Backbones that take seconds per build and step on a 2-core CPU: tested once, in
-# test_big_backbone_runs_once_at_its_smallest_size, not in every test below.
-BIG = ("convnext_tiny", "resnet50", "vgg16", "vgg16_bn")
+# test_big_backbone_runs_once_at_its_smallest_size, not in every test below (resnet18 and
+# mobilenet_v3_small stand for their families there).
+BIG = ("convnext_tiny", "efficientnet_b0", "mobilenet_v3_large", "resnet50", "vgg16",
+       "vgg16_bn")
 MODELS = [name for name in list_models() if name not in BIG]
 
 
