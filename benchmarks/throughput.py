@@ -18,6 +18,21 @@ The conventional loop is the one of PyTorch's and Optuna's examples: torchvision
 torchvision cannot download here, so the gzip IDX files from ``--data-dir`` are decompressed
 into the folder layout torchvision expects (``ROOT/FashionMNIST/raw/``).
 
+Fine-tuning a pretrained backbone at a larger size (``--image-size``, e.g. 64): both loops
+train on the training images upscaled with PIL (bilinear). hpsearch's loop keeps them as
+uint8 on the device as above, grey (``--channels 1``: the backbone's first convolution takes
+one channel, its RGB kernels summed) or replicated to RGB (``--channels 3``). The
+conventional loop is the one of torchvision's transfer-learning tutorial: the images written
+once as PNG files in a folder per class, ``ImageFolder`` (which opens them as RGB) with
+``ToTensor`` + ``Normalize`` (ImageNet's statistics), ``DataLoader(shuffle=True,
+num_workers=4)`` as the tutorial has it, fp32, a ``loss.item()`` per step::
+
+    python benchmarks/throughput.py --arch mobilenet_v3_small --arch resnet18 \
+        --image-size 64 --batch-size 64 --train-subset 2048 --epochs 3
+
+Both build the same network with random weights (the weights do not change what a step
+costs, and this machine has none to download).
+
 Only training is timed (wall seconds per epoch, device synchronised); the first epoch is a
 warm-up and is reported separately; "steady" figures are the mean of the later epochs.
 Prints one JSON line per batch size on stdout.
@@ -26,6 +41,7 @@ Prints one JSON line per batch size on stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import gzip
 import os
@@ -35,6 +51,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -49,6 +66,7 @@ from _common import (
     synchronize,
     write_section,
 )
+from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
@@ -59,7 +77,7 @@ from hpsearch.data_utils import (
     get_dataset_info,
     load_dataset,
 )
-from hpsearch.models import build_network, list_models
+from hpsearch.models import build_network, input_stats, list_models, model_hyperparameters
 from hpsearch.params import TrialParams
 from hpsearch.training import autocast_dtype, build_optimizer, fit, make_loader
 from hpsearch.training.compiled import compile_network
@@ -69,6 +87,9 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 LR = 1e-3  # AdamW for both loops; the value does not change the cost of a step
 WEIGHT_DECAY = 5e-4
 VAL_IMAGES = 2048  # test images fit() evaluates on after each epoch (untimed)
+UPSCALED_VAL_IMAGES = 256  # the same at --image-size: evaluating bigger images costs more
+TUTORIAL_WORKERS = 4  # torchvision's transfer-learning tutorial: DataLoader(num_workers=4)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -168,9 +189,42 @@ def _reset(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def upscaled(split: ArraySplit, size: int, channels: int) -> ArraySplit:
+    """``split``'s images resized to ``size`` x ``size`` with PIL (bilinear), uint8
+    (N, channels, size, size): grey, or the grey replicated into RGB."""
+    images = np.stack([np.asarray(Image.fromarray(image[0]).resize((size, size),
+                                                                   Image.BILINEAR))
+                       for image in split.images])[:, None]
+    return ArraySplit(np.repeat(images, channels, axis=1), split.labels)
+
+
+def image_info(params: TrialParams, size: int, channels: int):
+    """Fashion-MNIST's record at ``size`` px and ``channels`` channels, normalised as the
+    network of ``params`` expects (``input_stats``)."""
+    info = get_dataset_info("fashion_mnist")
+    info = dataclasses.replace(info, image_size=size, in_channels=channels,
+                               mean=info.mean * channels, std=info.std * channels)
+    mean, std = input_stats(params, info)
+    return dataclasses.replace(info, mean=mean, std=std)
+
+
+def prepare_image_folder(split: ArraySplit, root: Path) -> Path:
+    """Write ``split``'s images as PNG files, one folder per class (``root/3/00042.png``),
+    as a user's own photos would be; reused when ``root`` holds them already."""
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    for index, (image, label) in enumerate(zip(split.images, split.labels)):
+        folder = root / f"{int(label)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0]).save(folder / f"{index:05d}.png")
+    done.touch()
+    return root
+
+
 def run_hpsearch_loop(params: TrialParams, train: ArraySplit, val: ArraySplit, *,
                       device: torch.device, batch_size: int, epochs: int, seed: int,
-                      compile_model: bool = False) -> LoopResult:
+                      compile_model: bool = False, info=None) -> LoopResult:
     """Train with hpsearch's ``make_loader`` + ``fit``, as a trial does (minus augmentation,
     schedule and tracking).
 
@@ -185,8 +239,9 @@ def run_hpsearch_loop(params: TrialParams, train: ArraySplit, val: ArraySplit, *
         compile_model: wrap the model in ``torch.compile`` (``compile_network``, as a trial
             does; plain ``torch.compile`` stopped compiling at the 7th configuration of a
             run, at dynamo's recompile limit).
+        info: the data set record the images match (default Fashion-MNIST's, 28 px grey).
     """
-    info = get_dataset_info("fashion_mnist")
+    info = info or get_dataset_info("fashion_mnist")
     _reset(device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as hpsearch's resolve_device
     torch.manual_seed(seed)
@@ -248,25 +303,84 @@ def run_conventional_loop(params: TrialParams, root: Path, n_images: int, *, dev
     return LoopResult(seconds, len(dataset), running_loss / max(steps, 1), _peak_gpu_mb(device))
 
 
+def run_image_folder_loop(params: TrialParams, folder: Path, *, device: torch.device,
+                          batch_size: int, epochs: int, seed: int,
+                          num_workers: int) -> LoopResult:
+    """Fine-tune the way torchvision's transfer-learning tutorial does: ``ImageFolder``
+    (PNG files opened as RGB) + ``ToTensor`` + ``Normalize`` (ImageNet's statistics),
+    ``DataLoader(shuffle=True, num_workers)``, fp32, a ``loss.item()`` per step.
+
+    Args:
+        params: the backbone (``arch``, ``dropout``); built for 3 channels.
+        folder: from :func:`prepare_image_folder`.
+        device, batch_size, epochs, seed: as for :func:`run_hpsearch_loop`.
+        num_workers: ``DataLoader`` worker processes (the tutorial's 4 by default).
+    """
+    _reset(device)
+    torch.backends.cudnn.benchmark = False
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = torchvision.datasets.ImageFolder(str(folder), transform=transform)
+    size = dataset[0][0].shape[-1]
+    torch.manual_seed(seed)
+    model = build_network(params, image_info(params, size, 3)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    seconds, running_loss, steps = [], 0.0, 0
+    for _ in range(epochs):
+        model.train()
+        running_loss, steps = 0.0, 0
+        synchronize(device)
+        start = time.perf_counter()
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+            steps += 1
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return LoopResult(seconds, len(dataset), running_loss / max(steps, 1), _peak_gpu_mb(device))
+
+
+def _trial_params(args: argparse.Namespace, batch_size: int) -> TrialParams:
+    family = model_hyperparameters(args.arch)
+    return TrialParams(arch=args.arch, dropout=args.dropout, lr=LR, batch_size=batch_size,
+                       depth=args.depth if "depth" in family else None,
+                       width=args.width if "width" in family else None,
+                       pretrained=False if "pretrained" in family else None)
+
+
 def measure(args: argparse.Namespace, batch_size: int, train: ArraySplit, val: ArraySplit,
             root: Path, device: torch.device) -> dict:
     """Both loops (and the compiled hpsearch loop with ``--compile``) at one batch size."""
-    params = TrialParams(arch=args.arch, depth=args.depth, width=args.width,
-                         dropout=args.dropout, lr=LR, batch_size=batch_size)
+    params = _trial_params(args, batch_size)
     common = {"device": device, "batch_size": batch_size, "epochs": args.epochs,
               "seed": args.seed}
-    log(f"batch size {batch_size}: hpsearch loop ...")
-    ours = run_hpsearch_loop(params, train, val, **common)
-    log(f"batch size {batch_size}: conventional loop ...")
-    conventional = run_conventional_loop(params, root, len(train), num_workers=args.num_workers,
-                                         **common)
+    upscale = args.image_size is not None
+    workers = args.num_workers if args.num_workers is not None else (
+        TUTORIAL_WORKERS if upscale else 0)
+    log(f"{args.arch}, batch size {batch_size}: hpsearch loop ...")
+    info = image_info(params, args.image_size, args.channels) if upscale else None
+    ours = run_hpsearch_loop(params, train, val, info=info, **common)
+    log(f"{args.arch}, batch size {batch_size}: conventional loop ...")
+    if upscale:
+        conventional = run_image_folder_loop(params, root, num_workers=workers, **common)
+    else:
+        conventional = run_conventional_loop(params, root, len(train), num_workers=workers,
+                                             **common)
     amp = autocast_dtype(device)
     record = {
         "benchmark": "throughput",
         "device": device.type,
         "arch": args.arch,
-        "depth": args.depth,
-        "width": args.width,
+        "depth": params.depth,
+        "width": params.width,
+        "image_size": args.image_size or 28,
+        "hpsearch_channels": args.channels if upscale else 1,
+        "conventional": "ImageFolder PNG" if upscale else "torchvision FashionMNIST",
         "batch_size": batch_size,
         "train_images": len(train),
         "epochs": args.epochs,
@@ -280,7 +394,8 @@ def measure(args: argparse.Namespace, batch_size: int, train: ArraySplit, val: A
         "hpsearch_images_per_epoch": ours.images_per_epoch,
         "conventional_images_per_epoch": conventional.images_per_epoch,
         "hpsearch_autocast": str(amp).removeprefix("torch.") if amp else "fp32",
-        "num_workers": args.num_workers,
+        "num_workers": workers,
+        "torch_threads": torch.get_num_threads(),
         "hpsearch_final_loss": round(ours.final_loss, 4),
         "conventional_final_loss": round(conventional.final_loss, 4),
         "hpsearch_peak_gpu_mb": ours.peak_gpu_mb,
@@ -339,16 +454,30 @@ def docs_section(args: argparse.Namespace, records: list[dict], device: torch.de
         f"hpsearch: device-resident uint8 data, channels-last, {first['hpsearch_autocast']} "
         "autocast, no per-step host sync, cudnn.benchmark on CUDA. Conventional: torchvision "
         f"FashionMNIST + ToTensor/Normalize, DataLoader(shuffle=True, num_workers="
-        f"{args.num_workers}), fp32, `loss.item()` every step."
+        f"{first['num_workers']}), fp32, `loss.item()` every step."
     )
+    if args.image_size is not None:
+        notes = (
+            f"Backbones {', '.join(f'`{a}`' for a in args.arch)} (random weights), fine-tuned "
+            f"on {first['train_images']:,} Fashion-MNIST training images upscaled to "
+            f"{args.image_size} px (PIL, bilinear), {args.epochs} epochs, the first a warm-up; "
+            "img/s and epoch times are means over the later epochs, training only. ratio = "
+            "hpsearch img/s / conventional img/s.\n\nhpsearch: device-resident uint8 data "
+            f"({first['hpsearch_channels']} channel(s)), channels-last, "
+            f"{first['hpsearch_autocast']} autocast, no per-step host sync. Conventional "
+            "(torchvision's transfer-learning tutorial): PNG files, ImageFolder (RGB) + "
+            "ToTensor/Normalize, DataLoader(shuffle=True, num_workers="
+            f"{first['num_workers']}), fp32, `loss.item()` every step.")
     if args.compile:
         notes += (" Compiled: the hpsearch loop with `torch.compile(model)`; compile cost = "
                   "first epoch minus a steady epoch. Inductor caches compiled graphs on "
                   "disk, so a model compiled before (in an earlier run, or at another "
                   "batch size) compiles here in under a second; only a first compile "
                   "shows the full cost.")
-    return render_section("throughput", title="Training throughput: hpsearch loop vs "
-                          "conventional loop", machine=machine_info(device),
+    name = "throughput" if args.image_size is None else "throughput_finetune"
+    title = ("Training throughput: hpsearch loop vs conventional loop" if args.image_size
+             is None else "Fine-tuning throughput: hpsearch loop vs torchvision's tutorial loop")
+    return render_section(name, title=title, machine=machine_info(device),
                           body=markdown_table(records, columns), notes=notes)
 
 
@@ -367,10 +496,21 @@ def main() -> None:
                         help="epochs per loop, the first a warm-up (default 2)")
     parser.add_argument("--train-subset", type=int, default=None, metavar="N",
                         help="train on the first N of the 60,000 training images (default all)")
-    parser.add_argument("--num-workers", type=int, default=0,
-                        help="DataLoader workers of the conventional loop (default 0)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers of the conventional loop (default 0; 4, "
+                             "the transfer-learning tutorial's, with --image-size)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="PX",
+                        help="train both loops on the images upscaled to PX x PX; the "
+                             "conventional loop reads them as PNG files (ImageFolder)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=1,
+                        help="with --image-size: the hpsearch loop's images grey (1, the "
+                             "default) or replicated to RGB (3, as the conventional loop)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the hpsearch loop with torch.compile(model)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for both loops (default: torch's, one "
+                             "per core; on a CPU shared with other jobs 1 thread avoids "
+                             "OpenMP threads waiting for each other)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder of the Fashion-MNIST IDX files (default: "
@@ -384,12 +524,25 @@ def main() -> None:
     if args.epochs < 1 or (args.train_subset is not None and args.train_subset < 1):
         parser.error("--epochs and --train-subset must be >= 1")
     device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     data_dir = args.data_dir or default_data_dir()
-    root = prepare_torchvision_root(data_dir, args.cache_dir or default_cache_dir())
+    cache_dir = args.cache_dir or default_cache_dir()
     full_train, test = load_dataset("fashion_mnist", data_dir, download=False)
     n = min(args.train_subset or len(full_train), len(full_train))
     train = ArraySplit(full_train.images[:n], full_train.labels[:n])
-    val = ArraySplit(test.images[:VAL_IMAGES], test.labels[:VAL_IMAGES])
+    if args.image_size is None:
+        root = prepare_torchvision_root(data_dir, cache_dir)
+        val = ArraySplit(test.images[:VAL_IMAGES], test.labels[:VAL_IMAGES])
+    else:
+        log(f"upscaling {n:,} training images to {args.image_size} px ...")
+        grey = upscaled(train, args.image_size, 1)
+        root = prepare_image_folder(grey, cache_dir / f"fashion_mnist_png_{args.image_size}"
+                                                      f"px_{n}")
+        train = upscaled(train, args.image_size, args.channels)
+        val = upscaled(ArraySplit(test.images[:UPSCALED_VAL_IMAGES],
+                                  test.labels[:UPSCALED_VAL_IMAGES]),
+                       args.image_size, args.channels)
     records = []
     for arch in args.arch or ["cnn"]:
         for batch_size in args.batch_size or [128, 512]:
@@ -397,7 +550,8 @@ def main() -> None:
             records.append(measure(one, batch_size, train, val, root, device))
             emit(records[-1])
     if args.write_docs:
-        write_section(args.docs, "throughput", docs_section(args, records, device))
+        name = "throughput" if args.image_size is None else "throughput_finetune"
+        write_section(args.docs, name, docs_section(args, records, device))
 
 
 if __name__ == "__main__":

@@ -7,15 +7,33 @@ import pytest
 import torch
 from torch import nn
 
-from hpsearch.models import build_model, list_models, register_model
+from hpsearch.models import build_model, list_models, model_hyperparameters, register_model
+from hpsearch.models.families.torchvision_backbones import min_image_size
+from hpsearch.models.weights import is_backbone
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 BATCH = 4
 NUM_CLASSES = 10
+# The families with a depth and a width (the from-scratch ones).
+SCRATCH = [name for name in list_models() if "depth" in model_hyperparameters(name)]
+# Backbones that take seconds per build and step on a 2-core CPU: tested once, in
+# test_big_backbone_runs_once_at_its_smallest_size, not in every test below (resnet18 and
+# mobilenet_v3_small stand for their families there).
+BIG = ("convnext_tiny", "efficientnet_b0", "mobilenet_v3_large", "resnet50", "vgg16",
+       "vgg16_bn")
+MODELS = [name for name in list_models() if name not in BIG]
+
+
+def _shape(name: str, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``shape``, or its channels at the backbone's smallest size where that is larger (32 px
+    for VGG and ConvNeXt, which cannot take 28 px)."""
+    channels, size, _ = shape
+    size = max(size, min_image_size(name)) if is_backbone(name) else size
+    return channels, size, size
 
 
 def _build(name: str, shape: tuple[int, int, int], **config: object) -> nn.Module:
-    channels, size, _ = shape
+    channels, size, _ = _shape(name, shape)
     return build_model(name, in_channels=channels, image_size=size, **config)
 
 
@@ -34,21 +52,21 @@ def test_all_four_families_are_registered() -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS)
 def test_output_is_finite_logits_per_class(name: str, shape: tuple[int, int, int]) -> None:
     model = _build(name, shape).eval()
     with torch.no_grad():
-        logits = model(torch.randn(BATCH, *shape))
+        logits = model(torch.randn(BATCH, *_shape(name, shape)))
     assert logits.shape == (BATCH, NUM_CLASSES)
     assert logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS)
 def test_every_parameter_gets_a_gradient(name: str, shape: tuple[int, int, int]) -> None:
     model = _build(name, shape).train()
-    logits = model(torch.randn(BATCH, *shape))
+    logits = model(torch.randn(BATCH, *_shape(name, shape)))
     nn.functional.cross_entropy(logits, torch.randint(0, NUM_CLASSES, (BATCH,))).backward()
     for param_name, param in model.named_parameters():
         assert param.grad is not None, param_name
@@ -56,9 +74,24 @@ def test_every_parameter_gets_a_gradient(name: str, shape: tuple[int, int, int])
         assert param.grad.abs().sum() > 0, param_name
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", BIG)
+def test_big_backbone_runs_once_at_its_smallest_size(name: str) -> None:
+    # One grey batch at the smallest size: the adapted first convolution, finite logits,
+    # a gradient for every parameter, the dropout before the head.
+    size = min_image_size(name)
+    model = build_model(name, in_channels=1, image_size=size, dropout=0.3).train()
+    logits = model(torch.randn(2, 1, size, size))
+    nn.functional.cross_entropy(logits, torch.tensor([0, 9])).backward()
+
+    assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), param_name
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] in ([0.3], [0.3, 0.3])
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_runs_channels_last_under_bfloat16_autocast(name: str) -> None:
-    shape = SHAPES[1]
+    shape = _shape(name, SHAPES[1])
     model = _build(name, shape, width=8).to(memory_format=torch.channels_last).eval()
     images = torch.randn(BATCH, *shape).to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -68,26 +101,26 @@ def test_runs_channels_last_under_bfloat16_autocast(name: str) -> None:
 
 
 @pytest.mark.parametrize("depth, width", [(1, 8), (6, 8), (1, 128), (6, 128)])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", SCRATCH)
 def test_accepts_extreme_depth_and_width(name: str, depth: int, width: int) -> None:
     model = _build(name, SHAPES[0], depth=depth, width=width).eval()
     with torch.no_grad():
         assert model(torch.randn(2, *SHAPES[0])).shape == (2, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", SCRATCH)
 def test_deeper_model_has_more_parameters(name: str) -> None:
     counts = [_num_params(_build(name, SHAPES[0], depth=d, width=8)) for d in range(1, 7)]
     assert all(a < b for a, b in zip(counts, counts[1:])), counts
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", SCRATCH)
 def test_wider_model_has_more_parameters(name: str) -> None:
     counts = [_num_params(_build(name, SHAPES[0], width=w)) for w in (8, 16, 32)]
     assert all(a < b for a, b in zip(counts, counts[1:])), counts
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS)
 def test_dropout_probability_is_used(name: str) -> None:
     model = _build(name, SHAPES[0], width=8, dropout=0.3)
     probabilities = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
@@ -95,7 +128,7 @@ def test_dropout_probability_is_used(name: str) -> None:
     assert all(math.isclose(p, 0.3) for p in probabilities)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", SCRATCH)
 def test_none_config_values_fall_back_to_defaults(name: str) -> None:
     unset = build_model(name, depth=None, width=None, dropout=None)
     assert _num_params(unset) == _num_params(build_model(name))
@@ -119,14 +152,27 @@ def test_registering_a_taken_name_raises() -> None:
     assert not isinstance(build_model("cnn"), nn.Identity)
 
 
-@pytest.mark.parametrize(
-    "arg, value",
-    [("depth", 0), ("width", 0), ("width", -8), ("dropout", -0.1), ("dropout", 1.0)],
-)
-@pytest.mark.parametrize("name", list_models())
+INVALID = [("depth", 0), ("width", 0), ("width", -8), ("dropout", -0.1), ("dropout", 1.0)]
+
+
+# depth and width for the families that have them (test_a_family_ignores_another_familys_...).
+@pytest.mark.parametrize("name, arg, value", [
+    (name, arg, value) for name in list_models() for arg, value in INVALID
+    if arg == "dropout" or arg in model_hyperparameters(name)])
 def test_invalid_hyperparameter_raises(name: str, arg: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"{arg} .*{re.escape(str(value))}"):
         build_model(name, **{arg: value})
+
+
+def test_a_family_ignores_another_familys_setting_but_not_an_unknown_name() -> None:
+    # A search space may draw depth for every architecture it draws: a backbone ignores it.
+    backbone = build_model("mobilenet_v3_small", image_size=32, depth=0, width=-8)
+    plain = build_model("mobilenet_v3_small", image_size=32)
+    assert _num_params(backbone) == _num_params(plain)
+    assert _num_params(build_model("cnn", pretrained=True, freeze=2)) == _num_params(
+        build_model("cnn"))
+    with pytest.raises(ValueError, match="unknown hyperparameter 'dropuot' of 'cnn'"):
+        build_model("cnn", dropuot=0.3)
 
 
 def test_nan_dropout_raises() -> None:

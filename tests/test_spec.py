@@ -11,6 +11,8 @@ import optuna
 import pytest
 import yaml
 
+from hpsearch.models import model_hyperparameters
+from hpsearch.params import FAMILY_HYPERPARAMETERS
 from hpsearch.studies import (
     HYPERPARAMETERS,
     ParamSpec,
@@ -59,6 +61,12 @@ def _top(**entries: Any) -> Callable[[dict[str, Any]], None]:
     return lambda raw: raw.update(entries)
 
 
+def _applicable(arch: str) -> set[str]:
+    """The hyperparameters a trial of ``arch`` draws: the general ones and its family's."""
+    return {n for n in HYPERPARAMETERS if n not in FAMILY_HYPERPARAMETERS} | set(
+        model_hyperparameters(arch))
+
+
 class _UntouchableTrial:
     """A stand-in trial that fails the test if anything is asked of it."""
 
@@ -90,7 +98,7 @@ def test_builtin_spec_loads_and_every_path_draws_every_hyperparameter(name: str)
         for opt in optimizer.choices:
             study.enqueue_trial({"arch": choice, "optimizer": opt})
             params = spec.sample(study.ask())
-            assert set(params) == set(HYPERPARAMETERS)
+            assert set(params) == _applicable(choice)
             assert (params["arch"], params["optimizer"]) == (choice, opt)
 
 
@@ -316,7 +324,7 @@ def test_omitted_hyperparameters_get_their_fixed_defaults(tmp_path: Path) -> Non
     spec = load_spec(_write(tmp_path, BASE))
 
     for name, default in HYPERPARAMETERS.items():
-        if default is not None:
+        if default is not None and name in _applicable("mlp") | _applicable("cnn"):
             assert spec.param(name) == ParamSpec(name, "fixed", value=default)
     with pytest.raises(KeyError):
         spec.param("momentum")

@@ -1,16 +1,26 @@
 """Image-classifier families for the search, built by name.
 
-Every family registers a builder taking the keyword arguments of :data:`BUILDER_DEFAULTS`;
-:func:`build_model` builds one by name and :func:`build_network` from a trial's parameters.
-Importing this package loads no torch: the families are imported on first use.
+Every family registers a builder with the hyperparameters it takes; :func:`build_model` builds
+one by name and :func:`build_network` from a trial's parameters; :func:`input_stats` says how
+the network's input must be normalised. The pretrained backbones' weights are found and
+fetched by :mod:`hpsearch.models.weights`, their fine-tuning set-up is
+:mod:`hpsearch.models.finetune`. Importing this package loads no torch: the families are
+imported on first use, and the names of those two modules when first asked for.
 """
 
+from hpsearch._imports import lazy_exports
 from hpsearch.models.registry import (
     BUILDER_DEFAULTS,
     build_model,
     build_network,
+    input_stats,
     list_models,
+    model_hyperparameters,
     register_model,
 )
 
-__all__ = ["BUILDER_DEFAULTS", "build_model", "build_network", "list_models", "register_model"]
+__all__ = ["BUILDER_DEFAULTS", "build_model", "build_network", "input_stats", "list_models",
+           "model_hyperparameters", "register_model"]
+
+# WeightsUnavailable, ensure_weights, weights_available, ... and split_parameters, ...
+__getattr__ = lazy_exports(__name__, ("weights", "finetune"))

@@ -31,7 +31,7 @@ __all__ = ["METRICS", "SpecFile", "build_space", "reason_of"]
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 # Hyperparameters that take real numbers: `1e-4` (no dot), which PyYAML reads as a string,
 # is read as a float there rather than tripping users up.
-_REAL_VALUED = ("lr", "dropout", "weight_decay", "label_smoothing")
+_REAL_VALUED = ("lr", "dropout", "weight_decay", "label_smoothing", "backbone_lr_mult")
 _STEP_REASON = "only int ranges take a step, an integer >= 1"
 
 

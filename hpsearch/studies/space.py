@@ -15,9 +15,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpsearch.params import HYPERPARAMETERS, OPTIMIZERS
+from hpsearch.params import FAMILY_HYPERPARAMETERS, FREEZE_WORDS, HYPERPARAMETERS, OPTIMIZERS
 
-__all__ = ["ParamSpec", "active_params", "check_space", "enqueue_names", "sample"]
+__all__ = ["ParamSpec", "active_params", "check_space", "default_params", "enqueue_names",
+           "pretrained_archs", "sample"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,12 @@ class ParamSpec:
 def sample(space: tuple[ParamSpec, ...], trial: Any) -> dict[str, Any]:
     """Draw every hyperparameter of ``space`` that is active for the choices drawn.
 
+    The drawn architecture gets exactly its family's hyperparameters: one drawn outside its
+    branch that it does not take (``depth`` at the top level, a default fixed there) is left
+    out, so a backbone's trial has no depth; one it takes that its path does not draw (named
+    only in another architecture's branch) gets its default from
+    :data:`~hpsearch.params.HYPERPARAMETERS`.
+
     Returns:
         ``{name: value}`` with the plain names (``depth``, not ``cnn.depth``).
     """
@@ -102,6 +109,12 @@ def sample(space: tuple[ParamSpec, ...], trial: Any) -> dict[str, Any]:
             branch = param.branches.get(values[param.name])
             if branch:
                 pending.append((f"{prefix}{values[param.name]}.", branch))
+    if "arch" in values:
+        takes = _takes(values["arch"])
+        values = {n: v for n, v in values.items()
+                  if n not in FAMILY_HYPERPARAMETERS or n in takes}
+        values |= {n: HYPERPARAMETERS[n] for n in FAMILY_HYPERPARAMETERS
+                   if n in takes and n not in values and HYPERPARAMETERS[n] is not None}
     return values
 
 
@@ -152,48 +165,156 @@ def enqueue_names(space: tuple[ParamSpec, ...], values: Mapping[str, Any]) -> di
 
 
 # What each hyperparameter may take: ("names", allowed) | ("count",) | ("real", low, high,
-# low inclusive). Counts are integers >= 1; reals lie between their bounds.
+# low inclusive, high inclusive) | ("bool",) | ("freeze",). Counts are integers >= 1; reals
+# lie between their bounds; freeze is "none", "backbone" or a number of stages >= 0.
 _RULES: dict[str, tuple] = {
-    "lr": ("real", 0.0, math.inf, False),
+    "lr": ("real", 0.0, math.inf, False, False),
     "batch_size": ("count",),
     "depth": ("count",),
-    "dropout": ("real", 0.0, 1.0, True),
+    "dropout": ("real", 0.0, 1.0, True, False),
     "arch": ("names", None),  # the model registry's names, looked up when checked
     "width": ("count",),
     "optimizer": ("names", OPTIMIZERS),
-    "weight_decay": ("real", 0.0, math.inf, True),
-    "label_smoothing": ("real", 0.0, 1.0, True),
+    "weight_decay": ("real", 0.0, math.inf, True, False),
+    "label_smoothing": ("real", 0.0, 1.0, True, False),
+    "pretrained": ("bool",),
+    "freeze": ("freeze",),
+    "backbone_lr_mult": ("real", 0.0, 1.0, False, True),
 }
 
 
 def check_space(space: tuple[ParamSpec, ...], key: str = "search_space") -> tuple[str, str] | None:
-    """Check that every path through ``space`` names each hyperparameter once, and that each
-    parameter's values make sense for the objective.
+    """Check that every path through ``space`` names each hyperparameter once, that each
+    parameter's values make sense for the objective, and that each architecture gets only
+    the hyperparameters its family takes (and those it requires).
 
     Returns:
         None, or ``(key, reason)`` of the first problem (``key`` as in the spec file:
         ``search_space.arch.cnn.depth``).
     """
-    return _check_level(space, key, inherited=frozenset()) or _check_required(space, key)
+    return (_check_level(space, key, inherited=frozenset())
+            or _check_families(space, key) or _check_required(space, key))
 
 
-def _covers(params: tuple[ParamSpec, ...], name: str) -> bool:
-    """Whether ``name`` is drawn on every path through ``params``."""
-    return any(p.name == name or (p.branches and all(_covers(b, name)
-                                                      for b in p.branches.values()))
-               for p in params)
+def default_params(space: tuple[ParamSpec, ...]) -> tuple[ParamSpec, ...]:
+    """Fixed parameters for the hyperparameters ``space`` names nowhere that have a default:
+    every general one, and a family's (``width``, ``pretrained``, ...) only where an
+    architecture that takes it can be drawn. So a space of from-scratch families resolves to
+    exactly what it resolved to before the backbones' hyperparameters existed (the study
+    definitions recorded then stay equal)."""
+    named = {p.name for p in _all_params(space)}
+    taken = set().union(*(_takes(arch) for arch in _drawable_archs(space)))
+    return tuple(ParamSpec(name, "fixed", value=default)
+                 for name, default in HYPERPARAMETERS.items()
+                 if name not in named and default is not None
+                 and (name not in FAMILY_HYPERPARAMETERS or name in taken))
+
+
+def pretrained_archs(space: tuple[ParamSpec, ...]) -> list[str]:
+    """The architectures ``space`` can draw whose trials may start from pretrained weights:
+    those taking ``pretrained`` where a value it can take on their path is true (or, named
+    nowhere on their path, its default is)."""
+    needed = []
+    for arch in _drawable_archs(space):
+        if "pretrained" not in _takes(arch):
+            continue
+        values = _values_on_path(space, "pretrained", arch)
+        if True in (values or (HYPERPARAMETERS["pretrained"],)):
+            needed.append(arch)
+    return needed
+
+
+def _values_on_path(params: tuple[ParamSpec, ...], name: str, arch: str) -> tuple[Any, ...]:
+    """Every value parameter ``name`` can take on the paths that draw ``arch``."""
+    values: tuple[Any, ...] = ()
+    for param in params:
+        if param.name == name:
+            values += param.candidates() or (True, False)  # a range: anything
+        for choice, branch in param.branches.items():
+            if param.name != "arch" or choice == arch:
+                values += _values_on_path(branch, name, arch)
+    return values
+
+
+def _all_params(space: tuple[ParamSpec, ...]) -> Iterator[ParamSpec]:
+    for param in space:
+        yield param
+        for branch in param.branches.values():
+            yield from _all_params(branch)
+
+
+def _drawable_archs(space: tuple[ParamSpec, ...]) -> list[str]:
+    archs = [c for p in _all_params(space) if p.name == "arch" for c in p.candidates()]
+    return list(dict.fromkeys(archs))
+
+
+def _takes(arch: str) -> frozenset[str]:
+    """The family hyperparameters ``arch`` takes (none for a name that is not registered:
+    the value check reports that one)."""
+    from hpsearch.models import list_models, model_hyperparameters  # imports torch
+
+    return frozenset(model_hyperparameters(arch)) if arch in list_models() else frozenset()
+
+
+def _check_families(space: tuple[ParamSpec, ...], key: str) -> tuple[str, str] | None:
+    """A family hyperparameter in an architecture's branch must be one that family takes;
+    one outside the branches must be taken by some architecture the space can draw."""
+    archs = _drawable_archs(space)
+    for where, param, arch in _family_params(space, key, arch=None):
+        if arch is not None and param.name not in _takes(arch):
+            own = ", ".join(sorted(_takes(arch), key=FAMILY_HYPERPARAMETERS.index)) or "none"
+            return where, f"{arch} does not take {param.name}; it takes: {own}"
+        if arch is None and not any(param.name in _takes(a) for a in archs):
+            return where, (f"no architecture of this space ({', '.join(archs)}) takes "
+                           f"{param.name}")
+    return None
+
+
+def _family_params(params: tuple[ParamSpec, ...], key: str, arch: str | None
+                   ) -> Iterator[tuple[str, ParamSpec, str | None]]:
+    """(key, parameter, the architecture whose branch holds it or None) of every family
+    hyperparameter in ``params``."""
+    for param in params:
+        if param.name in FAMILY_HYPERPARAMETERS:
+            yield f"{key}.{param.name}", param, arch
+        for choice, branch in param.branches.items():
+            inner = choice if param.name == "arch" else arch
+            yield from _family_params(branch, f"{key}.{param.name}.{choice}", inner)
+
+
+def _covers(params: tuple[ParamSpec, ...], name: str, arch: str | None = None) -> bool:
+    """Whether ``name`` is drawn on every path through ``params`` (every path that draws
+    ``arch``, when given)."""
+    def branch_covers(param: ParamSpec) -> bool:
+        if not param.branches:
+            return False
+        if param.name == "arch" and arch in param.branches:
+            return _covers(param.branches[arch], name, arch)
+        return all(_covers(b, name, arch) for b in param.branches.values())
+
+    return any(p.name == name or branch_covers(p) for p in params)
 
 
 def _check_required(space: tuple[ParamSpec, ...], key: str) -> tuple[str, str] | None:
-    """Every path must draw the hyperparameters that have no default."""
-    missing = [n for n, default in HYPERPARAMETERS.items()
-               if default is None and not _covers(space, n)]
+    """Every path must draw the hyperparameters that have no default: the general ones
+    always, a family's (``depth``) wherever an architecture that takes it is drawn."""
+    general = [n for n, default in HYPERPARAMETERS.items()
+               if default is None and n not in FAMILY_HYPERPARAMETERS]
+    missing = [n for n in general if not _covers(space, n)]
     for name in missing:  # drawn in some branches of a parameter: name a branch without it
         for param in space:
             lacking = [c for c, b in param.branches.items() if not _covers(b, name)]
             if lacking and len(lacking) < len(param.branches):
                 return f"{key}.{param.name}.{lacking[0]}", f"missing {name}"
-    return (key, f"missing {', '.join(missing)}") if missing else None
+    if missing:
+        return key, f"missing {', '.join(missing)}"
+    required = [n for n in FAMILY_HYPERPARAMETERS if HYPERPARAMETERS[n] is None]
+    branched = any(p.name == "arch" and p.branches for p in space)
+    for arch in _drawable_archs(space):
+        for name in required:
+            if name in _takes(arch) and not _covers(space, name, arch):
+                return (f"{key}.arch.{arch}" if branched else key), f"missing {name}"
+    return None
 
 
 def _check_level(params: tuple[ParamSpec, ...], key: str,
@@ -234,12 +355,36 @@ def _check_values(param: ParamSpec) -> str | None:
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in lows):
             return f"values must be integers >= 1, got {list(lows)}"
         return None
-    _, low, high, low_inclusive = rule
+    if rule[0] == "bool":
+        if param.kind not in ("categorical", "fixed") or any(
+                not isinstance(v, bool) for v in candidates):
+            return f"values must be true or false, got {param.to_dict()!r}"
+        return None
+    if rule[0] == "freeze":
+        return _check_freeze(param, candidates)
+    return _check_real(param, candidates, *rule[1:])
+
+
+def _check_freeze(param: ParamSpec, candidates: tuple[Any, ...]) -> str | None:
+    if param.kind == "float":
+        return "must be choices or an integer range, not float"
+    values = [param.low] if param.kind == "int" else candidates
+    if any(v not in FREEZE_WORDS and (isinstance(v, bool) or not isinstance(v, int) or v < 0)
+           for v in values):
+        return (f"values must be {' or '.join(FREEZE_WORDS)} or a number of trainable "
+                f"stages >= 0, got {list(values)}")
+    return None
+
+
+def _check_real(param: ParamSpec, candidates: tuple[Any, ...], low: float, high: float,
+                low_inclusive: bool, high_inclusive: bool) -> str | None:
     values = [param.low, param.high] if param.kind in ("float", "int") else candidates
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
         return f"values must be numbers, got {list(values)}"
-    if not all((v >= low if low_inclusive else v > low) and v < high for v in values):
-        bounds = f"{'[' if low_inclusive else '('}{low:g}, {high})"
+    if not all((v >= low if low_inclusive else v > low)
+               and (v <= high if high_inclusive else v < high) for v in values):
+        bounds = (f"{'[' if low_inclusive else '('}{low:g}, {high}"
+                  f"{']' if high_inclusive else ')'}")
         return f"values must lie in {bounds}, got {list(values)}"
     return None
 

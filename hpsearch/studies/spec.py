@@ -18,6 +18,8 @@ Example (``hpsearch/studies/fashion_mnist.yaml`` is the full built-in one)::
       arch:                                # choices with parameters of their own
         cnn: {depth: {type: int, low: 2, high: 4}, width: [32, 64]}
         mlp: {depth: [1, 2], width: [32, 64]}
+        resnet18: {freeze: [none, backbone, 2],  # a pretrained backbone's own
+                   backbone_lr_mult: {type: float, low: 0.01, high: 1.0, log: true}}
       optimizer: adamw                     # a scalar is fixed, not searched
 """
 
@@ -42,7 +44,14 @@ from hpsearch.studies.components import (
 )
 from hpsearch.studies.file import METRICS, SpecFile, build_space, reason_of
 from hpsearch.studies.limits import MAX_SPEC_BYTES, SpecLoader, SpecTooLarge
-from hpsearch.studies.space import ParamSpec, check_space, enqueue_names, sample
+from hpsearch.studies.space import (
+    ParamSpec,
+    check_space,
+    default_params,
+    enqueue_names,
+    pretrained_archs,
+    sample,
+)
 
 __all__ = ["SpecError", "StudySpec", "builtin_spec_names", "builtin_spec_text",
            "load_builtin_spec", "load_spec", "spec_schema"]
@@ -112,6 +121,12 @@ class StudySpec:
     def enqueued_params(self) -> list[dict[str, Any]]:
         """:attr:`enqueue_trials` under the names Optuna knows them by (``cnn.depth``)."""
         return [enqueue_names(self.search_space, params) for params in self.enqueue_trials]
+
+    def pretrained_archs(self) -> list[str]:
+        """The architectures whose trials may start from pretrained weights (a backbone
+        whose ``pretrained`` can be true): what to fetch before the first trial
+        (``hpsearch.models.weights.ensure_weights``)."""
+        return pretrained_archs(self.search_space)
 
     def replace(self, **changes: Any) -> StudySpec:
         """A copy with ``changes`` applied and validated again (e.g. ``epochs`` from the CLI)."""
@@ -278,19 +293,10 @@ def _space(file: SpecFile, source: str) -> tuple[ParamSpec, ...]:
     problem = check_space(space)
     if problem:
         raise SpecError(source, *problem)
-    # Hyperparameters named nowhere get their defaults, fixed, at the top level.
-    named = {p.name for p in _all_params(space)}
-    defaults = [ParamSpec(n, "fixed", value=d) for n, d in HYPERPARAMETERS.items()
-                if n not in named]
+    # Hyperparameters named nowhere get their defaults, fixed, at the top level: a family's
+    # only where an architecture that takes it can be drawn (see default_params).
     order = list(HYPERPARAMETERS)
-    return tuple(sorted(space + tuple(defaults), key=lambda p: order.index(p.name)))
-
-
-def _all_params(space: tuple[ParamSpec, ...]):
-    for param in space:
-        yield param
-        for branch in param.branches.values():
-            yield from _all_params(branch)
+    return tuple(sorted(space + default_params(space), key=lambda p: order.index(p.name)))
 
 
 def _component(kind: str, config: Mapping[str, Any], source: str) -> dict[str, Any]:

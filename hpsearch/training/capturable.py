@@ -53,7 +53,9 @@ class CapturableOptimizer:
         optimizer: a ``torch.optim.AdamW`` or ``torch.optim.SGD`` (Nesterov) whose state is
             still empty; its own ``step`` is not used.
         lr_values: learning rate before step 0, 1, ... (``one_cycle_values``); steps past the
-            end keep the last value.
+            end keep the last value. One list for every group, or one list per parameter
+            group, in the optimizer's order (each group its own one-cycle curve: a
+            backbone's peak is a fraction of the head's).
         momentum_values: SGD's momentum or AdamW's ``beta1``, the same way.
 
     Raises:
@@ -61,7 +63,8 @@ class CapturableOptimizer:
             (AMSGrad, maximize, dampening, SGD without Nesterov momentum).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, lr_values: Sequence[float],
+    def __init__(self, optimizer: torch.optim.Optimizer,
+                 lr_values: Sequence[float] | Sequence[Sequence[float]],
                  momentum_values: Sequence[float]) -> None:
         self.kind = _kind(optimizer)
         self.groups = [_Group(list(g["params"]), float(g["weight_decay"]),
@@ -72,13 +75,20 @@ class CapturableOptimizer:
         self.beta2 = float(first["betas"][1]) if self.kind == "adamw" else 0.0
         self.eps = float(first.get("eps", 0.0))
         device = next(p.device for g in optimizer.param_groups for p in g["params"])
-        table = torch.tensor([list(lr_values), list(momentum_values)], dtype=torch.float32,
+        rows = _lr_rows(lr_values, len(self.groups))
+        # Row g: group g's learning rate before each step; the last row: the momentum.
+        table = torch.tensor([*rows, list(momentum_values)], dtype=torch.float32,
                              device=device)
         self._table = table
         self._index = torch.zeros(1, dtype=torch.int64, device=device)
-        self.lr = table[0, 0].clone()  # 0-d device tensors, updated in place
-        self.momentum = table[1, 0].clone()
+        self.lrs = table[:-1, 0].clone()  # (groups,) device tensor, updated in place
+        self.momentum = table[-1, 0].clone()  # 0-d device tensor, updated in place
         self._step = torch.zeros((), dtype=torch.float32, device=device)
+
+    @property
+    def lr(self) -> Tensor:
+        """The first group's learning rate (the head's), a 0-d view of :attr:`lrs`."""
+        return self.lrs[0]
 
     @property
     def params(self) -> list[Tensor]:
@@ -88,13 +98,13 @@ class CapturableOptimizer:
         """Every tensor :meth:`step` changes besides the parameters: moments, the step
         count, the schedule position and its current values."""
         moments = [t for group in self.groups for t in (*group.moments, *group.squares)]
-        return [*moments, self._step, self._index, self.lr, self.momentum]
+        return [*moments, self._step, self._index, self.lrs, self.momentum]
 
     @torch.no_grad()
     def step(self) -> None:
         """Update every parameter that has a gradient, then advance the schedule."""
         self._step += 1
-        for group in self.groups:
+        for g, group in enumerate(self.groups):
             with_grad = [i for i, p in enumerate(group.params) if p.grad is not None]
             if not with_grad:
                 continue
@@ -103,17 +113,17 @@ class CapturableOptimizer:
             moments = [group.moments[i] for i in with_grad]
             if self.kind == "adamw":
                 squares = [group.squares[i] for i in with_grad]
-                self._adamw(params, grads, moments, squares, group.weight_decay)
+                self._adamw(params, grads, moments, squares, group.weight_decay, self.lrs[g])
             else:
-                self._sgd(params, grads, moments, group.weight_decay)
+                self._sgd(params, grads, moments, group.weight_decay, self.lrs[g])
         last = self._table.shape[1] - 1
         self._index.add_(1).clamp_(max=last)
-        self.lr.copy_(self._table[0].index_select(0, self._index).squeeze(0))
-        self.momentum.copy_(self._table[1].index_select(0, self._index).squeeze(0))
+        self.lrs.copy_(self._table[:-1].index_select(1, self._index).squeeze(1))
+        self.momentum.copy_(self._table[-1].index_select(0, self._index).squeeze(0))
 
     def _adamw(self, params: list[Tensor], grads: list[Tensor], moments: list[Tensor],
-               squares: list[Tensor], weight_decay: float) -> None:
-        beta1, lr = self.momentum, self.lr
+               squares: list[Tensor], weight_decay: float, lr: Tensor) -> None:
+        beta1 = self.momentum
         if weight_decay:
             torch._foreach_mul_(params, 1 - lr * weight_decay)
         torch._foreach_mul_(moments, beta1)
@@ -130,7 +140,7 @@ class CapturableOptimizer:
         torch._foreach_addcdiv_(params, moments, denominators)
 
     def _sgd(self, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
-             weight_decay: float) -> None:
+             weight_decay: float, lr: Tensor) -> None:
         momentum = self.momentum
         if weight_decay:
             grads = torch._foreach_add(grads, params, alpha=weight_decay)
@@ -139,8 +149,19 @@ class CapturableOptimizer:
         torch._foreach_mul_(buffers, momentum)
         torch._foreach_add_(buffers, grads)
         nesterov = torch._foreach_add(grads, torch._foreach_mul(buffers, momentum))
-        torch._foreach_mul_(nesterov, self.lr)
+        torch._foreach_mul_(nesterov, lr)
         torch._foreach_sub_(params, nesterov)
+
+
+def _lr_rows(lr_values: Sequence[float] | Sequence[Sequence[float]],
+             groups: int) -> list[list[float]]:
+    """One learning-rate row per group: ``lr_values`` itself, or each of its lists."""
+    if lr_values and isinstance(lr_values[0], Sequence):
+        if len(lr_values) != groups:
+            raise ValueError(f"{len(lr_values)} learning-rate lists for {groups} parameter "
+                             "groups")
+        return [list(row) for row in lr_values]
+    return [list(lr_values)] * groups
 
 
 def _zeros_like(params: Sequence[Tensor]) -> list[Tensor]:

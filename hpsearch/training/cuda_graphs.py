@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hpsearch.training.capturable import CapturableOptimizer, NotCapturable
-from hpsearch.training.optim import one_cycle, one_cycle_values
+from hpsearch.training.optim import group_max_lrs, one_cycle, one_cycle_values
 from hpsearch.training.step import EagerStep, TrainStep, autocast, batch_outcome
 
 __all__ = ["WARMUP_STEPS", "CudaGraphStep", "build_train_step"]
@@ -100,7 +100,8 @@ class CudaGraphStep:
         model: the network, on ``device``, in training mode when called.
         optimizer: from ``build_optimizer`` (AdamW or Nesterov SGD); its parameter groups
             are updated by a :class:`CapturableOptimizer`, not by its own ``step``.
-        max_lr, total_steps: the one-cycle schedule (``one_cycle_values``).
+        max_lr, total_steps: the one-cycle schedule (``one_cycle_values``); each parameter
+            group peaks at ``max_lr`` times its ``lr_scale`` (``group_max_lrs``).
         device: a CUDA device (any device with a ``capture`` of your own, for tests).
         amp_dtype: autocast dtype, or None.
         label_smoothing: cross-entropy label smoothing.
@@ -115,8 +116,15 @@ class CudaGraphStep:
                  label_smoothing: float = 0.0, capture: Capture = capture_cuda_graph) -> None:
         self.model, self.device = model, device
         self.amp_dtype, self.label_smoothing = amp_dtype, label_smoothing
-        self.update = CapturableOptimizer(
-            optimizer, *one_cycle_values(max_lr=max_lr, total_steps=total_steps))
+        # Each parameter group its own curve (a backbone's peak is a fraction of the head's);
+        # the momentum's does not depend on the peak.
+        lr_rows = [one_cycle_values(max_lr=peak, total_steps=total_steps)[0]
+                   for peak in group_max_lrs(optimizer, max_lr)]
+        momenta = one_cycle_values(max_lr=max_lr, total_steps=total_steps)[1]
+        self.update = CapturableOptimizer(optimizer, lr_rows, momenta)
+        # Which row of the update's learning rates is a backbone's (None: no such group).
+        self._backbone_row = next((i for i, g in enumerate(optimizer.param_groups)
+                                   if g.get("name", "").split(".")[0] == "backbone"), None)
         self._capture = capture
         self._replay: Callable[[], None] | None = None
         self._static: tuple[Tensor, Tensor] | None = None
@@ -132,6 +140,12 @@ class CudaGraphStep:
     @property
     def lr(self) -> float:
         return float(self.update.lr)
+
+    @property
+    def lr_backbone(self) -> float | None:
+        if self._backbone_row is None:
+            return None
+        return float(self.update.lrs[self._backbone_row])
 
     def __call__(self, x: Tensor, y: Tensor) -> Outputs:
         self.steps += 1

@@ -66,9 +66,11 @@ class EpochResult:
         train_loss: mean training cross-entropy per image over the epoch (nats).
         train_accuracy: training accuracy over the epoch, in [0, 1], on augmented images.
         val: validation loss, accuracy and confusion matrix after the epoch.
-        lr: learning rate at the end of the epoch.
+        lr: learning rate at the end of the epoch (the head's, for a pretrained backbone).
         epoch_seconds: wall time of the training part of the epoch (s).
         images_per_second: training images processed per second.
+        lr_backbone: a pretrained backbone's learning rate at the end of the epoch; None
+            for a network without a trainable backbone (not a metric then).
     """
 
     epoch: int
@@ -78,9 +80,12 @@ class EpochResult:
     lr: float
     epoch_seconds: float
     images_per_second: float
+    lr_backbone: float | None = None
 
     def metrics(self) -> dict[str, float]:
-        """The epoch's scalar metrics under the names logged to MLflow."""
+        """The epoch's scalar metrics under the names logged to MLflow (``lr_backbone`` only
+        where there is one)."""
+        backbone = {} if self.lr_backbone is None else {"lr_backbone": self.lr_backbone}
         return {
             "train_loss": self.train_loss,
             "train_accuracy": self.train_accuracy,
@@ -89,7 +94,7 @@ class EpochResult:
             "lr": self.lr,
             "epoch_seconds": self.epoch_seconds,
             "images_per_second": self.images_per_second,
-        }
+        } | backbone
 
 
 @torch.no_grad()
@@ -199,6 +204,7 @@ def fit(
             lr=train_step.lr,
             epoch_seconds=seconds,
             images_per_second=seen / seconds if seconds > 0 else math.inf,
+            lr_backbone=getattr(train_step, "lr_backbone", None),
         )
         history.append(result)
         if on_epoch is not None:

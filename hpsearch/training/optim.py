@@ -7,9 +7,11 @@ import math
 import torch
 from torch import nn
 
+from hpsearch.models.finetune import check_backbone_lr_mult, split_parameters
 from hpsearch.params import OPTIMIZERS
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "one_cycle", "one_cycle_values"]
+__all__ = ["OPTIMIZERS", "build_optimizer", "group_lr", "group_max_lrs", "one_cycle",
+           "one_cycle_values"]
 
 # The one-cycle schedule's shape: warm-up share, and torch's OneCycleLR defaults for the rest.
 PCT_START = 0.25  # share of the steps spent warming up
@@ -19,20 +21,43 @@ MOMENTUM_RANGE = (0.85, 0.95)  # momentum (SGD) or beta1 (AdamW): lowest at the 
 
 
 def build_optimizer(
-    model: nn.Module, *, name: str, lr: float, weight_decay: float
+    model: nn.Module, *, name: str, lr: float, weight_decay: float,
+    backbone_lr_mult: float | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW (Loshchilov & Hutter 2019) or SGD with Nesterov momentum 0.9.
 
     Weight decay applies to weight matrices and kernels only; decaying biases and
-    normalisation scales only shrinks them for no regularising effect.
+    normalisation scales only shrinks them for no regularising effect. Frozen parameters
+    (``requires_grad`` False) are left out.
+
+    Parameter groups, in this order, each with ``"name"`` and ``"lr_scale"`` (its learning
+    rate as a fraction of ``lr``; :func:`one_cycle` scales each group's peak by it): ``head``
+    (weights, decayed) and ``head.no_decay``, then, for a pretrained backbone
+    (:class:`~hpsearch.models.finetune.FineTunedNetwork`) with trainable stages,
+    ``backbone`` and ``backbone.no_decay`` at ``lr * backbone_lr_mult``. Empty groups are
+    left out. A from-scratch network has the two head groups only, as before backbones.
+
+    Args:
+        model: the network (not a ``torch.compile`` wrapper: its parameters are the same,
+            but only the network knows its head).
+        name: ``adamw`` or ``sgd``.
+        lr: the head's learning rate (the schedule's peak).
+        weight_decay: of the decayed groups.
+        backbone_lr_mult: the backbone's learning rate as a fraction of the head's, in
+            (0, 1]; None: the model's own ``backbone_lr_mult`` (1 without one).
 
     Raises:
-        ValueError: ``name`` is neither ``adamw`` nor ``sgd``.
+        ValueError: ``name`` is neither ``adamw`` nor ``sgd``, or ``backbone_lr_mult`` lies
+            outside (0, 1].
     """
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    if backbone_lr_mult is None:
+        backbone_lr_mult = getattr(model, "backbone_lr_mult", 1.0)
+    scale = check_backbone_lr_mult(backbone_lr_mult)
+    head, backbone = split_parameters(model)
+    groups = [group for part, params, lr_scale in (("head", head, 1.0),
+                                                   ("backbone", backbone, scale))
+              for group in _decay_groups(part, params, lr * lr_scale, lr_scale, weight_decay)
+              if group["params"]]
     if name == "adamw":
         # On CUDA the fused kernel updates all parameters in one launch per step.
         fused = all(p.is_cuda for p in model.parameters()) or None
@@ -42,12 +67,36 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
+def _decay_groups(part: str, params: list[nn.Parameter], lr: float, lr_scale: float,
+                  weight_decay: float) -> list[dict]:
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay,
+             "lr": lr, "lr_scale": lr_scale, "name": part},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0,
+             "lr": lr, "lr_scale": lr_scale, "name": f"{part}.no_decay"}]
+
+
+def group_max_lrs(optimizer: torch.optim.Optimizer, max_lr: float) -> list[float]:
+    """Each parameter group's peak learning rate: ``max_lr`` times its ``lr_scale`` (1 for
+    a group :func:`build_optimizer` did not make)."""
+    return [max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+
+
+def group_lr(optimizer: torch.optim.Optimizer, part: str) -> float | None:
+    """The current learning rate of the first group named ``part`` (``head`` or
+    ``backbone``), or None if there is none (no backbone, or a frozen one)."""
+    return next((float(group["lr"]) for group in optimizer.param_groups
+                 if group.get("name", "head").split(".")[0] == part), None)
+
+
 def one_cycle(optimizer: torch.optim.Optimizer, *, max_lr: float,
               total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
     """The one-cycle schedule (Smith & Topin 2017, arXiv:1708.07120) over ``total_steps``
-    optimizer steps: warm-up over the first quarter, then cosine annealing."""
+    optimizer steps: warm-up over the first quarter, then cosine annealing. Each parameter
+    group follows its own curve, peaking at :func:`group_max_lrs` (``max_lr`` for the head,
+    ``max_lr * backbone_lr_mult`` for a backbone)."""
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=_scheduled_steps(total_steps),
+        optimizer, max_lr=group_max_lrs(optimizer, max_lr),
+        total_steps=_scheduled_steps(total_steps),
         pct_start=PCT_START, div_factor=DIV_FACTOR, final_div_factor=FINAL_DIV_FACTOR,
         base_momentum=MOMENTUM_RANGE[0], max_momentum=MOMENTUM_RANGE[1])
 

@@ -11,6 +11,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from hpsearch.training.optim import group_lr
+
 __all__ = ["EagerStep", "TrainStep", "autocast", "batch_outcome"]
 
 
@@ -20,13 +22,19 @@ class TrainStep(Protocol):
     Attributes:
         mode: one line saying how the step runs and why (``eager (...)``, ``cuda graph
             (...)``).
-        lr: the learning rate the next step uses (read once per epoch).
+        lr: the learning rate the next step uses (read once per epoch); the head's, where
+            the parameter groups have several.
+        lr_backbone: a pretrained backbone's learning rate for the next step, or None where
+            no parameter group is a backbone's.
     """
 
     mode: str
 
     @property
     def lr(self) -> float: ...
+
+    @property
+    def lr_backbone(self) -> float | None: ...
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Train on one batch: float images (B, C, H, W), int64 labels (B,).
@@ -78,6 +86,10 @@ class EagerStep:
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def lr_backbone(self) -> float | None:
+        return group_lr(self.optimizer, "backbone")
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         with autocast(self.device or x.device, self.amp_dtype):
