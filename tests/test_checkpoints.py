@@ -197,6 +197,23 @@ def test_a_trials_state_goes_when_it_ends_and_stays_when_it_is_interrupted(
     assert store.path(0).exists() is kept
 
 
+def test_a_state_that_cannot_be_saved_is_said_once_and_training_goes_on(tmp_path,
+                                                                        monkeypatch) -> None:
+    store = CheckpointStore(tmp_path, "s")
+    objective, _, stream = _objective(store)
+
+    def full_disk(number, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "save", full_disk)
+    trial = _run_trial(_study(), objective)
+
+    assert trial.state is TrialState.COMPLETE
+    assert stream.getvalue().count("its state was not saved") == 1
+    assert ("trial    0  its state was not saved (No space left on device): an interrupt now "
+            "loses the epochs since the last saved one") in stream.getvalue()
+
+
 def test_an_interrupted_write_leaves_the_last_saved_state_whole(tmp_path, monkeypatch) -> None:
     path = tmp_path / "trial-0" / "state.pt"
     save_state({"epoch": torch.tensor(1)}, path)

@@ -233,9 +233,9 @@ class EpochReporter:
 
     Per epoch, in this order: the history; the training step's mode (when it is first
     known or changes); the cost (a user attribute, before the report: the cost-aware pruner
-    weighs it); the run's metrics; the progress line; a diverged epoch pruned with nothing
-    reported; ``trial.report``; the pruner's decision; the checkpoint; ``epoch.end`` (a
-    test-only pause).
+    weighs it); the run's metrics; the progress line; the epoch's wall time to
+    ``on_timed_epoch``; a diverged epoch pruned with nothing reported; ``trial.report``; the
+    pruner's decision; the checkpoint; ``epoch.end`` (a test-only pause).
 
     Args:
         trial: the Optuna trial.
@@ -286,6 +286,10 @@ class EpochReporter:
         self.trial.set_user_attr("cost", cost.to_dict())
         self.run.log_epoch(result)
         self.reporter.epoch(self.trial.number, result, self.spec.epochs)
+        now = time.perf_counter()
+        if self.on_timed_epoch is not None:
+            self.on_timed_epoch(self.trial.number, result.epoch, now - self._since)
+        self._since = now
         value = result.metrics()[self.spec.metric]
         if not (math.isfinite(result.train_loss) and math.isfinite(value)):
             # A diverged configuration is a result of the search, not a bug: prune it,
@@ -305,10 +309,6 @@ class EpochReporter:
         # Also after the last epoch: interrupted while its run is finished, the trial's
         # retry completes from here without training again.
         self._save_checkpoint()
-        now = time.perf_counter()
-        if self.on_timed_epoch is not None:
-            self.on_timed_epoch(self.trial.number, result.epoch, now - self._since)
-        self._since = now
         pause("epoch.end")
 
     def _save_checkpoint(self) -> None:
@@ -345,7 +345,7 @@ class EpochReporter:
 class _Attempt:
     """What exists of a trial so far, for the handlers of its end."""
 
-    checkpoint: TrialCheckpoint | None
+    checkpoint: TrialCheckpoint | None = None
     params: TrialParams | None = None
     run: TrialRun | None = None
     epochs: EpochReporter | None = None
@@ -394,11 +394,9 @@ class Objective:
         self.amp_dtype = autocast_dtype(device)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        retried = retry_history(trial)
-        attempt = _Attempt(checkpoint=None if self.checkpoints is None else
-                           TrialCheckpoint(self.checkpoints, trial.number, retried))
+        attempt = _Attempt()
         try:
-            value = self._trial(trial, attempt, retried)
+            value = self._trial(trial, attempt)
         except optuna.TrialPruned as exc:
             self._record_pruned(trial, exc, attempt)
             attempt.discard_checkpoint()
@@ -413,9 +411,12 @@ class Objective:
         attempt.discard_checkpoint()
         return value
 
-    def _trial(self, trial: optuna.Trial, attempt: _Attempt, retried: list[int]) -> float:
+    def _trial(self, trial: optuna.Trial, attempt: _Attempt) -> float:
         """Sample, open the run, train (continuing a predecessor's training if there is
         one), log; fills ``attempt`` as things come to exist."""
+        retried = retry_history(trial)
+        if self.checkpoints is not None:
+            attempt.checkpoint = TrialCheckpoint(self.checkpoints, trial.number, retried)
         params = attempt.params = TrialParams.from_dict(self.spec.sample(trial))
         trial.set_user_attr("hyperparameters", params.to_dict())
         run = attempt.run = self.tracker.trial_run(trial.number, params.to_dict(),

@@ -107,9 +107,7 @@ def test_sigint_after_epoch_2_costs_no_finished_epoch(tmp_path):
     # The first estimate, on a CPU, once an epoch is timed.
     assert "estimate: epoch 1 of trial 0 took " in err
 
-    started = time.perf_counter()
     again = hpsearch(tmp_path, *ARGS)
-    seconds = time.perf_counter() - started
     assert ("interrupted trial(s) 0 run again first, with the same parameters; trial 0 "
             f"continues from the last epoch saved in {state.parent.parent}") in again.stderr
     study = check_continued(tmp_path, again)
@@ -118,9 +116,8 @@ def test_sigint_after_epoch_2_costs_no_finished_epoch(tmp_path):
            "exit code 130; trial 0's state (weights, optimizer, schedule, random generators, "
            "epochs so far) kept in hpsearch-checkpoints/STUDY/trial-0; the same command ran "
            "its retry first and it continued after epoch 2: only epoch 3 trained again",
-           f"epochs 1-2 of trial 0 (reported again to the pruner and on the retry's run: one "
-           f"curve); the checkpoint folder removed when the retry completed; resumed run "
-           f"{seconds:.0f} s")
+           "epochs 1-2 of trial 0 (reported again to the pruner and on the retry's run: one "
+           "curve); the checkpoint folder removed when the retry completed")
 
 
 def test_sigkill_after_epoch_2_is_retried_from_the_checkpoint(tmp_path):
