@@ -7,6 +7,7 @@ tensors, with the interrupt raised at the ``epoch.end`` test pause."""
 from __future__ import annotations
 
 import io
+import os
 import signal
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from optuna.trial import TrialState, create_trial
 from test_train import CPU, TINY, _FakeRun, _FakeTracker, _tiny_split
 
 import hpsearch.search.objective as objective_module
+from hpsearch import errors
 from hpsearch.api import make_config
 from hpsearch.errors import Interrupted
 from hpsearch.search.checkpoints import CheckpointStore, default_checkpoint_root
@@ -214,21 +216,43 @@ def test_a_state_that_cannot_be_saved_is_said_once_and_training_goes_on(tmp_path
             "loses the epochs since the last saved one") in stream.getvalue()
 
 
-def test_an_interrupted_write_leaves_the_last_saved_state_whole(tmp_path, monkeypatch) -> None:
+def test_a_failed_write_leaves_the_last_saved_state_whole(tmp_path, monkeypatch) -> None:
     path = tmp_path / "trial-0" / "state.pt"
     save_state({"epoch": torch.tensor(1)}, path)
 
-    def interrupted_save(state, f):
+    def save_on_a_full_disk(state, f):
         f.write(b"half a state")
-        raise Interrupted(signal.SIGINT)
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", interrupted_save)
-    with pytest.raises(Interrupted):
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    with pytest.raises(OSError):
         save_state({"epoch": torch.tensor(2)}, path)
     monkeypatch.undo()
 
     assert load_state(path)["epoch"].item() == 1
     assert [p.name for p in path.parent.iterdir()] == ["state.pt"]  # no temporary left
+
+
+def test_a_signal_during_a_save_waits_for_the_write_to_end(tmp_path, monkeypatch) -> None:
+    # Raised inside torch.save's C++ writer, an Interrupted comes out as a RuntimeError
+    # (the trial would fail as an error): the write finishes first, then it interrupts.
+    path = tmp_path / "trial-0" / "state.pt"
+    save = torch.save
+
+    def save_with_a_signal(state, f):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the write
+        save(state, f)
+
+    monkeypatch.setattr(torch, "save", save_with_a_signal)
+    monkeypatch.setattr(errors, "_pending", None)
+    previous = signal.signal(signal.SIGTERM, errors.raise_interrupted)
+    try:
+        with pytest.raises(Interrupted):
+            save_state({"epoch": torch.tensor(2)}, path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    assert load_state(path)["epoch"].item() == 2
 
 
 def test_checkpoints_go_beside_a_sqlite_storage_else_in_the_working_directory(

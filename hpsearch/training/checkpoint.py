@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpsearch.errors import signals_deferred
 from hpsearch.training.loader import DeviceLoader
 from hpsearch.training.loop import EpochResult, EvalResult
 from hpsearch.training.step import TrainStep
@@ -90,7 +91,8 @@ def restore_training_state(state: dict[str, Any], *, model: nn.Module, step: Tra
 
 def save_state(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` atomically (creating its folder): a reader finds the
-    previous file or the new one, never a part.
+    previous file or the new one, never a part. SIGINT and SIGTERM wait for the write to
+    end (tens of milliseconds), then interrupt as usual.
 
     Raises:
         OSError: the folder cannot be created or the file written (the previous file, if
@@ -99,12 +101,12 @@ def save_state(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as f:
+        with signals_deferred(), open(temporary, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # on disk before it replaces the last good state
-        os.replace(temporary, path)
-    except BaseException:  # a full disk, or Ctrl-C in the middle: keep the last good state
+            os.replace(temporary, path)
+    except BaseException:  # a full disk, say: keep the last good state
         temporary.unlink(missing_ok=True)
         raise
 
