@@ -23,8 +23,8 @@ from observations import record
 
 pytestmark = pytest.mark.slow
 
-# Seconds-long trials of three epochs, two of them enqueued: an interrupted trial 0's retry
-# is enqueued after them.
+# Seconds-long trials of three epochs, three of them enqueued: when trial 0 is interrupted
+# two wait, and its retry is enqueued after them.
 SPEC = """
 dataset: fashion_mnist
 epochs: 3
