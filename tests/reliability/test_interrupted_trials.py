@@ -133,3 +133,16 @@ def test_sigkill_after_epoch_2_is_retried_from_the_checkpoint(tmp_path):
            "enqueued trials; the retry found trial 0's checkpoint and trained only epoch 3",
            "epochs 1-2 of trial 0 (one MLflow curve on the retry's run); the checkpoint folder "
            "removed when the retry completed")
+
+
+def test_a_checkpoint_dir_under_a_file_is_bad_input(tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = hpsearch(tmp_path, "run", "--trials", "1", "--checkpoint-dir", "afile/sub",
+                      timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        f"hpsearch: error: --checkpoint-dir {tmp_path / 'afile' / 'sub'}: "
+        f"{tmp_path / 'afile'} is not a directory"]
+    assert {p.name for p in tmp_path.iterdir()} == {"afile"}
+    record("bad input: --checkpoint-dir under a file", "exit code 2, one line: 'is not a "
+           "directory'", "nothing written in the working directory")
