@@ -26,6 +26,7 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
         heartbeat_interval_s: int = 10, jobs: int | None = None, compile: bool = False,
         compile_mode: str = "default", cuda_graphs: bool = False,
         deterministic: bool = False, quiet: bool = False,
+        checkpoint_dir: str | Path | None = None,
         reporter: Reporter | None = None) -> StudySummary:
     """Run (or resume) a study and register its champion; the same as ``hpsearch run``.
 
@@ -65,6 +66,10 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
         deterministic: bit-identical reruns (deterministic algorithms, no cuDNN
             autotuning); process-wide, it stays on after the run.
         quiet: one progress line per trial instead of one per epoch.
+        checkpoint_dir: where running trials save their training's state after every epoch,
+            so that an interrupted trial continues from its last finished epoch (default:
+            ``hpsearch-checkpoints`` beside a sqlite storage's file, else in the working
+            directory). A trial's state is removed when it ends; never logged to MLflow.
         reporter: where progress goes (default: stderr).
 
     Returns:
@@ -87,7 +92,8 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
         tracking_uri=tracking_uri, data_dir=data_dir, device=device, seed=seed,
         register_name=register_name, max_failures=max_failures,
         heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile,
-        compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic)
+        compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic,
+        checkpoint_dir=checkpoint_dir)
     from hpsearch.search.progress import Reporter
     from hpsearch.search.study import run_study
 
@@ -100,7 +106,8 @@ def make_config(*, dataset: str | None, spec: str | Path | StudySpec | None, tri
                 data_dir: str | None, device: str, seed: int, register_name: str | None,
                 max_failures: int, heartbeat_interval_s: int, jobs: int | None,
                 compile: bool, compile_mode: str = "default", cuda_graphs: bool = False,
-                deterministic: bool = False) -> RunConfig:
+                deterministic: bool = False,
+                checkpoint_dir: str | Path | None = None) -> RunConfig:
     """Check the arguments of :func:`run` and resolve them into a ``RunConfig``.
 
     Raises:
@@ -135,7 +142,8 @@ def make_config(*, dataset: str | None, spec: str | Path | StudySpec | None, tri
         tracking_uri=tracking_uri, timeout_s=timeout_s, train_subset=train_subset,
         data_dir=data_dir, device=device, seed=seed, max_consecutive_failures=max_failures,
         heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile,
-        compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic)
+        compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic,
+        checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir))
 
 
 def _resolve_spec(dataset: str | None, spec: str | Path | StudySpec | None,

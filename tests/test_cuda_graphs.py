@@ -204,6 +204,46 @@ def test_a_replayed_step_trains_as_torchs_optimizer_does() -> None:
     assert graph_step.lr == pytest.approx(eager_step.lr, rel=1e-6)
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_a_graphed_step_restored_from_its_state_trains_on_as_if_never_stopped(name) -> None:
+    # A trial's checkpoint after step 6 of 12: a new model and step (other initial weights)
+    # restored from it warm up, capture again and end exactly where the straight run ends.
+    batches = _batches([16] * 12)
+    straight = _net()
+    straight_step = _graph_step(straight, _FakeGraph(straight), 12, name)
+    straight_outcomes = _train(straight_step, straight, batches)
+    first = _net()
+    first_step = _graph_step(first, _FakeGraph(first), 12, name)
+    head = _train(first_step, first, batches[:6])
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "step": first_step.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed = _net(seed=5)
+    graph = _FakeGraph(resumed)
+    resumed_step = _graph_step(resumed, graph, 12, name)
+
+    resumed.load_state_dict(state["model"])
+    resumed_step.load_state_dict(state["step"])
+    tail = _train(resumed_step, resumed, batches[6:])
+
+    assert graph.captures == 1 and resumed_step.replays == 6 - WARMUP_STEPS
+    assert head + tail == straight_outcomes
+    for got, expected in zip(resumed.state_dict().values(), straight.state_dict().values()):
+        assert torch.equal(got, expected)
+    for got, expected in zip(resumed_step.update.state_tensors(),
+                             straight_step.update.state_tensors()):
+        assert torch.equal(got, expected)  # moments, step count, schedule position
+    assert resumed_step.lr == straight_step.lr
+
+
+def test_a_graphed_steps_state_refuses_another_network() -> None:
+    step = _graph_step(_net(), _refuse, 12)
+    other = _graph_step(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), _refuse, 12)
+    with pytest.raises(ValueError, match="another optimizer or model"):
+        step.load_state_dict(other.state_dict())
+
+
 def _step_mode(device: str, **options) -> str:
     model = _net()
     optimizer = options.pop("optimizer", None) or build_optimizer(model, name="sgd", lr=0.1,

@@ -72,14 +72,21 @@ from hpsearch.studies import SpecError, load_spec
 @click.option("--deterministic", is_flag=True,
               help="Bit-identical reruns with the same --seed on the same GPU and "
                    "software: deterministic algorithms, no cuDNN autotuning; slower.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help="Where running trials save their state after every epoch, so that an "
+                   "interrupted trial continues from its last finished epoch [default: "
+                   "hpsearch-checkpoints beside a sqlite storage's file, else in the "
+                   "working directory].")
 @click.option("--quiet", is_flag=True, help="One line per trial instead of per epoch.")
 def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name, storage,
         tracking_uri, data_dir, device, seed, register_name, max_failures, heartbeat_interval,
-        jobs, compile_model, compile_mode, cuda_graphs, deterministic, quiet) -> None:
+        jobs, compile_model, compile_mode, cuda_graphs, deterministic, checkpoint_dir,
+        quiet) -> None:
     """Search hyperparameters, track every trial in MLflow, register the best model.
 
     Ctrl-C or SIGTERM ends the running trial as failed (interrupted), prints the summary so
-    far and exits with 130 or 143; the same command again resumes the study.
+    far and exits with 130 or 143; the same command again resumes the study, and the
+    interrupted trial first, from its last finished epoch.
     """
     quiet_libraries()
     try:
@@ -100,7 +107,7 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
             seed=seed, register_name=register_name, max_failures=max_failures,
             heartbeat_interval_s=heartbeat_interval, jobs=jobs, compile=compile_model,
             compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic,
-            quiet=quiet)
+            checkpoint_dir=checkpoint_dir, quiet=quiet)
     except (HpsearchError, SpecError) as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # before the study started: nothing to summarise
@@ -112,7 +119,7 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
                    "run the same command to resume; finished trials are kept")
     elif summary.exit_code:
         click.echo("finished trials are kept: run the same command to resume (interrupted "
-                   "trials run again first)")
+                   "trials run again first, from their last finished epoch)")
     sys.exit(summary.exit_code)
 
 

@@ -18,7 +18,7 @@ import optuna
 if TYPE_CHECKING:
     from hpsearch.training import EpochResult
 
-__all__ = ["RemainingTime", "Reporter", "format_params", "format_seconds"]
+__all__ = ["RemainingTime", "Reporter", "StudyEstimate", "format_params", "format_seconds"]
 
 LIVE_INTERVAL_S = 0.5  # redraws of the live line on a terminal
 LOG_INTERVAL_S = 5.0  # lines inside an epoch in a log file or from a worker
@@ -165,6 +165,53 @@ class RemainingTime:
             line += ("; --timeout SECONDS caps a run, and the README gives a smaller budget "
                      "for a CPU (--epochs, --train-subset)")
         self.reporter.say(line)
+
+
+class StudyEstimate:
+    """The first estimate on a CPU, as soon as one epoch is timed: how long the trials still
+    to run take, and past :attr:`HOURS` seconds a smaller budget's command.
+
+    What one epoch says about the study is a range: from every trial stopped by the pruner
+    after its first epoch to every trial training all its epochs, both at the pace of the
+    timed epoch; the line names these assumptions, and that other architectures train
+    faster or slower. :class:`RemainingTime` refines it from finished trials later.
+
+    Args:
+        trials_left: trials this run still has to finish (running ones included).
+        epochs: most epochs a trial trains.
+        device: where the trials train, for the line (``cpu``).
+        reporter: where to say it.
+        smaller_command: the command of a smaller budget (the README's for a CPU), or None.
+    """
+
+    HOURS = 3600.0  # a high end past this suggests the smaller budget
+
+    def __init__(self, *, trials_left: int, epochs: int, device: str, reporter: Reporter,
+                 smaller_command: str | None = None) -> None:
+        self.trials_left, self.epochs, self.device = trials_left, epochs, device
+        self.reporter, self.smaller_command = reporter, smaller_command
+        self.said = False
+
+    def __call__(self, trial_number: int, epoch: int, seconds: float) -> None:
+        """After an epoch of ``seconds`` (wall, validation included): the line, once."""
+        if self.said or self.trials_left <= 0:
+            return
+        self.said = True
+        for line in self.lines(trial_number, epoch, seconds):
+            self.reporter.say(line)
+
+    def lines(self, trial_number: int, epoch: int, seconds: float) -> list[str]:
+        """The estimate (and the suggestion) for an epoch of ``seconds``."""
+        low, high = self.trials_left * seconds, self.trials_left * self.epochs * seconds
+        lines = [f"estimate: epoch {epoch} of trial {trial_number} took "
+                 f"{format_seconds(seconds)} on {self.device}; at that pace the "
+                 f"{self.trials_left} trials to run take {format_seconds(low)} if the pruner "
+                 f"stops each after 1 epoch, up to {format_seconds(high)} if each trains all "
+                 f"{self.epochs} epochs (other architectures train faster or slower)"]
+        if high > self.HOURS and self.smaller_command:
+            lines.append(f"  that is hours: Ctrl-C keeps the finished trials, and the README's "
+                         f"smaller budget for a CPU: {self.smaller_command}")
+        return lines
 
 
 def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

@@ -29,7 +29,8 @@ from hpsearch.data_utils import (
 from hpsearch.errors import HpsearchError, check_interrupted
 from hpsearch.redact import redact_url
 from hpsearch.search.callbacks import AnytimeLogger, FailureGuard, ReportRefresher
-from hpsearch.search.config import RunConfig, StudySummary
+from hpsearch.search.checkpoints import CheckpointStore, default_checkpoint_root
+from hpsearch.search.config import RunConfig, StudySummary, cpu_budget_command
 from hpsearch.search.coordination import (
     StudyLock,
     claim_worker_number,
@@ -40,7 +41,7 @@ from hpsearch.search.coordination import (
 from hpsearch.search.gpu_sharing import default_jobs
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.preflight import preflight
-from hpsearch.search.progress import RemainingTime, Reporter
+from hpsearch.search.progress import RemainingTime, Reporter, StudyEstimate
 from hpsearch.search.storage import (
     fail_stale_trials,
     load_existing_study,
@@ -88,6 +89,7 @@ class StudyRunner:
     reporter: Reporter
     config: RunConfig | None = None
     data_origin: DataOrigin | None = None  # where the data set's files were read
+    checkpoints: CheckpointStore | None = None
 
     @classmethod
     def open(cls, config: RunConfig, reporter: Reporter) -> StudyRunner:
@@ -105,12 +107,15 @@ class StudyRunner:
         train, val = split_train_val(train, val_fraction=config.spec.val_fraction,
                                      seed=config.seed, train_subset=config.train_subset)
         data = TrialData(info=get_dataset_info(config.spec.dataset), train=train, val=val)
+        checkpoints = CheckpointStore(
+            config.checkpoint_dir or default_checkpoint_root(config.storage), config.study_name)
+        checkpoints.check_writable()
         with schema_lock(config.storage, tracking_uri):
             study = open_study(config, tracking_uri)
             tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
         return cls(study=study, tracker=tracker, device=device, data=data, test=test,
                    lock=StudyLock(config.storage, config.study_name), reporter=reporter,
-                   config=config, data_origin=origin)
+                   config=config, data_origin=origin, checkpoints=checkpoints)
 
     @classmethod
     def open_existing(cls, *, study_name: str, storage: str, tracking_uri: str | None,
@@ -173,15 +178,22 @@ class StudyRunner:
         worker = claim_worker_number(study, lock)
         with lock.hold():
             retried = retry_interrupted(study)
-        if retried:
+            trials_left = slots_left(study, config.trials)
+        if retried and trials_left > 0:
             self.reporter.say(f"interrupted trial(s) {', '.join(map(str, retried))} run again "
-                              "first, with the same parameters")
+                              f"first, with the same parameters; {self._continuations(retried)}")
         if worker:  # the study's first worker keeps --seed: a single run stays reproducible
             study.sampler = build_sampler(dict(config.spec.sampler), seed=config.seed + worker)
+        estimate = None
+        if refresh_reports and self.device.type == "cpu":  # the study's only process
+            estimate = StudyEstimate(trials_left=trials_left, epochs=config.spec.epochs,
+                                     device=device_name(self.device), reporter=self.reporter,
+                                     smaller_command=cpu_budget_command(config))
         objective = Objective(spec=config.spec, data=self.data, device=self.device,
                               tracker=self.tracker, reporter=self.reporter, seed=config.seed,
                               compile_model=config.compile, compile_mode=config.compile_mode,
-                              cuda_graphs=config.cuda_graphs)
+                              cuda_graphs=config.cuda_graphs, checkpoints=self.checkpoints,
+                              on_timed_epoch=estimate)
         callbacks = [self.reporter.trial_finished, AnytimeLogger(self.tracker),
                      FailureGuard(config.max_consecutive_failures, summary)]
         if refresh_reports:  # this is the study's only process
@@ -215,6 +227,20 @@ class StudyRunner:
                 said_waiting = running
             time.sleep(min(5.0, config.heartbeat_interval_s))
             fail_stale_trials(study)
+
+    def _continuations(self, retried: list[int]) -> str:
+        """Where each retried trial's training continues from, as far as this machine
+        knows (the retry says exactly, in a line, when it starts)."""
+        found = [n for n in retried if self.checkpoints.path(n).exists()]
+        missing = [n for n in retried if n not in found]
+        parts = []
+        if found:
+            parts.append(f"{_trials(found, 'continues', 'continue')} from the last epoch "
+                         f"saved in {self.checkpoints.folder}")
+        if missing:
+            parts.append(f"{_trials(missing, 'starts', 'start')} over: no checkpoint in "
+                         f"{self.checkpoints.folder} (no epoch finished, or another machine)")
+        return "; ".join(parts)
 
     def register(self, register_name: str, *, force: bool = False) -> Registration | None:
         """Register the champion if no trial of the study runs any more (this worker is the
@@ -279,6 +305,13 @@ class StudyRunner:
             "hpsearch_version": __version__,
             "torch_version": torch.__version__,
         }
+
+
+def _trials(numbers: list[int], verb: str, plural_verb: str) -> str:
+    """``trial 3 starts`` or ``trials 3, 5 start``."""
+    if len(numbers) == 1:
+        return f"trial {numbers[0]} {verb}"
+    return f"trials {', '.join(map(str, numbers))} {plural_verb}"
 
 
 def _return_freed_memory() -> None:

@@ -18,8 +18,8 @@ from hpsearch.redact import redact_url
 from hpsearch.search.config import RunConfig
 from hpsearch.studies.components import build_pruner, build_sampler
 
-__all__ = ["RetryStaleTrial", "fail_stale_trials", "load_existing_study", "open_study",
-           "retry_interrupted", "storage_error", "study_definition"]
+__all__ = ["RetriesFirstStudy", "RetryStaleTrial", "fail_stale_trials", "load_existing_study",
+           "open_study", "retry_interrupted", "storage_error", "study_definition"]
 
 DEFINITION_ATTR = "hpsearch.definition"
 
@@ -42,11 +42,39 @@ class _HeartbeatTolerantStorage(optuna.storages.RDBStorage):
                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
+class RetriesFirstStudy(optuna.Study):
+    """A study whose waiting retries (trials with a ``retry_history``: an interrupted
+    trial's, a dead worker's) run before its other waiting trials.
+
+    Optuna runs waiting trials in the order they were added, so a retry, enqueued when the
+    run resumes, would wait behind the spec's enqueued trials that no trial has taken yet:
+    the interrupted training, continued from its checkpoint, would come last instead of
+    first. Optuna 5's ``Study.ask`` takes the next waiting trial from
+    ``_pop_waiting_trial_id``; this one offers the retries first, oldest first, and takes
+    a trial as Optuna does (the storage's atomic WAITING -> RUNNING).
+    """
+
+    def _pop_waiting_trial_id(self) -> int | None:
+        waiting = self._storage.get_all_trials(self._study_id, deepcopy=False,
+                                               states=(TrialState.WAITING,))
+        ordered = sorted(waiting, key=lambda t: (not t.system_attrs.get("retry_history"),
+                                                 t.number))
+        for trial in ordered:
+            try:
+                if self._storage.set_trial_state_values(trial._trial_id,
+                                                        state=TrialState.RUNNING):
+                    return trial._trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:  # another worker finished it
+                continue
+        return None
+
+
 def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
     """Create the study, or load it to resume. Raises HpsearchError on a bad storage.
 
     The storage keeps heartbeats of running trials: a trial whose worker died is failed by
     the next worker and retried with the same parameters (:class:`RetryStaleTrial`).
+    Retries run before the other waiting trials (:class:`RetriesFirstStudy`).
     """
     spec = config.spec
     kwargs: dict[str, Any] = {}
@@ -71,6 +99,8 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
             pruner=build_pruner(dict(spec.pruner), max_epochs=spec.epochs),
             load_if_exists=True,
         )
+        study = RetriesFirstStudy(study_name=study.study_name, storage=storage,
+                                  sampler=study.sampler, pruner=study.pruner)
     except Exception as exc:  # SQLAlchemy's errors vary by driver; say which URL failed
         raise storage_error(config.storage, exc) from None
     _check_definition(study, config)
@@ -160,7 +190,9 @@ def fail_stale_trials(study: optuna.Study) -> None:
 def retry_interrupted(study: optuna.Study) -> list[int]:
     """Enqueue a retry of every interrupted trial (Ctrl-C, SIGTERM) not retried yet, with
     its parameters, as Optuna retries a dead worker's trial (``retry_history``, so its run is
-    tagged ``hpsearch.retry_of``). Call under the study lock.
+    tagged ``hpsearch.retry_of`` and it continues from the trial's checkpoint). The retry
+    carries the trial's ``hyperparameters`` (plain names: ``hpsearch show`` lists it under
+    them while it waits). Call under the study lock.
 
     Returns:
         The numbers of the interrupted trials now enqueued again.
@@ -177,6 +209,8 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs=({"hyperparameters": trial.user_attrs["hyperparameters"]}
+                        if "hyperparameters" in trial.user_attrs else None),
             system_attrs={"failed_trial": history[0], "retry_history": history}))
         retried.append(trial.number)
     return retried

@@ -9,8 +9,8 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-__all__ = ["anytime", "leaderboard", "state_counts", "state_of", "study_overview",
-           "time_to_best", "trials_table"]
+__all__ = ["anytime", "leaderboard", "plain_names", "state_counts", "state_of",
+           "study_overview", "time_to_best", "trials_table"]
 
 
 def state_of(trial: optuna.trial.FrozenTrial) -> str:
@@ -27,6 +27,14 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     for trial in study.get_trials(deepcopy=False):
         counts[state_of(trial)] = counts.get(state_of(trial), 0) + 1
     return counts
+
+
+def plain_names(params: dict[str, object]) -> dict[str, object]:
+    """Optuna's parameter names as the hyperparameters' plain names: ``lenet.depth`` ->
+    ``depth``, ``adamw.lr`` -> ``lr`` (a trial draws each plain name under one prefix at
+    most). For a trial without a ``hyperparameters`` attribute, such as a waiting retry
+    enqueued by an older hpsearch."""
+    return {name.rsplit(".", 1)[-1]: value for name, value in params.items()}
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -48,7 +56,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "epochs": attrs.get("epochs_run", len(trial.intermediate_values)),
             "seconds": seconds,
             "reason": attrs.get("fail_reason") or attrs.get("prune_reason", ""),
-            **attrs.get("hyperparameters", trial.params),
+            **(attrs.get("hyperparameters") or plain_names(trial.params)),
             "train_s": cost.get("train_seconds"),
             "img_per_s": cost.get("images_per_second"),
             "params": cost.get("parameters"),

@@ -9,4 +9,5 @@ from hpsearch._imports import lazy_exports
 
 # Where a name is looked for, in this order; each module lists its names in __all__.
 __getattr__ = lazy_exports(__name__, ("loop", "loader", "augment", "optim", "device",
-                                       "metrics", "step", "cost", "compiled", "cuda_graphs"))
+                                       "metrics", "step", "cost", "compiled", "cuda_graphs",
+                                       "checkpoint"))

@@ -100,6 +100,25 @@ class CapturableOptimizer:
         moments = [t for group in self.groups for t in (*group.moments, *group.squares)]
         return [*moments, self._step, self._index, self.lrs, self.momentum]
 
+    def state_dict(self) -> dict[str, list[Tensor]]:
+        """Copies of :meth:`state_tensors` on the CPU (tensors only: it loads with
+        ``torch.load(..., weights_only=True)``)."""
+        return {"state": [t.detach().cpu().clone() for t in self.state_tensors()]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, list[Tensor]]) -> None:
+        """Copy a :meth:`state_dict` into the state tensors, in place (a captured graph
+        keeps reading the same tensors).
+
+        Raises:
+            ValueError: the state is of another optimizer (other tensors or shapes).
+        """
+        mine, saved = self.state_tensors(), state["state"]
+        if len(mine) != len(saved) or any(a.shape != b.shape for a, b in zip(mine, saved)):
+            raise ValueError("the saved state is of another optimizer or model")
+        for tensor, value in zip(mine, saved):
+            tensor.copy_(value)
+
     @torch.no_grad()
     def step(self) -> None:
         """Update every parameter that has a gradient, then advance the schedule."""

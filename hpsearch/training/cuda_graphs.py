@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -146,6 +147,14 @@ class CudaGraphStep:
         if self._backbone_row is None:
             return None
         return float(self.update.lrs[self._backbone_row])
+    def state_dict(self) -> dict[str, Any]:
+        """The update's moments and the schedule's position. The warm-up and capture are
+        not state: a step restored in a new process warms up and captures again (its
+        warm-up steps are real steps, as here)."""
+        return {"update": self.update.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.update.load_state_dict(state["update"])
 
     def __call__(self, x: Tensor, y: Tensor) -> Outputs:
         self.steps += 1

@@ -142,6 +142,15 @@ class DeviceLoader:
         """All labels, int64 (N,) on the device."""
         return self._labels
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The shuffling and augmentation generator's state (a uint8 CPU tensor)."""
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Continue the epochs' random orders and augmentations from a :meth:`state_dict`
+        of a loader on the same kind of device."""
+        self._generator.set_state(state["generator"])
+
     @property
     def num_samples(self) -> int:
         """Number of samples N in the split (including any dropped by ``drop_last``)."""

@@ -151,6 +151,7 @@ def fit(
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_batch: Callable[[int, int, int], None] | None = None,
     train_step: TrainStep | None = None,
+    start_epoch: int = 1,
 ) -> list[EpochResult]:
     """Train ``model`` for ``epochs`` epochs, evaluating on ``val_batches`` after each.
 
@@ -174,13 +175,17 @@ def fit(
         train_step: the training step to run per batch (for example the CUDA-graph step
             of ``build_train_step``); default: an :class:`~hpsearch.training.step.EagerStep`
             over ``optimizer``, ``scheduler``, ``label_smoothing`` and ``amp_dtype``.
+        start_epoch: the first epoch to train (1-based): a training continued after epoch
+            ``start_epoch - 1``, its model, step and random states restored by the caller.
+            Past ``epochs``, nothing is trained.
 
     Returns:
-        One :class:`EpochResult` per completed epoch.
+        One :class:`EpochResult` per epoch completed by this call.
 
     Raises:
         TrainingDiverged: the epoch's mean training loss is NaN or infinite (checked once
             per epoch, after the callback has seen the epoch).
+        ValueError: ``start_epoch`` < 1.
     """
     if train_step is None:
         if optimizer is None:
@@ -188,7 +193,9 @@ def fit(
         train_step = EagerStep(model, optimizer, scheduler, label_smoothing=label_smoothing,
                                amp_dtype=amp_dtype, device=device)
     history: list[EpochResult] = []
-    for epoch in range(1, epochs + 1):
+    if start_epoch < 1:
+        raise ValueError(f"start_epoch must be >= 1, got {start_epoch}")
+    for epoch in range(start_epoch, epochs + 1):
         start = time.perf_counter()
         progress = None if on_batch is None else functools.partial(on_batch, epoch)
         train_loss, train_accuracy, seen = _train_epoch(model, train_batches, train_step,

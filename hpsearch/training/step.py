@@ -6,7 +6,7 @@ mode in one line (``mode``) for the progress display and the trial's run."""
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,15 @@ class TrainStep(Protocol):
 
     @property
     def lr_backbone(self) -> float | None: ...
+    def state_dict(self) -> dict[str, Any]:
+        """What the step has changed besides the model's parameters and buffers (optimizer
+        moments, the schedule's position), as tensors and plain containers: it loads with
+        ``torch.load(..., weights_only=True)``."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of the same step over the same model."""
+        ...
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Train on one batch: float images (B, C, H, W), int64 labels (B,).
@@ -90,6 +99,14 @@ class EagerStep:
     @property
     def lr_backbone(self) -> float | None:
         return group_lr(self.optimizer, "backbone")
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         with autocast(self.device or x.device, self.amp_dtype):

@@ -1,0 +1,64 @@
+"""Why a trial failed: interrupted, out of memory, or an error (a bug, counted towards the
+study's consecutive-failure limit), and releasing the device memory a failed trial held."""
+
+from __future__ import annotations
+
+import gc
+import signal
+import traceback
+from dataclasses import dataclass
+
+import torch
+
+from hpsearch.params import TrialParams
+
+__all__ = ["Failure", "classify_failure", "release_memory"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a trial failed.
+
+    Attributes:
+        kind: ``interrupted`` (SIGINT/SIGTERM), ``out_of_memory`` or ``error`` (anything
+            else: a bug, counted towards the study's consecutive-failure limit).
+        reason: one line for people: the progress display, tags and the summary.
+        run_status: the MLflow run status: KILLED when interrupted, else FAILED.
+    """
+
+    kind: str
+    reason: str
+    run_status: str
+
+
+def classify_failure(exc: BaseException, params: TrialParams | None) -> Failure:
+    """Classify the exception that ended a trial trained with ``params`` (None: it failed
+    before its parameters were drawn)."""
+    if isinstance(exc, KeyboardInterrupt):
+        signum = getattr(exc, "signum", signal.SIGINT)
+        return Failure("interrupted", f"interrupted by {signal.Signals(signum).name}", "KILLED")
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    if _is_out_of_memory(exc) and params is not None:
+        reason = (f"out of memory with batch_size {params.batch_size} and arch "
+                  f"{params.arch} (depth {params.depth}, width {params.width}): {first_line}")
+        return Failure("out_of_memory", reason, "FAILED")
+    return Failure("error", f"{type(exc).__name__}: {first_line}", "FAILED")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or an allocator's RuntimeError."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        words in message for words in ("out of memory", "can't allocate memory",
+                                       "failed to allocate"))
+
+
+def release_memory(exc: BaseException, device: torch.device) -> None:
+    """Drop the failed trial's model and optimizer (held by the traceback's frames) and
+    return the freed blocks to the device, so the next trial starts with the memory free."""
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
