@@ -7,11 +7,14 @@ global "active run", so a trial's run cannot leak into another's.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,12 +25,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
+from hpsearch.errors import DiskFull, is_disk_full
 from hpsearch.tracking.figures import confusion_matrix_figure, learning_curves_figure
 from hpsearch.training.loop import EpochResult, EvalResult
 from hpsearch.training.metrics import per_class_report, safe_name
 
-__all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "StudyTracker", "TrialRun",
-           "close_orphaned_trial_run", "log_confusion", "log_figure"]
+__all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "StudyTracker", "TrialEnd", "TrialRun",
+           "close_orphaned_runs", "close_orphaned_trial_run", "log_confusion", "log_figure"]
 
 # Where a trial's weights (a state dict, loadable with weights_only=True) are logged.
 CHECKPOINT_PATH = "checkpoint/state_dict.pt"
@@ -38,6 +42,24 @@ PARENT_SAMPLING_S = 10.0
 # Optuna trial state -> MLflow run status. A pruned trial was stopped early on purpose:
 # KILLED, never FAILED.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def _disk_full_in_one_line(method):
+    """Raise a full store's error as :class:`~hpsearch.errors.DiskFull`, whose message is
+    one line: MLflow's own error carries the failed SQL statement and all its parameters
+    (metric names, values, run ids), which a trial's failure reason and the progress
+    display would show."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            if is_disk_full(exc) and not isinstance(exc, DiskFull):
+                raise DiskFull() from exc
+            raise
+
+    return wrapper
 
 
 class StudyTracker:
@@ -114,6 +136,7 @@ class StudyTracker:
         self.parent_run_id = parent_run_id
         self.run_tags, self.inputs = dict(run_tags or {}), list(inputs)
 
+    @_disk_full_in_one_line
     def trial_run(self, trial_number: int, params: Mapping[str, Any], *,
                   retry_of: int | None = None) -> TrialRun:
         """Open the nested run of trial ``trial_number`` and log its hyperparameters.
@@ -152,13 +175,16 @@ class StudyTracker:
         )
 
     def log_test_evaluation(self, result: EvalResult, class_names: Sequence[str], *,
-                            trial_number: int) -> None:
+                            trial_number: int, autocast_accuracy: float | None = None) -> None:
         """The champion's test loss, accuracy, confusion matrix and per-class report, on the
-        parent run."""
-        self.client.log_batch(self.parent_run_id, metrics=[
-            Metric("test_accuracy", result.accuracy, int(time.time() * 1000), 0),
-            Metric("test_loss", result.loss, int(time.time() * 1000), 0),
-        ])
+        parent run; ``autocast_accuracy`` (the accuracy under the training device's autocast)
+        as the metric ``test_accuracy_autocast``."""
+        now = int(time.time() * 1000)
+        metrics = [Metric("test_accuracy", result.accuracy, now, 0),
+                   Metric("test_loss", result.loss, now, 0)]
+        if autocast_accuracy is not None:
+            metrics.append(Metric("test_accuracy_autocast", autocast_accuracy, now, 0))
+        self.client.log_batch(self.parent_run_id, metrics=metrics)
         log_confusion(self.client, self.parent_run_id, result, class_names,
                       split="test", name="test_confusion_matrix",
                       title=f"test set, trial {trial_number}")
@@ -166,11 +192,15 @@ class StudyTracker:
                              per_class_report(result.confusion, class_names),
                              "test_per_class_report.json")
 
-    def end_parent(self, status: str = "FINISHED") -> None:
+    def end_parent(self, status: str = "FINISHED", *, reason: str | None = None) -> None:
+        """End the parent run with ``status``; ``reason`` (why it did not finish) becomes its
+        tag ``hpsearch.reason``."""
         if self.parent_monitor is not None:
             stop_monitor(self.parent_monitor)
             self.parent_monitor = None
         if self.parent_run_id is not None:
+            if reason:
+                self.client.set_tag(self.parent_run_id, "hpsearch.reason", reason)
             self.client.set_terminated(self.parent_run_id, status)
 
     def _monitor(self, run_id: str, sampling_s: float) -> SystemMetricsMonitor | None:
@@ -193,12 +223,14 @@ class TrialRun:
                  monitor: SystemMetricsMonitor | None = None) -> None:
         self.client, self.run_id, self.monitor = client, run_id, monitor
 
+    @_disk_full_in_one_line
     def log_epoch(self, result: EpochResult) -> None:
         """Log the epoch's metrics with step = epoch, in one request."""
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, result.epoch) for k, v in result.metrics().items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
+    @_disk_full_in_one_line
     def log_cost(self, cost: Mapping[str, float | None]) -> None:
         """What the trial cost, as metrics: ``parameters``, ``macs_per_image`` (forward, one
         image), ``train_seconds``, ``trial_seconds`` (wall, validation and logging
@@ -211,6 +243,7 @@ class TrialRun:
                    if cost.get(key) is not None]
         self.client.log_batch(self.run_id, metrics=metrics)
 
+    @_disk_full_in_one_line
     def log_checkpoint(self, model: torch.nn.Module) -> None:
         """Log the model's state dict (tensors only) at :data:`CHECKPOINT_PATH`."""
         buffer = io.BytesIO()
@@ -218,6 +251,7 @@ class TrialRun:
         torch.save(state, buffer)
         self._log_bytes(buffer.getvalue(), CHECKPOINT_PATH)
 
+    @_disk_full_in_one_line
     def finish(self, state: str, history: Sequence[EpochResult], class_names: Sequence[str],
                *, reason: str | None = None, value: float | None = None,
                status: str | None = None, tags: Mapping[str, str] | None = None) -> None:
@@ -310,6 +344,105 @@ def close_orphaned_trial_run(client: MlflowClient, run_id: str, *, reason: str,
     if parent.info.status == "RUNNING" and same_process:
         client.set_tag(parent_id, "hpsearch.reason", "worker died; see its KILLED trial runs")
         client.set_terminated(parent_id, "KILLED")
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    """How an Optuna trial that is no longer running ended, for its MLflow run.
+
+    Attributes:
+        state: the Optuna state name (COMPLETE, PRUNED, FAIL).
+        status: the MLflow run status it calls for (FINISHED, KILLED, FAILED).
+        reason: why it was pruned or failed, or None.
+    """
+
+    state: str
+    status: str
+    reason: str | None = None
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str,
+                        trial_ends: Mapping[int, TrialEnd]) -> int:
+    """Close the runs of a study's experiment that ended processes left RUNNING (killed, or
+    stopped by a full disk before they could close them):
+
+    - a trial run whose Optuna trial has ended (``trial_ends`` holds its number) gets the
+      status of the trial's state, with the trial's reason as ``hpsearch.reason``;
+    - a parent run whose process is gone (the tags ``host`` and ``hpsearch.pid`` name this
+      machine and a process that no longer runs, or a later one with the same pid) is
+      closed KILLED, with the reason.
+
+    Runs of other machines, and trial runs whose Optuna trial still runs (a dead worker's
+    trial is found by its heartbeat; see ``RetryStaleTrial``), are left alone.
+
+    Returns:
+        How many runs were closed.
+    """
+    closed = 0
+    for run in _running_runs(client, experiment_id):
+        tags, run_id = run.data.tags, run.info.run_id
+        if tags.get("hpsearch.role") == "trial":
+            end = trial_ends.get(int(tags.get("optuna.trial_number", -1)))
+            if end is None:
+                continue
+            reason = (f"{end.reason or f'Optuna trial {end.state}'}; its process ended "
+                      "without closing this run, closed by a later run")
+            client.log_batch(run_id, tags=[RunTag("optuna.state", end.state),
+                                           RunTag("hpsearch.reason", reason[:4000])])
+            client.set_terminated(run_id, end.status)
+        elif _process_gone(tags, run.info.start_time):
+            client.set_tag(run_id, "hpsearch.reason",
+                           f"its process (pid {tags['hpsearch.pid']} on {tags['host']}) ended "
+                           "without closing this run (killed, or its disk was full); closed "
+                           "by a later run")
+            client.set_terminated(run_id, "KILLED")
+        else:
+            continue
+        closed += 1
+    return closed
+
+
+def _running_runs(client: MlflowClient, experiment_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000, page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            return runs
+
+
+def _process_gone(tags: Mapping[str, str], started_ms: int) -> bool:
+    """Whether the process that ``tags`` name (``host``, ``hpsearch.pid``) ran on this machine
+    and is gone: no such pid, or its pid now belongs to a process started after the run."""
+    if tags.get("host") != platform.node() or not tags.get("hpsearch.pid", "").isdigit():
+        return False
+    pid = int(tags["hpsearch.pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: it exists
+        pass
+    started = _process_start_time(pid)
+    return started is not None and started > started_ms / 1000 + 1.0
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from Linux's /proc; None
+    elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # Field 22, starttime, in clock ticks since boot; fields after the command name.
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,
