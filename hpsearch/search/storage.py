@@ -190,7 +190,7 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
 def close_runs_of_ended_processes(study: optuna.Study, client: Any, experiment_id: str) -> int:
     """Close the study's MLflow runs left RUNNING by processes that ended (killed, or
     stopped by a full disk): trial runs get their Optuna trial's state, parent runs of gone
-    processes KILLED (:func:`~hpsearch.tracking.runs.close_orphaned_runs`).
+    processes KILLED (:func:`~hpsearch.tracking.orphans.close_orphaned_runs`).
 
     Args:
         study: the Optuna study.
@@ -200,7 +200,8 @@ def close_runs_of_ended_processes(study: optuna.Study, client: Any, experiment_i
     Returns:
         How many runs were closed.
     """
-    from hpsearch.tracking.runs import RUN_STATUS, TrialEnd, close_orphaned_runs
+    from hpsearch.tracking.orphans import TrialEnd, close_orphaned_runs
+    from hpsearch.tracking.runs import RUN_STATUS
 
     ends = {}
     for trial in study.get_trials(deepcopy=False, states=(

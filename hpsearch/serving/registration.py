@@ -190,7 +190,7 @@ def _parent_as_active_run(tracker: StudyTracker) -> Iterator[None]:
     active run only). Leaving ``mlflow.start_run`` ends the run FINISHED, but the parent run
     is this process's until :meth:`StudyTracker.end_parent`: it is set RUNNING again, so a
     process killed later leaves it RUNNING, and the next run closes it as a dead process's
-    (:func:`~hpsearch.tracking.runs.close_runs_of_dead_processes`)."""
+    (:func:`~hpsearch.tracking.orphans.close_orphaned_runs`)."""
     with using_tracking_uri(tracker.tracking_uri), \
             mlflow.start_run(run_id=tracker.parent_run_id):
         yield
