@@ -67,6 +67,8 @@ SERVING_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 # Model version tag: "incomplete" from the version's creation until its description and
 # alias are set, then "complete".
 REGISTRATION_TAG = "hpsearch.registration"
+# The version tag test_precision: how test_accuracy was computed.
+SERVED_PRECISION = "float32 on the CPU, as served"
 
 
 @dataclass(frozen=True)
@@ -332,10 +334,6 @@ def serving_metadata(info: DatasetInfo) -> dict:
         "pixel_values": "integers 0..255 or floats 0..1",
         "max_batch": MAX_BATCH,
     }
-
-
-# The version tag saying how test_accuracy was computed.
-SERVED_PRECISION = "float32 on the CPU, as served"
 
 
 def _describe_version(tracker: StudyTracker, name: str, version: str,
