@@ -25,6 +25,7 @@ from hpsearch.search.progress import RemainingTime, Reporter
 from hpsearch.search.runner import StudyRunner, default_jobs
 from hpsearch.serving.registration import Registration
 from hpsearch.tracking.provenance import quiet_mlflow, resolve_tracking_uri
+from hpsearch.tracking.runs import StudyTracker
 from hpsearch.tracking.tables import state_counts, time_to_best
 from hpsearch.training.device import device_name, resolve_device
 
@@ -65,14 +66,8 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     config = dataclasses.replace(
         config, jobs=config.jobs or default_jobs(resolve_device(config.device)))
     with quiet_optuna(), quiet_mlflow():
-        try:
+        with _disk_full_as_one_error(config.storage, config.tracking_uri):
             runner = StudyRunner.open(config, reporter)
-        except Exception as exc:  # the stores' first writes
-            disk_full = disk_full_error(exc, storage=config.storage,
-                                        tracking_uri=resolve_tracking_uri(config.tracking_uri))
-            if disk_full is None:
-                raise
-            raise disk_full from None
         try:
             return _run(runner, config, reporter, start)
         finally:
@@ -133,7 +128,21 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
     return summary
 
 
-def _end_parent_on_full_disk(tracker, disk_full: DiskFull) -> None:
+@contextlib.contextmanager
+def _disk_full_as_one_error(storage: str, tracking_uri: str | None) -> Iterator[None]:
+    """Opening the stores writes (the study, the experiment, runs of ended processes): a
+    full disk there is a :class:`DiskFull` too."""
+    try:
+        yield
+    except Exception as exc:
+        disk_full = disk_full_error(exc, storage=storage,
+                                    tracking_uri=resolve_tracking_uri(tracking_uri))
+        if disk_full is None:
+            raise
+        raise disk_full from None
+
+
+def _end_parent_on_full_disk(tracker: StudyTracker, disk_full: DiskFull) -> None:
     """End the parent run FAILED with the reason, if the full store still takes that write;
     if not, the next run closes it (its process is gone by then)."""
     try:
@@ -159,9 +168,10 @@ def register_study(*, study_name: str, storage: str, tracking_uri: str | None,
         DiskFull: no space left where it writes.
     """
     with quiet_optuna(), quiet_mlflow():
-        runner = StudyRunner.open_existing(study_name=study_name, storage=storage,
-                                           tracking_uri=tracking_uri, data_dir=data_dir,
-                                           device=device, reporter=Reporter("value"))
+        with _disk_full_as_one_error(storage, tracking_uri):
+            runner = StudyRunner.open_existing(study_name=study_name, storage=storage,
+                                               tracking_uri=tracking_uri, data_dir=data_dir,
+                                               device=device, reporter=Reporter("value"))
         status, disk_full = "FAILED", None
         try:
             runner.start_parent(role="register", register_name=register_name)
