@@ -83,7 +83,8 @@ class BadRequest(MlflowException):
 
 class ChampionModel(PythonModel):
     """Pyfunc wrapper: checks the images, runs the :class:`NormalizingClassifier`, answers
-    softmax probabilities and class names."""
+    class names (or, as the parameter ``output`` asks, class indices, or class indices, names
+    and softmax probabilities)."""
 
     def load_context(self, context) -> None:
         with open(context.artifacts["config"]) as f:
