@@ -210,7 +210,8 @@ def close_runs_of_ended_processes(study: optuna.Study, client: Any, experiment_i
         interrupted = trial.user_attrs.get("failure_kind") == "interrupted"
         ends[trial.number] = TrialEnd(
             state=state, status="KILLED" if interrupted else RUN_STATUS[state],
-            reason=trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason"))
+            reason=trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason"),
+            run_id=trial.user_attrs.get("mlflow_run_id"))
     return close_orphaned_runs(client, experiment_id, ends)
 
 

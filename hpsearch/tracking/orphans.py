@@ -24,11 +24,14 @@ class TrialEnd:
         state: the Optuna state name (COMPLETE, PRUNED, FAIL).
         status: the MLflow run status it calls for (FINISHED, KILLED, FAILED).
         reason: why it was pruned or failed, or None.
+        run_id: the run the trial recorded as its own (user attribute ``mlflow_run_id``),
+            or None if it failed before recording one.
     """
 
     state: str
     status: str
     reason: str | None = None
+    run_id: str | None = None
 
 
 def close_orphaned_runs(client: MlflowClient, experiment_id: str,
@@ -36,8 +39,9 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str,
     """Close the runs of a study's experiment that ended processes left RUNNING (killed, or
     stopped by a full disk before they could close them):
 
-    - a trial run whose Optuna trial has ended (``trial_ends`` holds its number) gets the
-      status of the trial's state, with the trial's reason as ``hpsearch.reason``;
+    - a trial run whose Optuna trial has ended (``trial_ends`` holds its number, and the
+      trial names this run as its own or none) gets the status of the trial's state, with
+      the trial's reason as ``hpsearch.reason``;
     - a parent run whose process is gone (the tags ``host`` and ``hpsearch.pid`` name this
       machine and a process that no longer runs, or a later one with the same pid) is
       closed KILLED, with the reason.
@@ -53,7 +57,8 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str,
         tags, run_id = run.data.tags, run.info.run_id
         if tags.get("hpsearch.role") == "trial":
             end = trial_ends.get(int(tags.get("optuna.trial_number", -1)))
-            if end is None:
+            # Another run of that number: another study of the same name, in another storage.
+            if end is None or end.run_id not in (None, run_id):
                 continue
             reason = (f"{end.reason or f'Optuna trial {end.state}'}; its process ended "
                       "without closing this run, closed by a later run")

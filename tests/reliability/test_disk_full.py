@@ -109,18 +109,6 @@ def test_runs_left_running_by_ended_processes_are_closed_with_the_reason(tmp_pat
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("closing")
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-                                study_name="closing")
-    for state, attrs in ((optuna.trial.TrialState.FAIL,
-                          {"fail_reason": "DiskFull: no space left on device"}),
-                         (optuna.trial.TrialState.FAIL, {"failure_kind": "interrupted",
-                                                         "fail_reason": "interrupted by SIGINT"}),
-                         (optuna.trial.TrialState.RUNNING, {})):
-        trial = study.ask()
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        if state != optuna.trial.TrialState.RUNNING:
-            study.tell(trial, state=state)
 
     def run(role, **tags):
         return client.create_run(experiment, tags={"hpsearch.role": role, **tags}).info.run_id
@@ -129,15 +117,31 @@ def test_runs_left_running_by_ended_processes_are_closed_with_the_reason(tmp_pat
     runs = {"failed trial": run("trial", **{"optuna.trial_number": "0"}),
             "interrupted trial": run("trial", **{"optuna.trial_number": "1"}),
             "running trial": run("trial", **{"optuna.trial_number": "2"}),
+            # Trial 0 of another study of the same name (another storage): not this one's.
+            "same number, not the trial's run": run("trial", **{"optuna.trial_number": "0"}),
             "dead parent": run("study", host=host, **{"hpsearch.pid": str(_dead_pid())}),
             "live parent": run("study", host=host, **{"hpsearch.pid": str(os.getppid())}),
             "other host's parent": run("study", host="elsewhere",
                                        **{"hpsearch.pid": str(_dead_pid())})}
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                                study_name="closing")
+    for name, state, attrs in (
+            ("failed trial", optuna.trial.TrialState.FAIL,
+             {"fail_reason": "DiskFull: no space left on device"}),
+            ("interrupted trial", optuna.trial.TrialState.FAIL,
+             {"failure_kind": "interrupted", "fail_reason": "interrupted by SIGINT"}),
+            ("running trial", optuna.trial.TrialState.RUNNING, {})):
+        trial = study.ask()
+        for key, value in {**attrs, "mlflow_run_id": runs[name]}.items():
+            trial.set_user_attr(key, value)
+        if state != optuna.trial.TrialState.RUNNING:
+            study.tell(trial, state=state)
     assert close_runs_of_ended_processes(study, client, experiment) == 3
     status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
     assert status == {"failed trial": "FAILED", "interrupted trial": "KILLED",
-                      "running trial": "RUNNING", "dead parent": "KILLED",
-                      "live parent": "RUNNING", "other host's parent": "RUNNING"}
+                      "running trial": "RUNNING", "same number, not the trial's run": "RUNNING",
+                      "dead parent": "KILLED", "live parent": "RUNNING",
+                      "other host's parent": "RUNNING"}
     failed = client.get_run(runs["failed trial"]).data.tags
     assert failed["optuna.state"] == "FAIL"
     assert failed["hpsearch.reason"].startswith("DiskFull: no space left on device; its "
