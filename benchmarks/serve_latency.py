@@ -8,6 +8,8 @@ For each batch size it sends real Fashion-MNIST test images (uint8 as JSON integ
 request at a time, after a few warm-up requests) until ``--requests`` requests or
 ``--seconds`` seconds, whichever comes first, and prints one JSON line: latency p50 / p99
 (ms, client side: serialisation, HTTP on loopback, parsing, inference) and images/s.
+``--output full`` asks for the model's longest answer (class index, name and probabilities
+per image) instead of its default, one class name per image.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from hpsearch.data_utils import load_dataset
 
 
 def measure(url: str, images: np.ndarray, *, requests: int, seconds: float,
-            warmup: int = 5) -> dict:
-    body = json.dumps({"inputs": images.tolist()}).encode()
+            warmup: int = 5, output: str = "label") -> dict:
+    body = json.dumps({"inputs": images.tolist(), "params": {"output": output}}).encode()
     request = urllib.request.Request(f"{url}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})
 
@@ -46,6 +48,7 @@ def measure(url: str, images: np.ndarray, *, requests: int, seconds: float,
     return {
         "benchmark": "serve_latency",
         "batch": len(images),
+        "output": output,
         "requests": len(latencies),
         "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 2),
         "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 2),
@@ -61,12 +64,14 @@ def main() -> None:
                         help="batch size (repeatable; default 1 and 256)")
     parser.add_argument("--requests", type=int, default=300, help="most requests per batch size")
     parser.add_argument("--seconds", type=float, default=60.0, help="most seconds per batch size")
+    parser.add_argument("--output", choices=["label", "class_index", "full"], default="label",
+                        help="the model's answer (inference parameter output)")
     args = parser.parse_args()
     _, test = load_dataset("fashion_mnist")
     for batch in args.batch or [1, 256]:
         images = test.images[:batch, 0]  # uint8 (N, 28, 28)
         print(json.dumps(measure(args.url, images, requests=args.requests,
-                                 seconds=args.seconds)), flush=True)
+                                 seconds=args.seconds, output=args.output)), flush=True)
 
 
 if __name__ == "__main__":

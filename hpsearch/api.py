@@ -80,6 +80,8 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
     Raises:
         HpsearchError: bad arguments, missing or corrupt data, unusable stores.
         SpecError: an invalid spec file (its message names file, key and reason).
+        DiskFull: no space left where the study writes; it stopped, its finished trials
+            are kept (``hpsearch run`` exits with 74).
 
     Nothing global is left changed: MLflow's tracking URI and Optuna's verbosity are the
     caller's again when it returns, and no signal handler is installed.

@@ -1,18 +1,82 @@
-"""Errors the command line reports as one line (bad input, missing data) and the
-interruption raised by a termination signal."""
+"""Errors the command line reports as one line (bad input, missing data, a full disk) and
+the interruption raised by a termination signal."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 
+# Exit code of a study stopped by a full disk: sysexits.h's EX_IOERR ("an error occurred
+# while doing I/O on some file"), beside 2 (bad input), 1 (trials kept failing) and
+# 128 + signal (130, 143).
+EX_IOERR = 74
+
 
 class HpsearchError(Exception):
     """A problem the user can fix; the message says what was wrong and how to fix it.
     The command line prints it as one line and exits with code 2."""
+
+
+class DiskFull(Exception):
+    """No space left on the device of the study's stores: the study stopped, its finished
+    trials are kept. The command line prints the message as one line and exits with
+    :data:`EX_IOERR` (74).
+
+    Args:
+        directory: the full directory (where the stores are), or None where not known.
+        free_bytes: the space left there when the error was seen, or None.
+    """
+
+    exit_code = EX_IOERR
+
+    def __init__(self, directory: str | None = None, free_bytes: int | None = None) -> None:
+        self.directory, self.free_bytes = directory, free_bytes
+        where = ""
+        if directory is not None:
+            free = "unknown space" if free_bytes is None else format_bytes(free_bytes)
+            where = f": {directory} has {free} free"
+        super().__init__(f"no space left on device{where}")
+
+
+def format_bytes(n: int) -> str:
+    """``0 B``, ``12.0 KB``, ``3.4 MB``, ``1.2 GB`` (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+# How a full disk shows: ENOSPC (EDQUOT for a full quota) from a write of ours or an
+# artifact copy; sqlite's SQLITE_FULL, which Python's sqlite3 raises as an OperationalError
+# without an errno, wrapped by SQLAlchemy, then by MLflow (an MlflowException holding only
+# the text) or Optuna (StorageInternalError); an OSError that a library re-raised as text.
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXTS = ("database or disk is full", "no space left on device",
+                    "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from or while handling
+    (``__cause__``, ``__context__``), says the disk is full."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull) or (isinstance(exc, OSError)
+                                          and exc.errno in _DISK_FULL_ERRNOS):
+            return True
+        if any(text in str(exc).lower() for text in _DISK_FULL_TEXTS):
+            return True
+        pending += [exc.__cause__, exc.__context__]
+    return False
 
 
 class Interrupted(KeyboardInterrupt):

@@ -1,10 +1,14 @@
 """The serving contract: the champion takes raw images in every accepted layout and dtype,
-answers class index, class name and probabilities, and turns bad requests into HTTP 400
-while it goes on serving. Also ``hpsearch predict`` and ``hpsearch serve``."""
+answers one class name per image (or, with the inference parameter ``output``, class indices,
+or class index, name and probabilities), works with ``mlflow.models.evaluate``'s classifier
+evaluator, and turns bad requests into HTTP 400 while it goes on serving. Also ``hpsearch
+predict`` and ``hpsearch serve``."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +17,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from hpsearch.data_utils import load_dataset
+from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR, get_dataset_info, load_dataset
 from hpsearch.serving.images import MAX_BATCH
+from hpsearch.tracking.provenance import using_tracking_uri
+from hpsearch.training.device import autocast_dtype
 
 from conftest import (
     MODEL,
@@ -26,6 +33,7 @@ from conftest import (
     hpsearch,
     port_closes,
     post_images,
+    tiny_mlp_spec,
     wait_until_ready,
 )
 
@@ -48,8 +56,10 @@ def local_model(served, tracking_uri):
 
 @pytest.fixture(scope="module")
 def expected(local_model, test_split):
+    """In-process answers for the first N test images: class_index, label, probabilities."""
     images = test_split.images[:N, 0]  # uint8 (N, 28, 28)
-    return local_model.predict(pd.DataFrame({"images": list(images)}))
+    return local_model.predict(pd.DataFrame({"images": list(images)}),
+                               params={"output": "full"})
 
 
 LAYOUTS = {
@@ -68,6 +78,9 @@ def test_every_accepted_layout_and_dtype_gives_the_in_process_predictions(
     images = LAYOUTS[layout](test_split.images[:N])
     status, body = post_images(served.url, images.tolist())
     assert status == 200, body
+    assert body["predictions"] == expected["label"].tolist()  # one class name per image
+    status, body = post_images(served.url, images.tolist(), output="full")
+    assert status == 200, body
     rows = body["predictions"]
     assert [r["class_index"] for r in rows] == expected["class_index"].tolist()
     assert [r["label"] for r in rows] == expected["label"].tolist()
@@ -79,14 +92,97 @@ def test_every_accepted_layout_and_dtype_gives_the_in_process_predictions(
 
 def test_predictions_match_true_labels_at_about_the_logged_test_accuracy(
         served, client, test_split):
-    status, body = post_images(served.url, test_split.images[:1000, 0].tolist())
+    status, body = post_images(served.url, test_split.images[:1000, 0].tolist(),
+                               output="class_index")
     assert status == 200, body
-    predicted = np.array([r["class_index"] for r in body["predictions"]])
+    predicted = np.array(body["predictions"])
     accuracy = float((predicted == test_split.labels[:1000]).mean())
     version = client.get_model_version(MODEL, served.version)
     assert accuracy == pytest.approx(float(version.tags["test_accuracy"]), abs=0.05)
     assert json.loads(version.tags["class_names"])[9] == "Ankle boot"
     assert "integer pixels 0..255" in version.description
+
+
+def test_output_parameter_chooses_names_indices_or_everything(served, local_model,
+                                                               test_split, expected):
+    images = test_split.images[:3, 0]
+    names = expected["label"][:3].tolist()
+    indices = expected["class_index"][:3].tolist()
+    assert post_images(served.url, images.tolist()) == (200, {"predictions": names})
+    assert post_images(served.url, images.tolist(), output="label") == (
+        200, {"predictions": names})
+    assert post_images(served.url, images.tolist(), output="class_index") == (
+        200, {"predictions": indices})
+    status, body = post_images(served.url, images.tolist(), output="full")
+    assert status == 200
+    assert [(r["class_index"], r["label"]) for r in body["predictions"]] == list(
+        zip(indices, names))
+    status, body = post_images(served.url, images.tolist(), output="logits")
+    assert status == 400 and "output 'logits' is not one of label, class_index, full" in body
+    # In Python: a 1-D answer by default, as MLflow's classifiers give.
+    out = local_model.predict({"images": images})
+    assert isinstance(out, np.ndarray) and out.shape == (3,) and out.tolist() == names
+    out = local_model.predict({"images": images}, params={"output": "class_index"})
+    assert out.dtype == np.int64 and out.tolist() == indices
+
+
+N_EVALUATED = 200
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An MNIST-format IDX file (gzip) of uint8 ``array``: magic 0x08 (ubyte), ndim, sizes."""
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I",
+                                                                    *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def small_test_study(tmp_path_factory, test_split):
+    """A one-trial study whose test split is the first 200 Fashion-MNIST test images (a
+    data folder with the real training files and a 200-image test file)."""
+    if not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+    cwd = tmp_path_factory.mktemp("evaluate")
+    data = cwd / "data"
+    data.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (data / f"{stem}.gz").symlink_to(DEBIAN_FASHION_MNIST_DIR / f"{stem}.gz")
+    _write_idx(data / "t10k-images-idx3-ubyte.gz", test_split.images[:N_EVALUATED, 0])
+    _write_idx(data / "t10k-labels-idx1-ubyte.gz", test_split.labels[:N_EVALUATED])
+    (cwd / "spec.yaml").write_text(tiny_mlp_spec(1))
+    result = hpsearch(cwd, "run", "--spec", "spec.yaml", "--study-name", "evaluated",
+                      "--trials", "1", "--train-subset", "2000", "--device", "cpu",
+                      "--data-dir", str(data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return cwd, result.stdout
+
+
+def test_mlflow_evaluate_on_the_champion_gives_the_test_accuracy_hpsearch_reports(
+        small_test_study, test_split):
+    cwd, stdout = small_test_study
+    class_names = get_dataset_info("fashion_mnist").class_names
+    df = pd.DataFrame({"images": [img[0].tolist() for img in test_split.images[:N_EVALUATED]],
+                       "label": [class_names[i] for i in test_split.labels[:N_EVALUATED]]})
+    tracking_uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    with using_tracking_uri(tracking_uri):
+        result = mlflow.models.evaluate("models:/hpsearch-evaluated@champion", data=df,
+                                        targets="label", model_type="classifier")
+    assert result.metrics["example_count"] == N_EVALUATED
+    accuracy = result.metrics["accuracy_score"]
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    version = client.get_model_version_by_alias("hpsearch-evaluated", "champion")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("evaluated").experiment_id],
+        filter_string="tags.`hpsearch.role` = 'study'")
+    # Exactly equal, not approximately: hpsearch reports the test accuracy of the model as
+    # it is served (its own code, float32 on the CPU), the model evaluate() runs. The
+    # autocast figure, comparable with validation, is kept beside it.
+    assert accuracy == parent.data.metrics["test_accuracy"]
+    assert version.tags["test_accuracy"] == f"{accuracy:.4f}"
+    assert f"\ntest accuracy {accuracy:.4f} (as served: float32 on the CPU" in stdout
+    amp = autocast_dtype(torch.device("cpu"))
+    assert ("test_accuracy_autocast" in parent.data.metrics) == (amp is not None)
 
 
 def image(value=0, shape=(28, 28)):
@@ -177,7 +273,7 @@ def test_the_documented_python_forms_give_the_same_predictions(local_model, test
     for form in (pd.DataFrame({"images": list(batch)}), {"images": batch},
                  {"images": list(batch)}):
         out = local_model.predict(form)
-        assert out["label"].tolist() == expected["label"].tolist()
+        assert out.tolist() == expected["label"].tolist()
     with pytest.raises(MlflowException):  # documented: wrap a bare array in {"images": ...}
         local_model.predict(batch)
 

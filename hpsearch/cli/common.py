@@ -17,8 +17,9 @@ from hpsearch import __version__
 from hpsearch.errors import HpsearchError
 from hpsearch.redact import redact_url
 
-__all__ = ["data_dir_option", "echo_table", "exec_command", "fail", "format_option",
-           "headless", "main", "quiet_libraries", "run_mlflow_cli", "storage_option",
+__all__ = ["data_dir_option", "describe_test_accuracy", "echo_table", "exec_command", "fail",
+           "format_option", "headless", "main", "quiet_libraries", "run_mlflow_cli",
+           "storage_option",
            "tracking_uri_option", "with_storage"]
 
 storage_option = click.option(
@@ -41,10 +42,10 @@ def main() -> None:
     """MLflow-tracked hyperparameter search for image classifiers."""
 
 
-def fail(message: str) -> NoReturn:
-    """One line on stderr, exit code 2: bad input the user can fix."""
+def fail(message: str, exit_code: int = 2) -> NoReturn:
+    """One line on stderr, exit code 2: bad input the user can fix (74: a full disk)."""
     click.echo(f"hpsearch: error: {message}", err=True)
-    sys.exit(2)
+    sys.exit(exit_code)
 
 
 def quiet_libraries() -> None:
@@ -62,6 +63,15 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
     warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
+
+
+def describe_test_accuracy(registration) -> str:
+    """How the registered test accuracy was computed, and the autocast figure if any."""
+    note = "(as served: float32 on the CPU"
+    if registration.test_accuracy_autocast is not None:
+        note += (f"; {registration.test_accuracy_autocast:.4f} under the training device's "
+                 "autocast, as the trials were validated")
+    return note + ")"
 
 
 def headless() -> None:

@@ -9,6 +9,7 @@ import click
 
 from hpsearch.cli.common import (
     data_dir_option,
+    describe_test_accuracy,
     fail,
     headless,
     main,
@@ -17,7 +18,7 @@ from hpsearch.cli.common import (
     tracking_uri_option,
 )
 from hpsearch.data_utils import list_datasets
-from hpsearch.errors import HpsearchError, handle_termination_signals
+from hpsearch.errors import DiskFull, HpsearchError, handle_termination_signals
 from hpsearch.redact import redact_url
 from hpsearch.studies import SpecError, load_spec
 
@@ -86,7 +87,8 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
 
     Ctrl-C or SIGTERM ends the running trial as failed (interrupted), prints the summary so
     far and exits with 130 or 143; the same command again resumes the study, and the
-    interrupted trial first, from its last finished epoch.
+    interrupted trial first, from its last finished epoch. A full disk stops the study
+    with one line and exit code 74 (finished trials are kept).
     """
     quiet_libraries()
     try:
@@ -110,6 +112,10 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
             checkpoint_dir=checkpoint_dir, quiet=quiet)
     except (HpsearchError, SpecError) as exc:
         fail(str(exc))
+    except DiskFull as exc:
+        fail(f"{exc}; the study stopped, its finished trials are kept: free some space there "
+             "(or put the stores elsewhere with --storage and --tracking-uri) and run the "
+             "same command to resume", exit_code=exc.exit_code)
     except KeyboardInterrupt as exc:  # before the study started: nothing to summarise
         sys.exit(getattr(exc, "exit_code", 130))
     _print_summary(summary)
@@ -142,8 +148,10 @@ def _print_summary(summary) -> None:
         echo(f"within 0.5 points of it after {seconds:.1f} s of the study (trial {trial})")
     reg = summary.registration
     if reg is not None:
-        echo(f"test accuracy {reg.test_accuracy:.4f}")
+        echo(f"test accuracy {reg.test_accuracy:.4f} {describe_test_accuracy(reg)}")
         what = "registered" if reg.newly_registered else "already registered"
+        if reg.resumed:
+            what += " (finishing the registration an interrupted run had started)"
         echo(f"{what}: {reg.name} version {reg.version} (alias champion)")
         uri = redact_url(summary.tracking_uri)  # a server's password stays in your shell
         # MLflow 3's UI opens its GenAI pages unless the URL asks for model training.

@@ -9,6 +9,7 @@ import click
 
 from hpsearch.cli.common import (
     data_dir_option,
+    describe_test_accuracy,
     echo_table,
     fail,
     format_option,
@@ -19,7 +20,7 @@ from hpsearch.cli.common import (
     tracking_uri_option,
     with_storage,
 )
-from hpsearch.errors import HpsearchError, handle_termination_signals
+from hpsearch.errors import DiskFull, HpsearchError, handle_termination_signals
 from hpsearch.redact import redact_url
 
 
@@ -84,11 +85,14 @@ def register(study_name, storage, tracking_uri, register_name, data_dir, device)
             device=device)
     except HpsearchError as exc:
         fail(str(exc))
+    except DiskFull as exc:
+        fail(f"{exc}; free some space there and run the same command again",
+             exit_code=exc.exit_code)
     except KeyboardInterrupt as exc:
         sys.exit(getattr(exc, "exit_code", 130))
     click.echo(f"registered {registration.name} version {registration.version} "
                f"(alias champion): trial {registration.trial_number}, test accuracy "
-               f"{registration.test_accuracy:.4f}")
+               f"{registration.test_accuracy:.4f} {describe_test_accuracy(registration)}")
 
 
 @main.group(short_help="Study spec files: their JSON Schema, the built-in ones.")

@@ -64,7 +64,9 @@ def refresh_report(tracker: StudyTracker, study: optuna.Study, reporter: Reporte
     try:
         log_study_report(tracker.client, tracker.parent_run_id, study)
     except Exception as exc:  # plotting or logging trouble: say so, keep going
-        reporter.say(f"warning: study report not logged: {type(exc).__name__}: {exc}")
+        # The first line: a store's error carries its SQL statement and parameters after it.
+        reporter.say(f"warning: study report not logged: {type(exc).__name__}: "
+                     f"{(str(exc).splitlines() or [''])[0]}")
 
 
 class ReportRefresher:

@@ -94,7 +94,8 @@ class StudySummary:
         wall_seconds: this run's wall time.
         stop_reason: why the run stopped before the target, or None.
         exit_code: 0; 1 when trials kept failing (``--max-failures``); 128 + the signal
-            number when interrupted.
+            number when interrupted. (A full disk raises
+            :class:`~hpsearch.errors.DiskFull` instead: exit code 74.)
     """
 
     study_name: str

@@ -26,7 +26,7 @@ from hpsearch.data_utils import (
     load_dataset_with_origin,
     split_train_val,
 )
-from hpsearch.errors import HpsearchError, check_interrupted
+from hpsearch.errors import DiskFull, HpsearchError, check_interrupted, is_disk_full
 from hpsearch.redact import redact_url
 from hpsearch.search.callbacks import AnytimeLogger, FailureGuard, ReportRefresher
 from hpsearch.search.checkpoints import CheckpointStore, default_checkpoint_root
@@ -38,11 +38,13 @@ from hpsearch.search.coordination import (
     schema_lock,
     slots_left,
 )
+from hpsearch.search.diskspace import disk_full_error
 from hpsearch.search.gpu_sharing import default_jobs
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.preflight import preflight
 from hpsearch.search.progress import RemainingTime, Reporter, StudyEstimate
 from hpsearch.search.storage import (
+    close_runs_of_ended_processes,
     fail_stale_trials,
     load_existing_study,
     open_study,
@@ -113,6 +115,7 @@ class StudyRunner:
         with schema_lock(config.storage, tracking_uri):
             study = open_study(config, tracking_uri)
             tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
+        _close_dead_runs(study, tracker, reporter)
         return cls(study=study, tracker=tracker, device=device, data=data, test=test,
                    lock=StudyLock(config.storage, config.study_name), reporter=reporter,
                    config=config, data_origin=origin, checkpoints=checkpoints)
@@ -131,6 +134,7 @@ class StudyRunner:
         preflight(storage, tracking_uri)
         study = load_existing_study(study_name, storage)
         tracker = StudyTracker(tracking_uri=tracking_uri, study_name=study_name)
+        _close_dead_runs(study, tracker, reporter)
         dataset = study.user_attrs.get("hpsearch.dataset") or _dataset_from_runs(tracker)
         _, test, origin = load_data(dataset, data_dir)
         return cls(study=study, tracker=tracker, device=torch_device, data=None, test=test,
@@ -201,9 +205,16 @@ class StudyRunner:
                           RemainingTime(target=config.trials, jobs=1, reporter=self.reporter,
                                         deadline=deadline)]
 
+        disk_full: list[Exception] = []
+
         def start_trial(trial: optuna.Trial) -> float:
             lock.release()  # the trial holds its slot now: RUNNING in the storage
-            return objective(trial)
+            try:
+                return objective(trial)
+            except Exception as exc:
+                if is_disk_full(exc):  # the trial fails, then the study stops (below)
+                    disk_full.append(exc)
+                raise
 
         said_waiting = None
         while summary.stop_reason is None:
@@ -215,6 +226,8 @@ class StudyRunner:
                 if slots_left(study, config.trials) > 0:
                     study.optimize(start_trial, n_trials=1, callbacks=callbacks,
                                    catch=(Exception,), gc_after_trial=True)
+                    if disk_full:  # the next trial would fail the same way
+                        raise disk_full[0]
                     _return_freed_memory()
                     said_waiting = None
                     continue
@@ -260,6 +273,20 @@ class StudyRunner:
                                      test=self.test, tracker=self.tracker,
                                      register_name=register_name, device=self.device,
                                      force=force)
+
+    def disk_full_error(self, exc: BaseException) -> DiskFull | None:
+        """The :class:`DiskFull` that ``exc`` amounts to, naming the fullest directory this
+        study writes to and its free space, or None if ``exc`` is no full disk."""
+        if not is_disk_full(exc):
+            return None
+        try:  # a read: it works on a full disk
+            location = self.tracker.client.get_experiment(
+                self.tracker.experiment_id).artifact_location
+        except Exception:  # the store is unreachable too: name the other places
+            location = None
+        return disk_full_error(exc, storage=self.lock.storage_url,
+                               tracking_uri=self.tracker.tracking_uri,
+                               artifact_location=location)
 
     def close(self) -> None:
         self.lock.close()
@@ -322,6 +349,15 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         pass
+
+
+def _close_dead_runs(study: optuna.Study, tracker: StudyTracker, reporter: Reporter) -> None:
+    """Close the runs ended processes left RUNNING (see
+    :func:`~hpsearch.search.storage.close_runs_of_ended_processes`), saying so."""
+    closed = close_runs_of_ended_processes(study, tracker.client, tracker.experiment_id)
+    if closed:
+        reporter.say(f"closed {closed} MLflow run(s) left RUNNING by processes that ended "
+                     "(each run's tag hpsearch.reason says why)")
 
 
 def _dataset_from_runs(tracker: StudyTracker) -> str:

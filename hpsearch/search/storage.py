@@ -13,13 +13,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, is_disk_full
 from hpsearch.redact import redact_url
 from hpsearch.search.config import RunConfig
 from hpsearch.studies.components import build_pruner, build_sampler
 
-__all__ = ["RetriesFirstStudy", "RetryStaleTrial", "fail_stale_trials", "load_existing_study",
-           "open_study", "retry_interrupted", "storage_error", "study_definition"]
+__all__ = ["RetriesFirstStudy", "RetryStaleTrial", "close_runs_of_ended_processes",
+           "fail_stale_trials", "load_existing_study", "open_study", "retry_interrupted",
+           "storage_error", "study_definition"]
 
 DEFINITION_ATTR = "hpsearch.definition"
 
@@ -37,6 +38,8 @@ class _HeartbeatTolerantStorage(optuna.storages.RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except Exception as exc:  # SQLAlchemy's errors vary by driver
+            if is_disk_full(exc):  # the trial's next write stops the study, in one line
+                return
             logging.getLogger(__name__).warning(
                 "heartbeat of trial id %d not recorded: %s", trial_id,
                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -102,6 +105,8 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
         study = RetriesFirstStudy(study_name=study.study_name, storage=storage,
                                   sampler=study.sampler, pruner=study.pruner)
     except Exception as exc:  # SQLAlchemy's errors vary by driver; say which URL failed
+        if is_disk_full(exc):  # not a bad storage: the run stops with exit code 74
+            raise
         raise storage_error(config.storage, exc) from None
     _check_definition(study, config)
     if not study.trials:
@@ -214,6 +219,34 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
             system_attrs={"failed_trial": history[0], "retry_history": history}))
         retried.append(trial.number)
     return retried
+
+
+def close_runs_of_ended_processes(study: optuna.Study, client: Any, experiment_id: str) -> int:
+    """Close the study's MLflow runs left RUNNING by processes that ended (killed, or
+    stopped by a full disk): trial runs get their Optuna trial's state, parent runs of gone
+    processes KILLED (:func:`~hpsearch.tracking.orphans.close_orphaned_runs`).
+
+    Args:
+        study: the Optuna study.
+        client: an ``MlflowClient`` of the study's tracking store.
+        experiment_id: the study's experiment.
+
+    Returns:
+        How many runs were closed.
+    """
+    from hpsearch.tracking.orphans import TrialEnd, close_orphaned_runs
+    from hpsearch.tracking.runs import RUN_STATUS
+
+    ends = {}
+    for trial in study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        state = trial.state.name
+        interrupted = trial.user_attrs.get("failure_kind") == "interrupted"
+        ends[trial.number] = TrialEnd(
+            state=state, status="KILLED" if interrupted else RUN_STATUS[state],
+            reason=trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason"),
+            run_id=trial.user_attrs.get("mlflow_run_id"))
+    return close_orphaned_runs(client, experiment_id, ends)
 
 
 class RetryStaleTrial:

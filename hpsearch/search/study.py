@@ -15,15 +15,17 @@ from collections.abc import Iterator
 
 import optuna
 
-from hpsearch.errors import ignore_further_signals
+from hpsearch.errors import EX_IOERR, DiskFull, ignore_further_signals
 from hpsearch.search.callbacks import ReportRefresher, refresh_report
 from hpsearch.search.config import RunConfig, StudySummary
 from hpsearch.search.coordination import FINISHED_STATES, count_trials
+from hpsearch.search.diskspace import disk_full_error
 from hpsearch.search.gpu_sharing import gpu_sharing_note
 from hpsearch.search.progress import RemainingTime, Reporter
 from hpsearch.search.runner import StudyRunner, default_jobs
 from hpsearch.serving.registration import Registration
-from hpsearch.tracking.provenance import quiet_mlflow
+from hpsearch.tracking.provenance import quiet_mlflow, resolve_tracking_uri
+from hpsearch.tracking.runs import StudyTracker
 from hpsearch.tracking.tables import state_counts, time_to_best
 from hpsearch.training.device import device_name, resolve_device
 
@@ -56,12 +58,16 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     Raises:
         HpsearchError: bad device, missing data, unusable storage or tracking store, or an
             unwritable directory; raised before anything is written.
+        DiskFull: no space left where the study writes (its stores, their artifacts, the
+            temporary directory): the trial running then fails, the study stops, finished
+            trials are kept (``exit_code`` 74 on the command line).
     """
     start = time.perf_counter()
     config = dataclasses.replace(
         config, jobs=config.jobs or default_jobs(resolve_device(config.device)))
     with quiet_optuna(), quiet_mlflow():
-        runner = StudyRunner.open(config, reporter)
+        with _disk_full_as_one_error(config.storage, config.tracking_uri):
+            runner = StudyRunner.open(config, reporter)
         try:
             return _run(runner, config, reporter, start)
         finally:
@@ -81,10 +87,10 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
                  f"trials finished; {max(missing, 0)} to run on {device_name(runner.device)}"
                  f"{workers}; {len(runner.data.train)} training / {len(runner.data.val)} "
                  f"validation images{origin}")
-    runner.start_parent()
     deadline = None if config.timeout_s is None else time.time() + config.timeout_s
-    status = "FAILED"
+    status, disk_full = "FAILED", None
     try:
+        runner.start_parent()
         if config.jobs > 1:
             from hpsearch.search.workers import run_workers
 
@@ -95,6 +101,8 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
                 config, jobs=config.jobs, parent_run_id=tracker.parent_run_id,
                 deadline=deadline, reporter=reporter,
                 on_idle=lambda: (refresh(), remaining(study)))
+            if summary.exit_code == EX_IOERR:  # a worker found the disk full
+                raise DiskFull()
         else:
             runner.work(summary, deadline=deadline, refresh_reports=True)
         summary.registration = runner.register(config.register_name)
@@ -105,12 +113,44 @@ def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
         signum = getattr(exc, "signum", signal.SIGINT)
         summary.stop_reason = f"interrupted by {signal.Signals(signum).name}"
         summary.exit_code = 128 + signum
+    except Exception as exc:
+        disk_full = runner.disk_full_error(exc)
+        if disk_full is None:
+            raise
     finally:
         runner.lock.release()
-        refresh_report(tracker, study, reporter)
-        tracker.end_parent(status)
+        if disk_full is not None:
+            _end_parent_on_full_disk(tracker, disk_full)
+        elif tracker.parent_run_id is not None:
+            refresh_report(tracker, study, reporter)
+            tracker.end_parent(status)
         _fill_summary(summary, study, start)
+    if disk_full is not None:
+        raise disk_full from None
     return summary
+
+
+@contextlib.contextmanager
+def _disk_full_as_one_error(storage: str, tracking_uri: str | None) -> Iterator[None]:
+    """Opening the stores writes (the study, the experiment, runs of ended processes): a
+    full disk there is a :class:`DiskFull` too."""
+    try:
+        yield
+    except Exception as exc:
+        disk_full = disk_full_error(exc, storage=storage,
+                                    tracking_uri=resolve_tracking_uri(tracking_uri))
+        if disk_full is None:
+            raise
+        raise disk_full from None
+
+
+def _end_parent_on_full_disk(tracker: StudyTracker, disk_full: DiskFull) -> None:
+    """End the parent run FAILED with the reason, if the full store still takes that write;
+    if not, the next run closes it (its process is gone by then)."""
+    try:
+        tracker.end_parent("FAILED", reason=str(disk_full))
+    except Exception:  # the store is full: nothing more to record now
+        pass
 
 
 def register_study(*, study_name: str, storage: str, tracking_uri: str | None,
@@ -121,25 +161,36 @@ def register_study(*, study_name: str, storage: str, tracking_uri: str | None,
     Evaluates the best trial's kept weights on the test set, logs the evaluation and the
     model on a new run (``hpsearch.role`` = ``register``) in the study's experiment, and
     registers a new version under the alias ``champion``, even if the alias already
-    points at this trial. Holds the study lock, so it never races a worker's own
-    registration.
+    points at this trial (a version whose registration was killed is finished instead).
+    Holds the study lock, so it never races a worker's own registration.
 
     Raises:
         HpsearchError: no such study, no complete trial, the best trial kept no weights,
             its data set cannot be found, or the stores cannot be reached.
+        DiskFull: no space left where it writes.
     """
     with quiet_optuna(), quiet_mlflow():
-        runner = StudyRunner.open_existing(study_name=study_name, storage=storage,
-                                           tracking_uri=tracking_uri, data_dir=data_dir,
-                                           device=device, reporter=Reporter("value"))
-        runner.start_parent(role="register", register_name=register_name)
-        status = "FAILED"
+        with _disk_full_as_one_error(storage, tracking_uri):
+            runner = StudyRunner.open_existing(study_name=study_name, storage=storage,
+                                               tracking_uri=tracking_uri, data_dir=data_dir,
+                                               device=device, reporter=Reporter("value"))
+        status, disk_full = "FAILED", None
         try:
+            runner.start_parent(role="register", register_name=register_name)
             registration = runner.register(register_name, force=True)
             status = "FINISHED"
+        except Exception as exc:
+            disk_full = runner.disk_full_error(exc)
+            if disk_full is None:
+                raise
         finally:
             runner.close()
-            runner.tracker.end_parent(status)
+            if disk_full is not None:
+                _end_parent_on_full_disk(runner.tracker, disk_full)
+            elif runner.tracker.parent_run_id is not None:
+                runner.tracker.end_parent(status)
+        if disk_full is not None:
+            raise disk_full from None
     return registration
 
 

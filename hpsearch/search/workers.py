@@ -26,10 +26,12 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
 from hpsearch.errors import (
+    EX_IOERR,
     HpsearchError,
     check_interrupted,
     handle_termination_signals,
     ignore_further_signals,
+    is_disk_full,
 )
 from hpsearch.search.config import RunConfig, StudySummary
 from hpsearch.search.progress import Reporter
@@ -160,6 +162,12 @@ def worker_main(config: RunConfig, worker: int, parent_run_id: str, deadline: fl
     except HpsearchError as exc:
         reporter.say(f"error: {exc}")
         sys.exit(2)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        # The coordinator says it in one line, with the directory and its free space.
+        connection.send(("done", ("no space left on device", EX_IOERR)))
+        sys.exit(EX_IOERR)
     connection.send(("done", stopped))
 
 

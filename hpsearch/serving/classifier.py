@@ -1,10 +1,12 @@
 """The champion as one torch module: normalisation, network, logits. The pt2 export and the
-served pyfunc model are both this module."""
+served pyfunc model are both this module; :func:`class_probabilities` is how the served model
+computes, and how the registered test accuracy is measured."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,7 +15,14 @@ from hpsearch.models import build_network
 from hpsearch.params import TrialParams
 from hpsearch.training.loader import normalization
 
-__all__ = ["NormalizingClassifier"]
+__all__ = ["DEFAULT_OUTPUT", "OUTPUTS", "NormalizingClassifier", "class_probabilities"]
+
+# What the served model answers per image, chosen by its inference parameter ``output``:
+# ``label`` (the default, as MLflow's classifiers answer: one class name per image, so
+# ``mlflow.models.evaluate(..., model_type="classifier")`` works), ``class_index`` or
+# ``full`` (a DataFrame: class_index, label and the probabilities of all classes).
+OUTPUTS = ("label", "class_index", "full")
+DEFAULT_OUTPUT = "label"
 
 
 class NormalizingClassifier(nn.Module):
@@ -46,3 +55,18 @@ class NormalizingClassifier(nn.Module):
         network = build_network(params, info)
         network.load_state_dict(state_dict)
         return cls(network, info).eval()
+
+
+def class_probabilities(classifier: NormalizingClassifier, unit_batch: np.ndarray) -> np.ndarray:
+    """Softmax probabilities of ``classifier`` for one batch, as the served model computes
+    them: float32 on the CPU, no autocast.
+
+    Args:
+        classifier: on the CPU, in eval mode.
+        unit_batch: float32 pixel values in [0, 1], shape (N, C, H, W).
+
+    Returns:
+        float32 array (N, num_classes); each row sums to 1, in class-index order.
+    """
+    with torch.no_grad():
+        return torch.softmax(classifier(torch.from_numpy(unit_batch)), dim=1).numpy()

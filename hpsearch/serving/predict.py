@@ -98,9 +98,18 @@ def predict_files(paths: list[str], uri: str, tracking_uri: str | None = None) -
     sources, images = read_images(paths, channels=int(meta.get("in_channels", 1)),
                                   image_shapes=shapes)
     try:
-        out = model.predict(pd.DataFrame({"images": images}))
+        out = model.predict(pd.DataFrame({"images": images}), params=_full_output(model))
     except MlflowException as exc:
         raise HpsearchError(exc.message) from None
     return [Prediction(src, int(row.class_index), row.label,
                        float(row.probabilities[row.class_index]))
             for src, row in zip(sources, out.itertuples(index=False))]
+
+
+def _full_output(model) -> dict[str, str] | None:
+    """The inference parameter asking for class index, name and probabilities per image.
+    Champions registered before the parameter existed answer that by default (and MLflow
+    warns about parameters a model does not declare): None for them."""
+    schema = model.metadata.get_params_schema()
+    declared = schema is not None and any(p.name == "output" for p in schema.params)
+    return {"output": "full"} if declared else None

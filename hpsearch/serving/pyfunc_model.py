@@ -14,9 +14,21 @@ Input: a DataFrame with a column ``images``, one image per row, or a dict
 list fails MLflow's check against the logged signature, before the model sees it; the
 scoring server's ``{"inputs": [image, ...]}`` becomes such a DataFrame). Integer pixels
 0..255 or float pixels 0..1, in the layouts of :func:`hpsearch.serving.images.accepted_shapes`.
-Output, per row: ``class_index`` (int), ``label`` (class name) and ``probabilities``
-(softmax over all classes, in class-index order). A bad request raises an MlflowException
-with INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400.
+
+Output, chosen by the inference parameter ``output`` (declared in the signature's params;
+``params={"output": ...}`` in Python, ``{"inputs": [...], "params": {"output": ...}}`` when
+served):
+
+- ``label`` (default): a 1-D array of class names, one per image, as MLflow's classifiers
+  answer (the sklearn flavour's ``predict``); served as ``{"predictions": ["Ankle boot",
+  ...]}``. So ``mlflow.models.evaluate(uri, data=df, targets="label",
+  model_type="classifier")`` works with a column ``label`` of class names;
+- ``class_index``: a 1-D int64 array of class indices;
+- ``full``: a DataFrame, per row ``class_index`` (int), ``label`` (class name) and
+  ``probabilities`` (softmax over all classes, in class-index order).
+
+A bad request raises an MlflowException with INVALID_PARAMETER_VALUE, which the scoring
+server answers with HTTP 400.
 """
 
 from __future__ import annotations
@@ -34,7 +46,12 @@ from mlflow.pyfunc import PythonModel
 
 from hpsearch.data_utils import DatasetInfo
 from hpsearch.params import TrialParams
-from hpsearch.serving.classifier import NormalizingClassifier
+from hpsearch.serving.classifier import (
+    DEFAULT_OUTPUT,
+    OUTPUTS,
+    NormalizingClassifier,
+    class_probabilities,
+)
 from hpsearch.serving.images import MAX_BATCH, InvalidImages, accepted_shapes, to_unit_batch
 
 INPUT_COLUMN = "images"
@@ -66,7 +83,8 @@ class BadRequest(MlflowException):
 
 class ChampionModel(PythonModel):
     """Pyfunc wrapper: checks the images, runs the :class:`NormalizingClassifier`, answers
-    softmax probabilities and class names."""
+    class names (or, as the parameter ``output`` asks, class indices, or class indices, names
+    and softmax probabilities)."""
 
     def load_context(self, context) -> None:
         with open(context.artifacts["config"]) as f:
@@ -78,29 +96,40 @@ class ChampionModel(PythonModel):
             TrialParams.from_dict(config["hyperparameters"]), self.info, state)
 
     def predict(self, context: Any, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+                params: dict[str, Any] | None = None) -> np.ndarray | pd.DataFrame:
         """Classify the images of ``model_input`` (see the module docstring).
 
         The type hints are what MLflow reads: a DataFrame input is checked against the
         logged signature (column ``images``), not inferred from the hint.
 
+        Args:
+            params: ``{"output": "label" | "class_index" | "full"}``; default ``label``.
+
+        Returns:
+            ``label``: object array (N,) of class names; ``class_index``: int64 array (N,);
+            ``full``: DataFrame with columns class_index, label, probabilities.
+
         Raises:
-            BadRequest: the images are not what the model takes (HTTP 400 when served).
+            BadRequest: the images are not what the model takes, or ``output`` is none of
+                the above (HTTP 400 when served).
         """
+        output = (params or {}).get("output") or DEFAULT_OUTPUT
+        if output not in OUTPUTS:
+            raise BadRequest(f"params: output {output!r} is not one of {', '.join(OUTPUTS)}")
         images = _images_of(model_input)
         try:
             batch = to_unit_batch(images, self.info)
         except InvalidImages as exc:
             raise BadRequest(f"{exc}. {self.expected()}") from None
-        with torch.no_grad():
-            probabilities = torch.softmax(self.classifier(torch.from_numpy(batch)), dim=1)
-        probabilities = probabilities.numpy()
-        index = probabilities.argmax(axis=1)
-        return pd.DataFrame({
-            "class_index": index.astype(np.int64),
-            "label": [self.info.class_names[i] for i in index],
-            "probabilities": list(probabilities.astype(np.float64)),
-        })
+        probabilities = class_probabilities(self.classifier, batch)
+        index = probabilities.argmax(axis=1).astype(np.int64)
+        labels = np.array([self.info.class_names[i] for i in index], dtype=object)
+        if output == "label":
+            return labels
+        if output == "class_index":
+            return index
+        return pd.DataFrame({"class_index": index, "label": labels,
+                             "probabilities": list(probabilities.astype(np.float64))})
 
     def expected(self) -> str:
         shapes = " or ".join(str(s) for s in accepted_shapes(self.info))

@@ -1,14 +1,21 @@
 """Registering a study's champion: the best trial's own weights (never retrained), evaluated
-once on the test set, logged as an MLflow model and registered under the alias ``champion``.
+on the test set, logged as an MLflow model and registered under the alias ``champion``.
 
 Two models are logged on the parent run:
 
 - ``model`` (registered): a pyfunc "model from code" (``pyfunc_model.py``) that takes raw
-  images (integer 0..255 or float 0..1, several layouts) and answers class index, class name
-  and probabilities; its weights are a state dict read with ``weights_only=True``;
+  images (integer 0..255 or float 0..1, several layouts) and answers each image's class name
+  (or, with the inference parameter ``output``, class indices, or class index, name and
+  probabilities); its weights are a state dict read with ``weights_only=True``;
 - ``network``: the :class:`NormalizingClassifier` (normalisation + network), through
   ``mlflow.pytorch.log_model`` in MLflow's ``pt2`` format (a ``torch.export`` program), for
   users who want a torch module.
+
+Registration is idempotent per champion trial: the model version is created with the tags
+that identify it (study, trial) and ``hpsearch.registration`` = ``incomplete``, and marked
+``complete`` only after its description and alias are set. A process killed in between leaves
+an incomplete version, which the next registration of the same trial finishes instead of
+adding another.
 """
 
 from __future__ import annotations
@@ -30,16 +37,22 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
-from mlflow.types import ColSpec, DataType, Schema
-from mlflow.types.schema import AnyType, Array
+from mlflow.models.model import ModelInfo
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType
 from torch import nn
 
 import hpsearch
+from hpsearch._testhooks import pause
 from hpsearch.data_utils import ArraySplit, DatasetInfo
 from hpsearch.errors import HpsearchError
 from hpsearch.params import TrialParams
-from hpsearch.serving.classifier import NormalizingClassifier
-from hpsearch.serving.images import MAX_BATCH, accepted_shapes
+from hpsearch.serving.classifier import (
+    DEFAULT_OUTPUT,
+    NormalizingClassifier,
+    class_probabilities,
+)
+from hpsearch.serving.images import MAX_BATCH, accepted_shapes, to_unit_batch
 from hpsearch.serving.uris import CHAMPION_ALIAS
 from hpsearch.tracking.provenance import using_tracking_uri
 from hpsearch.tracking.report import log_prediction_grid
@@ -51,6 +64,11 @@ from hpsearch.training.loop import EvalResult, evaluate
 __all__ = ["Registration", "register_champion"]
 # The pyfunc model from code; MLflow runs this file when the model is loaded.
 SERVING_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+# Model version tag: "incomplete" from the version's creation until its description and
+# alias are set, then "complete".
+REGISTRATION_TAG = "hpsearch.registration"
+# The version tag test_precision: how test_accuracy was computed.
+SERVED_PRECISION = "float32 on the CPU, as served"
 
 
 @dataclass(frozen=True)
@@ -61,15 +79,22 @@ class Registration:
         name: registered model name.
         version: its version number, as MLflow returns it (a string).
         trial_number: the Optuna trial whose weights it holds.
-        test_accuracy: accuracy on the data set's test split, in [0, 1].
+        test_accuracy: accuracy on the data set's test split, in [0, 1], of the model as it
+            is served (float32 on the CPU).
+        test_accuracy_autocast: the same under the training device's autocast (bf16), as
+            the trials were validated; None where the device computes in float32.
         newly_registered: False when this version was already the champion of this trial.
+        resumed: True when this run finished a version that an interrupted registration
+            had created, instead of creating another.
     """
 
     name: str
     version: str
     trial_number: int
     test_accuracy: float
+    test_accuracy_autocast: float | None = None
     newly_registered: bool = True
+    resumed: bool = False
 
 
 def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySplit,
@@ -77,8 +102,10 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
                       force: bool = False) -> Registration:
     """Evaluate the best trial's model on the test set, log it and register it as champion.
 
-    If the alias already points at a version holding this study's best trial, nothing new
-    is registered and that version is returned, unless ``force`` (``hpsearch register``).
+    If the alias already points at a complete version holding this study's best trial,
+    nothing new is registered and that version is returned, unless ``force`` (``hpsearch
+    register``). An incomplete version of the best trial (its registration was killed) is
+    finished, also with ``force``, rather than registered again.
 
     Raises:
         HpsearchError: the study has no complete trial, or its best trial kept no weights.
@@ -94,22 +121,82 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     if not best.user_attrs.get("checkpoint"):
         raise HpsearchError(f"trial {best.number} of study {study.study_name!r} kept no weights")
     classifier = _load_trial_classifier(best, info, tracker)
-    # Measured as the trials' validation was: under the device's autocast (bf16 on CUDA
-    # and on CPUs with native bf16), so test and validation figures compare.
-    amp_dtype = autocast_dtype(device)
-    result = evaluate(classifier.network.to(device), make_loader(test, info, device),
-                      num_classes=info.num_classes, device=device, amp_dtype=amp_dtype)
-    tracker.log_test_evaluation(result, info.class_names, trial_number=best.number)
+    result, autocast_accuracy = _test_evaluation(classifier, test, info, device)
+    tracker.log_test_evaluation(result, info.class_names, trial_number=best.number,
+                                autocast_accuracy=autocast_accuracy)
     _log_test_grids(tracker, result, test, info)
-    classifier = classifier.cpu().eval()
-    with using_tracking_uri(tracker.tracking_uri), _mlflow_prints_kept(), \
-            mlflow.start_run(run_id=tracker.parent_run_id):
-        _log_network(classifier, test)
-        version = _log_serving_model(classifier.network, best, info, test, register_name)
+    version = _incomplete_version(tracker, register_name, study.study_name, best.number)
+    resumed = version is not None
+    if version is None:
+        with _parent_as_active_run(tracker), _mlflow_prints_kept():
+            _log_network(classifier, test)
+            model_info = _log_serving_model(classifier.network, best, info, test)
+        pause("registration.models_logged")
+        version = _create_version(tracker, register_name, model_info, best, study.study_name)
+        pause("registration.version_created")
     _describe_version(tracker, register_name, version, best, info, study.study_name,
-                      result.accuracy, precision=_precision(amp_dtype))
+                      result.accuracy, autocast=(autocast_accuracy, autocast_dtype(device)))
     tracker.client.set_registered_model_alias(register_name, CHAMPION_ALIAS, version)
-    return Registration(register_name, version, best.number, result.accuracy)
+    tracker.client.set_model_version_tag(register_name, version, REGISTRATION_TAG, "complete")
+    return Registration(register_name, version, best.number, result.accuracy,
+                        test_accuracy_autocast=autocast_accuracy, resumed=resumed)
+
+
+def _test_evaluation(classifier: NormalizingClassifier, test: ArraySplit, info: DatasetInfo,
+                     device: torch.device) -> tuple[EvalResult, float | None]:
+    """The test evaluation of the model as it is served, and its accuracy under the
+    device's autocast where the device has one.
+
+    The reported test accuracy (and loss, confusion matrix, prediction grids) is the served
+    model's, computed by the served model's own code (float32 on the CPU): what a user gets
+    from the registered model, so ``mlflow.models.evaluate`` on the same images gives the
+    same figure. Trials were validated under the device's autocast (bf16 on CUDA and on
+    CPUs with native bf16), whose predictions differ from float32's on near ties; that
+    figure, the one comparable with the validation accuracy, is kept beside it.
+    """
+    amp_dtype = autocast_dtype(device)
+    autocast_accuracy = None
+    if amp_dtype is not None:
+        autocast_accuracy = evaluate(
+            classifier.network.to(device), make_loader(test, info, device),
+            num_classes=info.num_classes, device=device, amp_dtype=amp_dtype).accuracy
+    return _evaluate_as_served(classifier.cpu().eval(), test, info), autocast_accuracy
+
+
+def _evaluate_as_served(classifier: NormalizingClassifier, test: ArraySplit,
+                        info: DatasetInfo) -> EvalResult:
+    """``test`` through :func:`class_probabilities` in requests of at most ``MAX_BATCH``
+    images, checked and scaled as the served model does (:func:`to_unit_batch`).
+
+    Returns:
+        Accuracy, cross-entropy (nats, from the served probabilities), confusion matrix,
+        and each image's predicted class and its probability.
+    """
+    probabilities = np.concatenate([
+        class_probabilities(classifier, to_unit_batch(test.images[start:start + MAX_BATCH],
+                                                      info))
+        for start in range(0, len(test.labels), MAX_BATCH)])
+    predicted = probabilities.argmax(axis=1)
+    labels, n = test.labels, info.num_classes
+    true_class = probabilities[np.arange(len(labels)), labels].astype(np.float64)
+    return EvalResult(
+        loss=float(-np.log(np.maximum(true_class, np.finfo(np.float32).tiny)).mean()),
+        accuracy=float((predicted == labels).mean()),
+        confusion=np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n),
+        predicted=predicted, confidence=probabilities.max(axis=1))
+
+
+@contextlib.contextmanager
+def _parent_as_active_run(tracker: StudyTracker) -> Iterator[None]:
+    """The parent run as MLflow's active run, for the fluent ``log_model`` (it logs to the
+    active run only). Leaving ``mlflow.start_run`` ends the run FINISHED, but the parent run
+    is this process's until :meth:`StudyTracker.end_parent`: it is set RUNNING again, so a
+    process killed later leaves it RUNNING, and the next run closes it as a dead process's
+    (:func:`~hpsearch.tracking.orphans.close_orphaned_runs`)."""
+    with using_tracking_uri(tracker.tracking_uri), \
+            mlflow.start_run(run_id=tracker.parent_run_id):
+        yield
+    tracker.client.update_run(tracker.parent_run_id, status="RUNNING")
 
 
 @contextlib.contextmanager
@@ -166,8 +253,8 @@ def _log_network(classifier: NormalizingClassifier, test: ArraySplit) -> None:
 
 
 def _log_serving_model(network: nn.Module, trial: optuna.trial.FrozenTrial, info: DatasetInfo,
-                       test: ArraySplit, name: str) -> str:
-    """Log the pyfunc model from code with its weights and config; register it."""
+                       test: ArraySplit) -> ModelInfo:
+    """Log the pyfunc model from code with its weights and config (not registered yet)."""
     with tempfile.TemporaryDirectory() as tmp:
         weights, config = Path(tmp, "weights.pt"), Path(tmp, "config.json")
         torch.save(network.state_dict(), weights)
@@ -185,19 +272,55 @@ def _log_serving_model(network: nn.Module, trial: optuna.trial.FrozenTrial, info
             # Two test images as nested integer lists: exactly what a client posts.
             input_example=pd.DataFrame({"images": [img[0].tolist() for img in test.images[:2]]}),
             metadata=serving_metadata(info),
-            registered_model_name=name,
             pip_requirements=_requirements(),
         )
-    return str(model_info.registered_model_version)
+    return model_info
+
+
+def _create_version(tracker: StudyTracker, name: str, model_info: ModelInfo,
+                    trial: optuna.trial.FrozenTrial, study_name: str) -> str:
+    """Register the logged model as a new version of ``name``, created with the tags that
+    identify it (study, trial) and marked incomplete; returns its version number."""
+    try:
+        tracker.client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    # MLflow's registry looks the logged model up through the global tracking URI.
+    with using_tracking_uri(tracker.tracking_uri):
+        version = tracker.client.create_model_version(
+            name, source=model_info.model_uri, run_id=tracker.parent_run_id,
+            model_id=model_info.model_id,
+            tags={"study": study_name, "trial": str(trial.number),
+                  "trial_run_id": trial.user_attrs["mlflow_run_id"],
+                  REGISTRATION_TAG: "incomplete"})
+    return str(version.version)
+
+
+def _incomplete_version(tracker: StudyTracker, name: str, study_name: str,
+                        trial_number: int) -> str | None:
+    """The newest version of ``name`` holding this study's trial whose registration did not
+    finish (tag :data:`REGISTRATION_TAG` = ``incomplete``), or None."""
+    if "'" in name and '"' in name:  # no quoting MLflow's filter accepts: look at all
+        versions = tracker.client.search_model_versions()
+    else:
+        quote = '"' if "'" in name else "'"
+        versions = tracker.client.search_model_versions(f"name = {quote}{name}{quote}")
+    found = [int(v.version) for v in versions
+             if v.name == name and v.tags.get("study") == study_name
+             and v.tags.get("trial") == str(trial_number)
+             and v.tags.get(REGISTRATION_TAG) == "incomplete"]
+    return str(max(found)) if found else None
 
 
 def serving_signature() -> ModelSignature:
     """One image per row in column ``images`` (any accepted layout, checked by the model);
-    per row: class index, class name and the probabilities of all classes."""
+    by default one class name per image. The inference parameter ``output`` (``label``,
+    ``class_index`` or ``full``; see ``pyfunc_model.py``) chooses the answer."""
     return ModelSignature(
         inputs=Schema([ColSpec(AnyType(), "images")]),
-        outputs=Schema([ColSpec(DataType.long, "class_index"), ColSpec(DataType.string, "label"),
-                        ColSpec(Array(DataType.double), "probabilities")]),
+        outputs=Schema([ColSpec(DataType.string)]),
+        params=ParamSchema([ParamSpec("output", DataType.string, DEFAULT_OUTPUT)]),
     )
 
 
@@ -213,14 +336,12 @@ def serving_metadata(info: DatasetInfo) -> dict:
     }
 
 
-def _precision(amp_dtype: torch.dtype | None) -> str:
-    """``bfloat16 autocast`` or ``float32``: how the test evaluation computed."""
-    return f"{str(amp_dtype).removeprefix('torch.')} autocast" if amp_dtype else "float32"
-
-
 def _describe_version(tracker: StudyTracker, name: str, version: str,
                       trial: optuna.trial.FrozenTrial, info: DatasetInfo, study_name: str,
-                      test_accuracy: float, *, precision: str) -> None:
+                      test_accuracy: float, *,
+                      autocast: tuple[float | None, torch.dtype | None]) -> None:
+    """The version's tags and description. ``autocast``: the test accuracy under the
+    training device's autocast and that dtype, or Nones."""
     tags = {
         "study": study_name,
         "trial": str(trial.number),
@@ -228,22 +349,31 @@ def _describe_version(tracker: StudyTracker, name: str, version: str,
         "dataset": info.name,
         "class_names": json.dumps(list(info.class_names)),
         "test_accuracy": f"{test_accuracy:.4f}",
-        "test_precision": precision,
+        "test_precision": SERVED_PRECISION,
         "val_value": repr(trial.value),
     }
+    autocast_accuracy, amp_dtype = autocast
+    if autocast_accuracy is not None:
+        tags["test_accuracy_autocast"] = f"{autocast_accuracy:.4f}"
+        tags["test_autocast_dtype"] = str(amp_dtype).removeprefix("torch.")
     for key, value in tags.items():
         tracker.client.set_model_version_tag(name, version, key, value)
     tracker.client.update_model_version(
         name, version,
         description=(
             f"{info.name} classifier from trial {trial.number} of study {study_name}; test "
-            f"accuracy {test_accuracy:.4f}. Input: {{\"inputs\": [image, ...]}}, 1 to "
-            f"{MAX_BATCH} images, each "
+            f"accuracy {test_accuracy:.4f} ({SERVED_PRECISION}). Input: "
+            f"{{\"inputs\": [image, ...]}}, 1 to {MAX_BATCH} images, each "
             f"{' or '.join(str(s) for s in accepted_shapes(info))}, integer pixels 0..255 or "
             f"float pixels 0..1. From Python: mlflow.pyfunc.load_model(uri).predict("
             f"{{\"images\": batch}}) with an array batch (N, ...), or a DataFrame with a column "
-            f"images. Output per image: class_index, label (one of "
-            f"{', '.join(info.class_names)}) and probabilities of all classes."))
+            f"images. Output: one class name per image (one of "
+            f"{', '.join(info.class_names)}), so mlflow.models.evaluate(uri, data=df, "
+            f"targets=\"label\", model_type=\"classifier\") takes a column label of class "
+            f"names. The inference parameter output chooses another answer: "
+            f"{{\"params\": {{\"output\": \"class_index\"}}}} the class indices, "
+            f"{{\"output\": \"full\"}} per image class_index, label and the probabilities "
+            f"of all classes."))
 
 
 def _current_champion(tracker: StudyTracker, name: str, study_name: str,
@@ -253,7 +383,11 @@ def _current_champion(tracker: StudyTracker, name: str, study_name: str,
     except MlflowException:  # no such model or alias yet
         return None
     tags = version.tags
-    if tags.get("study") != study_name or tags.get("trial") != str(trial_number):
+    if (tags.get("study") != study_name or tags.get("trial") != str(trial_number)
+            or tags.get(REGISTRATION_TAG) == "incomplete"):
         return None
+    autocast = tags.get("test_accuracy_autocast")
     return Registration(name, str(version.version), trial_number,
-                        float(tags.get("test_accuracy", "nan")), newly_registered=False)
+                        float(tags.get("test_accuracy", "nan")),
+                        test_accuracy_autocast=float(autocast) if autocast else None,
+                        newly_registered=False)

@@ -7,4 +7,5 @@ Names are imported on first use: ``hpsearch.tracking.tables`` needs neither torc
 from hpsearch._imports import lazy_exports
 
 # Where a name is looked for, in this order; each module lists its names in __all__.
-__getattr__ = lazy_exports(__name__, ("tables", "runs", "provenance", "figures", "report"))
+__getattr__ = lazy_exports(__name__, ("tables", "runs", "orphans", "provenance", "figures",
+                                      "report"))

@@ -15,6 +15,8 @@ import mlflow
 import torch
 from mlflow.entities import DatasetInput, InputTag
 
+from hpsearch.errors import is_disk_full
+
 __all__ = ["dataset_inputs", "provenance_tags", "quiet_mlflow", "resolve_tracking_uri",
            "using_tracking_uri"]
 
@@ -98,11 +100,22 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = environment
 
 
+class _DiskFullRecords(logging.Filter):
+    """Drops MLflow's log records of a full disk: its sqlite store logs each failed write
+    with the SQL statement, its parameters and two tracebacks ("SQLAlchemy database error"),
+    and its system metrics thread the same text, before raising the error, which the study
+    turns into one line (:class:`~hpsearch.errors.DiskFull`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (is_disk_full(exc) or is_disk_full(Exception(record.getMessage())))
+
+
 @contextlib.contextmanager
 def quiet_mlflow() -> Iterator[None]:
     """MLflow's info lines (database set-up, "Validating input example"), its artifact
-    download bars and "View run" links off for the block; the caller's settings back after.
-    Progress is the reporter's to show."""
+    download bars, "View run" links and its log records of a full disk off for the block;
+    the caller's settings back after. Progress is the reporter's to show."""
     settings = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     saved = {name: os.environ.get(name) for name in settings}
@@ -110,9 +123,15 @@ def quiet_mlflow() -> Iterator[None]:
     level = logger.level
     os.environ.update(settings)
     logger.setLevel(max(level, logging.WARNING))
+    disk_full_records = _DiskFullRecords()
+    handlers = list(logger.handlers)  # MLflow's own: every mlflow.* record goes through them
+    for handler in handlers:
+        handler.addFilter(disk_full_records)
     try:
         yield
     finally:
+        for handler in handlers:
+            handler.removeFilter(disk_full_records)
         logger.setLevel(level)
         for name, value in saved.items():
             if value is None:

@@ -7,6 +7,7 @@ global "active run", so a trial's run cannot leak into another's.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
@@ -22,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
+from hpsearch.errors import DiskFull, is_disk_full
 from hpsearch.tracking.figures import confusion_matrix_figure, learning_curves_figure
 from hpsearch.training.loop import EpochResult, EvalResult
 from hpsearch.training.metrics import per_class_report, safe_name
@@ -38,6 +40,24 @@ PARENT_SAMPLING_S = 10.0
 # Optuna trial state -> MLflow run status. A pruned trial was stopped early on purpose:
 # KILLED, never FAILED.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def _disk_full_in_one_line(method):
+    """Raise a full store's error as :class:`~hpsearch.errors.DiskFull`, whose message is
+    one line: MLflow's own error carries the failed SQL statement and all its parameters
+    (metric names, values, run ids), which a trial's failure reason and the progress
+    display would show."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            if is_disk_full(exc) and not isinstance(exc, DiskFull):
+                raise DiskFull() from exc
+            raise
+
+    return wrapper
 
 
 class StudyTracker:
@@ -114,6 +134,7 @@ class StudyTracker:
         self.parent_run_id = parent_run_id
         self.run_tags, self.inputs = dict(run_tags or {}), list(inputs)
 
+    @_disk_full_in_one_line
     def trial_run(self, trial_number: int, params: Mapping[str, Any], *,
                   retry_of: int | None = None) -> TrialRun:
         """Open the nested run of trial ``trial_number`` and log its hyperparameters.
@@ -152,13 +173,16 @@ class StudyTracker:
         )
 
     def log_test_evaluation(self, result: EvalResult, class_names: Sequence[str], *,
-                            trial_number: int) -> None:
+                            trial_number: int, autocast_accuracy: float | None = None) -> None:
         """The champion's test loss, accuracy, confusion matrix and per-class report, on the
-        parent run."""
-        self.client.log_batch(self.parent_run_id, metrics=[
-            Metric("test_accuracy", result.accuracy, int(time.time() * 1000), 0),
-            Metric("test_loss", result.loss, int(time.time() * 1000), 0),
-        ])
+        parent run; ``autocast_accuracy`` (the accuracy under the training device's autocast)
+        as the metric ``test_accuracy_autocast``."""
+        now = int(time.time() * 1000)
+        metrics = [Metric("test_accuracy", result.accuracy, now, 0),
+                   Metric("test_loss", result.loss, now, 0)]
+        if autocast_accuracy is not None:
+            metrics.append(Metric("test_accuracy_autocast", autocast_accuracy, now, 0))
+        self.client.log_batch(self.parent_run_id, metrics=metrics)
         log_confusion(self.client, self.parent_run_id, result, class_names,
                       split="test", name="test_confusion_matrix",
                       title=f"test set, trial {trial_number}")
@@ -166,11 +190,15 @@ class StudyTracker:
                              per_class_report(result.confusion, class_names),
                              "test_per_class_report.json")
 
-    def end_parent(self, status: str = "FINISHED") -> None:
+    def end_parent(self, status: str = "FINISHED", *, reason: str | None = None) -> None:
+        """End the parent run with ``status``; ``reason`` (why it did not finish) becomes its
+        tag ``hpsearch.reason``."""
         if self.parent_monitor is not None:
             stop_monitor(self.parent_monitor)
             self.parent_monitor = None
         if self.parent_run_id is not None:
+            if reason:
+                self.client.set_tag(self.parent_run_id, "hpsearch.reason", reason)
             self.client.set_terminated(self.parent_run_id, status)
 
     def _monitor(self, run_id: str, sampling_s: float) -> SystemMetricsMonitor | None:
@@ -193,12 +221,14 @@ class TrialRun:
                  monitor: SystemMetricsMonitor | None = None) -> None:
         self.client, self.run_id, self.monitor = client, run_id, monitor
 
+    @_disk_full_in_one_line
     def log_epoch(self, result: EpochResult) -> None:
         """Log the epoch's metrics with step = epoch, in one request."""
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, result.epoch) for k, v in result.metrics().items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
+    @_disk_full_in_one_line
     def log_cost(self, cost: Mapping[str, float | None]) -> None:
         """What the trial cost, as metrics: ``parameters``, ``macs_per_image`` (forward, one
         image), ``train_seconds``, ``trial_seconds`` (wall, validation and logging
@@ -211,6 +241,7 @@ class TrialRun:
                    if cost.get(key) is not None]
         self.client.log_batch(self.run_id, metrics=metrics)
 
+    @_disk_full_in_one_line
     def log_checkpoint(self, model: torch.nn.Module) -> None:
         """Log the model's state dict (tensors only) at :data:`CHECKPOINT_PATH`."""
         buffer = io.BytesIO()
@@ -218,6 +249,7 @@ class TrialRun:
         torch.save(state, buffer)
         self._log_bytes(buffer.getvalue(), CHECKPOINT_PATH)
 
+    @_disk_full_in_one_line
     def finish(self, state: str, history: Sequence[EpochResult], class_names: Sequence[str],
                *, reason: str | None = None, value: float | None = None,
                status: str | None = None, tags: Mapping[str, str] | None = None) -> None:
