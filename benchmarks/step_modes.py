@@ -55,9 +55,10 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
                          dropout=args.dropout, lr=args.lr, batch_size=args.batch_size)
     torch.manual_seed(0)
     model = build_network(params, info).to(device, memory_format=torch.channels_last)
-    train = make_loader(train_split, info, device, batch_size=args.batch_size, train=True,
+    train = make_loader(train_split, device, normalization=info.normalization,
+                        augmentation=info.augmentation, batch_size=args.batch_size, train=True,
                         augment=True)
-    val = make_loader(val_split, info, device)
+    val = make_loader(val_split, device, normalization=info.normalization)
     optimizer = build_optimizer(model, name="adamw", lr=args.lr, weight_decay=5e-4)
     compile_mode, cuda_graphs = MODES[args.mode]
     network = model if compile_mode is None else compile_network(model, mode=compile_mode)

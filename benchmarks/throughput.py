@@ -74,6 +74,8 @@ from hpsearch.data_utils import (
     DATA_DIR_ENV_VAR,
     DEBIAN_FASHION_MNIST_DIR,
     ArraySplit,
+    ImageShape,
+    Normalization,
     get_dataset_info,
     load_dataset,
 )
@@ -202,10 +204,11 @@ def image_info(params: TrialParams, size: int, channels: int):
     """Fashion-MNIST's record at ``size`` px and ``channels`` channels, normalised as the
     network of ``params`` expects (``input_stats``)."""
     info = get_dataset_info("fashion_mnist")
-    info = dataclasses.replace(info, image_size=size, in_channels=channels,
-                               mean=info.mean * channels, std=info.std * channels)
-    mean, std = input_stats(params, info)
-    return dataclasses.replace(info, mean=mean, std=std)
+    stats = info.normalization
+    info = dataclasses.replace(info, shape=ImageShape(channels, size),
+                               normalization=Normalization(stats.mean * channels,
+                                                           stats.std * channels))
+    return dataclasses.replace(info, normalization=input_stats(params, info))
 
 
 def prepare_image_folder(split: ArraySplit, root: Path) -> Path:
@@ -249,9 +252,10 @@ def run_hpsearch_loop(params: TrialParams, train: ArraySplit, val: ArraySplit, *
     optimizer = build_optimizer(model, name="adamw", lr=LR, weight_decay=WEIGHT_DECAY)
     if compile_model:  # as a trial compiles: dynamo's caches cleared first
         model = compile_network(model)
-    loader = make_loader(train, info, device, batch_size=batch_size, train=True,
-                         augment=False, seed=seed)
-    history = fit(model, loader, make_loader(val, info, device), epochs=epochs,
+    loader = make_loader(train, device, normalization=info.normalization,
+                         batch_size=batch_size, train=True, augment=False, seed=seed)
+    history = fit(model, loader, make_loader(val, device, normalization=info.normalization),
+                  epochs=epochs,
                   optimizer=optimizer, num_classes=info.num_classes, device=device,
                   scheduler=None, amp_dtype=autocast_dtype(device))
     return LoopResult([r.epoch_seconds for r in history], len(loader) * batch_size,
@@ -275,7 +279,8 @@ def run_conventional_loop(params: TrialParams, root: Path, n_images: int, *, dev
     _reset(device)
     torch.backends.cudnn.benchmark = False  # PyTorch's default, which the examples keep
     transform = transforms.Compose([transforms.ToTensor(),
-                                    transforms.Normalize(info.mean, info.std)])
+                                    transforms.Normalize(info.normalization.mean,
+                                                         info.normalization.std)])
     dataset = torchvision.datasets.FashionMNIST(root, train=True, download=False,
                                                 transform=transform)
     if n_images < len(dataset):

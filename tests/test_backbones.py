@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from hpsearch.data_utils import get_dataset_info
+from hpsearch.data_utils import ImageShape, Normalization, get_dataset_info
 from hpsearch.errors import HpsearchError
 from hpsearch.models import build_model, build_network, input_stats
 from hpsearch.models.finetune import (
@@ -37,6 +37,14 @@ from hpsearch.training.cost import count_parameters, macs_per_image
 from hpsearch.training.cuda_graphs import CudaGraphStep, build_train_step
 from hpsearch.training.loop import fit
 from hpsearch.training.optim import build_optimizer, one_cycle_values
+
+
+def build(name: str, **config: object) -> nn.Module:
+    """``build_model`` with a data set's shape filled in where the test leaves it out
+    (grey 28 px, 10 classes): the builders take no silent defaults."""
+    shape = {"in_channels": 1, "image_size": 28, "num_classes": 10}
+    return build_model(name, **(shape | config))
+
 
 CPU = torch.device("cpu")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -89,7 +97,7 @@ def test_weights_live_in_torchvisions_cache_under_its_file_names(torch_home: Pat
 def test_a_pretrained_backbone_holds_the_weights_file_bit_for_bit(arch: str,
                                                                   channels: int) -> None:
     saved = _save_weights(arch)
-    model = build_model(arch, in_channels=channels, image_size=32, pretrained=True)
+    model = build(arch, in_channels=channels, image_size=32, pretrained=True)
     ours = model.state_dict()
 
     differing = set()
@@ -111,7 +119,7 @@ def test_without_the_file_and_without_a_network_the_error_names_file_and_folder(
     folder = weights_file("resnet18").parent
 
     with pytest.raises(WeightsUnavailable) as info:
-        build_model("resnet18", image_size=32, pretrained=True)
+        build("resnet18", image_size=32, pretrained=True)
 
     message = str(info.value)
     assert isinstance(info.value, HpsearchError)  # the CLI prints it in one line, exit 2
@@ -136,7 +144,7 @@ def test_a_missing_file_is_downloaded_once_with_a_progress_bar_and_its_hash_chec
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
 
     paths = ensure_weights(["cnn", "mobilenet_v3_small", "mobilenet_v3_small"])
-    build_model("mobilenet_v3_small", image_size=32, pretrained=True)  # reads the cached file
+    build("mobilenet_v3_small", image_size=32, pretrained=True)  # reads the cached file
 
     assert paths == {"mobilenet_v3_small": weights_file("mobilenet_v3_small")}
     assert calls == [(weights_of("mobilenet_v3_small").url, "mobilenet_v3_small-047dcff4.pth",
@@ -162,13 +170,15 @@ def test_a_file_that_is_no_state_dict_says_so_and_how_to_recover() -> None:
     path.write_bytes(b"<html>captive portal</html>")
 
     with pytest.raises(WeightsUnavailable, match=r"exists but cannot be read.*delete it"):
-        build_model("mobilenet_v3_small", image_size=32, pretrained=True)
+        build("mobilenet_v3_small", image_size=32, pretrained=True)
 
 
 def test_shapes_cost_and_a_trained_state_dict_never_need_the_weights() -> None:
     # Registration and serving build the network of a pretrained trial to load its
     # fine-tuned weights; the cost is counted on the meta device: none of it may download.
-    info = dataclasses.replace(get_dataset_info("cifar10"), image_size=224, num_classes=1000)
+    cifar10 = get_dataset_info("cifar10")
+    info = dataclasses.replace(cifar10, shape=ImageShape(3, 224),
+                               class_names=tuple(f"class {i}" for i in range(1000)))
     params = _params("resnet18", pretrained=True, freeze="none", backbone_lr_mult=1.0)
 
     trained = build_network(params, info).state_dict()
@@ -193,12 +203,12 @@ def test_an_image_below_the_minimum_size_is_refused_at_build_time(arch: str,
                                                                   minimum: int) -> None:
     with pytest.raises(ValueError, match=f"{arch} needs images of at least {minimum}x{minimum} "
                                          r"pixels .* got 28x28"):
-        build_model(arch, image_size=28)
+        build(arch, image_size=28)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
 def test_backbones_without_a_minimum_take_tiny_images(arch: str) -> None:
-    model = build_model(arch, image_size=8).eval()
+    model = build(arch, image_size=8).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
@@ -207,11 +217,12 @@ def test_a_pretrained_backbone_expects_its_weights_statistics_and_others_the_dat
     grey, rgb = get_dataset_info("fashion_mnist"), get_dataset_info("cifar10")
     pretrained = _params("resnet18", pretrained=True)
 
-    assert input_stats(pretrained, rgb) == (IMAGENET_MEAN, IMAGENET_STD)
-    mean, std = input_stats(pretrained, grey)
-    assert mean == pytest.approx((0.449,), abs=1e-9) and std == pytest.approx((0.226,))
-    assert input_stats(_params("resnet18", pretrained=False), rgb) == (rgb.mean, rgb.std)
-    assert input_stats(_params("cnn", depth=2), grey) == (grey.mean, grey.std)
+    assert input_stats(pretrained, rgb) == Normalization(IMAGENET_MEAN, IMAGENET_STD)
+    stats = input_stats(pretrained, grey)
+    assert stats.mean == pytest.approx((0.449,), abs=1e-9)
+    assert stats.std == pytest.approx((0.226,))
+    assert input_stats(_params("resnet18", pretrained=False), rgb) == rgb.normalization
+    assert input_stats(_params("cnn", depth=2), grey) == grey.normalization
 
 
 def test_a_grey_image_gets_the_rgb_networks_answer_for_that_image_in_three_channels() -> None:
@@ -219,11 +230,12 @@ def test_a_grey_image_gets_the_rgb_networks_answer_for_that_image_in_three_chann
     # network normalised with them computes what the RGB network computes on the grey image
     # replicated into three channels and normalised with the same numbers.
     _save_weights("mobilenet_v3_small")
-    rgb = build_model("mobilenet_v3_small", in_channels=3, image_size=32, pretrained=True)
-    grey = build_model("mobilenet_v3_small", in_channels=1, image_size=32, pretrained=True)
+    rgb = build("mobilenet_v3_small", in_channels=3, image_size=32, pretrained=True)
+    grey = build("mobilenet_v3_small", in_channels=1, image_size=32, pretrained=True)
     grey.network.classifier[3].load_state_dict(rgb.network.classifier[3].state_dict())
-    (mean,), (std,) = input_stats(_params("mobilenet_v3_small", pretrained=True),
-                                  get_dataset_info("fashion_mnist"))
+    stats = input_stats(_params("mobilenet_v3_small", pretrained=True),
+                        get_dataset_info("fashion_mnist"))
+    (mean,), (std,) = stats.mean, stats.std
     pixels = torch.rand(4, 1, 32, 32)
 
     with torch.no_grad():
@@ -249,7 +261,7 @@ def test_a_randomly_initialised_first_convolution_keeps_torchvisions_scale() -> 
 
 
 def test_depthwise_convolutions_run_in_float32_under_cpu_autocast_and_keep_their_keys() -> None:
-    model = build_model("mobilenet_v3_small", image_size=32).eval()
+    model = build("mobilenet_v3_small", image_size=32).eval()
     depthwise = [m for m in model.modules() if isinstance(m, Float32DepthwiseConv2d)]
     outputs = {}
     for name, module in model.named_modules():
@@ -280,15 +292,15 @@ def test_depthwise_convolutions_run_in_float32_under_cpu_autocast_and_keep_their
                                           ("convnext_tiny", 8)])
 def test_each_family_has_its_documented_number_of_stages(arch: str, stages: int) -> None:
     with torch.device("meta"):
-        model = build_model(arch, image_size=32, freeze=1)
+        model = build(arch, image_size=32, freeze=1)
     head = {id(p) for p in model.head_parameters()}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
 
     assert model.num_stages == stages
     assert head < trainable  # the head and the last stage train
     with torch.device("meta"):
-        assert not build_model(arch, image_size=32, freeze=stages).frozen  # all: as none
-        only_head = build_model(arch, image_size=32, freeze=0)
+        assert not build(arch, image_size=32, freeze=stages).frozen  # all: as none
+        only_head = build(arch, image_size=32, freeze=0)
     assert [p for p in only_head.parameters() if p.requires_grad] == (
         only_head.head_parameters())
 
@@ -308,7 +320,7 @@ def test_frozen_stages_and_their_batch_norm_statistics_do_not_change_in_an_epoch
         arch: str, freeze: str | int) -> None:
     _save_weights(arch)
     torch.manual_seed(0)
-    model = build_model(arch, image_size=32, pretrained=True, freeze=freeze, dropout=0.2)
+    model = build(arch, image_size=32, pretrained=True, freeze=freeze, dropout=0.2)
     trainable = [m for m in model.network.modules()
                  if not any(m is f or _contains(f, m) for f in model.frozen)]
     frozen_before = _snapshot(model.frozen)
@@ -337,9 +349,9 @@ def _contains(outer: nn.Module, inner: nn.Module) -> bool:
 
 
 def test_freeze_none_trains_everything_and_backbone_only_the_head() -> None:
-    everything = build_model("resnet18", image_size=32, freeze="none")
-    head_only = build_model("resnet18", image_size=32, freeze="backbone")
-    as_zero = build_model("resnet18", image_size=32, freeze=0)
+    everything = build("resnet18", image_size=32, freeze="none")
+    head_only = build("resnet18", image_size=32, freeze="backbone")
+    as_zero = build("resnet18", image_size=32, freeze=0)
 
     assert count_parameters(everything) == sum(p.numel() for p in everything.parameters())
     assert count_parameters(head_only) == 512 * 10 + 10
@@ -347,9 +359,9 @@ def test_freeze_none_trains_everything_and_backbone_only_the_head() -> None:
     assert split_parameters(head_only)[1] == []
     for bad in ("all", -1, True, 1.5):
         with pytest.raises(ValueError, match="freeze must be"):
-            build_model("resnet18", image_size=32, freeze=bad)
+            build("resnet18", image_size=32, freeze=bad)
     with pytest.raises(ValueError, match=r"backbone_lr_mult must be in \(0, 1\]"):
-        build_model("resnet18", image_size=32, backbone_lr_mult=1.5)
+        build("resnet18", image_size=32, backbone_lr_mult=1.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +387,7 @@ def _tiny_batches(n: int, seed: int = 0):
 
 def test_head_and_backbone_groups_reach_the_optimizer_with_their_learning_rates() -> None:
     _save_weights("resnet18")
-    model = build_model("resnet18", image_size=32, pretrained=True, freeze=2,
+    model = build("resnet18", image_size=32, pretrained=True, freeze=2,
                         backbone_lr_mult=0.1)
 
     optimizer = build_optimizer(model, name="adamw", lr=0.01, weight_decay=0.05)
@@ -391,7 +403,7 @@ def test_head_and_backbone_groups_reach_the_optimizer_with_their_learning_rates(
     assert {id(p) for p in model.network.layer4.parameters()} <= set(in_groups)
     assert not {id(p) for p in model.network.layer2.parameters()} & set(in_groups)
     # A from-scratch network: the two groups it always had.
-    scratch = build_optimizer(build_model("cnn"), name="sgd", lr=0.1, weight_decay=0.0)
+    scratch = build_optimizer(build("cnn"), name="sgd", lr=0.1, weight_decay=0.0)
     assert [g["name"] for g in scratch.param_groups] == ["head", "head.no_decay"]
 
 

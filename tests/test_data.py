@@ -96,10 +96,16 @@ def synthetic_split(n: int, *, channels: int = 1, side: int = 28) -> ArraySplit:
 
 
 def unnormalize(x: torch.Tensor, name: str) -> torch.Tensor:
-    info = get_dataset_info(name)
-    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    stats = get_dataset_info(name).normalization
+    mean = torch.tensor(stats.mean).view(1, -1, 1, 1)
+    std = torch.tensor(stats.std).view(1, -1, 1, 1)
     return ((x.float() * std + mean) * 255).round()
+
+
+def loader_parts(name: str) -> dict:
+    """The normalisation and augmentation of data set ``name``, as loaders take them."""
+    info = get_dataset_info(name)
+    return {"normalization": info.normalization, "augmentation": info.augmentation}
 
 
 def debian_copy_at(monkeypatch, folder: Path) -> None:
@@ -143,8 +149,8 @@ def test_real_fashion_mnist_statistics_match_dataset_info(real_fashion):
     train, _ = real_fashion
     pixels = train.images.astype(np.float64) / 255
     info = get_dataset_info("fashion_mnist")
-    assert round(pixels.mean(), 3) == round(info.mean[0], 3) == 0.286
-    assert round(pixels.std(), 3) == round(info.std[0], 3) == 0.353
+    assert round(pixels.mean(), 3) == round(info.normalization.mean[0], 3) == 0.286
+    assert round(pixels.std(), 3) == round(info.normalization.std[0], 3) == 0.353
 
 
 def test_fashion_mnist_found_in_debian_folder_without_data_dir(monkeypatch, tmp_path):
@@ -451,7 +457,7 @@ def test_random_hflip_flips_about_half_of_the_images():
 
 def test_loader_covers_every_sample_once_per_epoch_in_new_order():
     split = synthetic_split(250)
-    loader = DeviceLoader(split, info=get_dataset_info("mnist"), batch_size=32,
+    loader = DeviceLoader(split, **loader_parts("mnist"), batch_size=32,
                           device="cpu", shuffle=True, seed=0)
     assert len(loader) == 8 and loader.num_samples == 250
     epochs = []
@@ -466,7 +472,7 @@ def test_loader_covers_every_sample_once_per_epoch_in_new_order():
 
 def test_loader_order_is_reproducible_for_a_seed():
     def first_batch(seed: int) -> torch.Tensor:
-        loader = DeviceLoader(synthetic_split(200), info=get_dataset_info("fashion_mnist"),
+        loader = DeviceLoader(synthetic_split(200), **loader_parts("fashion_mnist"),
                               batch_size=50, device="cpu", shuffle=True, augment=True, seed=seed)
         return next(iter(loader))[0]
 
@@ -475,7 +481,7 @@ def test_loader_order_is_reproducible_for_a_seed():
 
 
 def test_loader_keeps_labels_aligned_through_shuffling():
-    loader = DeviceLoader(synthetic_split(100), info=get_dataset_info("fashion_mnist"),
+    loader = DeviceLoader(synthetic_split(100), **loader_parts("fashion_mnist"),
                           batch_size=16, device="cpu", shuffle=True, seed=5)
     for x, y in loader:
         pixels = unnormalize(x, "fashion_mnist")
@@ -486,14 +492,16 @@ def test_loader_keeps_labels_aligned_through_shuffling():
 def test_loader_normalises_and_round_trips_to_uint8():
     split = synthetic_split(10, channels=3, side=32)
     info = get_dataset_info("cifar10")
-    loader = DeviceLoader(split, info=info, batch_size=4, device="cpu", drop_last=True)
+    loader = DeviceLoader(split, **loader_parts("cifar10"), batch_size=4, device="cpu",
+                          drop_last=True)
     batches = list(loader)
     assert len(loader) == len(batches) == 2
     x, y = batches[0]
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert torch.equal(unnormalize(x, "cifar10"), torch.from_numpy(split.images[:4]).float())
     assert torch.equal(y, torch.arange(4))
-    expected = (20 / 255 - info.mean[2]) / info.std[2]  # sample 1 has label 1 -> pixel 20
+    stats = info.normalization
+    expected = (20 / 255 - stats.mean[2]) / stats.std[2]  # sample 1 has label 1 -> pixel 20
     assert x[1, 2, 3, 3].item() == pytest.approx(expected, abs=1e-6)
     assert loader.images.dtype == torch.uint8 and loader.images.shape == (10, 3, 32, 32)
 
@@ -501,10 +509,11 @@ def test_loader_normalises_and_round_trips_to_uint8():
 def test_normalize_half_precision_and_channels_last():
     info = get_dataset_info("mnist")
     images = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
-    out = normalize(images, info, torch.bfloat16)
+    out = normalize(images, info.normalization, torch.bfloat16)
     assert out.dtype == torch.bfloat16
     assert out.float()[0, 0, 0, 0].item() == pytest.approx((1 - 0.1307) / 0.3081, rel=1e-2)
-    loader = DeviceLoader(synthetic_split(4), info=info, batch_size=4, device="cpu",
+    loader = DeviceLoader(synthetic_split(4), **loader_parts("mnist"), batch_size=4,
+                          device="cpu",
                           channels_last=True)
     x, _ = next(iter(loader))
     assert x.is_contiguous(memory_format=torch.channels_last)
@@ -515,7 +524,7 @@ def flip_and_pad_stats(name: str) -> tuple[int, int, bool]:
     cols = np.arange(10, 38, dtype=np.uint8)  # 28 distinct, nonzero column values
     images = np.broadcast_to(cols, (128, 1, 28, 28)).copy()
     split = ArraySplit(images=images, labels=np.zeros(128, np.int64))
-    loader = DeviceLoader(split, info=get_dataset_info(name), batch_size=128, device="cpu",
+    loader = DeviceLoader(split, **loader_parts(name), batch_size=128, device="cpu",
                           augment=True, seed=1)
     x, _ = next(iter(loader))
     assert x.shape == (128, 1, 28, 28)

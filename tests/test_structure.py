@@ -100,7 +100,7 @@ def test_a_new_architecture_is_one_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delitem(sys.modules, "hpsearch.models.families.tiny", raising=False)
 
     assert "tiny" in list_models()
-    model = build_model("tiny", in_channels=3, image_size=32)
+    model = build_model("tiny", in_channels=3, image_size=32, num_classes=10)
     assert model[-1].in_features == 3 * 32 * 32
 
 
@@ -113,12 +113,13 @@ def test_a_new_data_set_is_one_file(tmp_path: Path, monkeypatch) -> None:
     plugins.mkdir()
     (plugins / "tiny_digits.py").write_text(textwrap.dedent('''
         from hpsearch.data_utils.formats import IDX_FILES, read_idx_folder
-        from hpsearch.data_utils.registry import DatasetInfo, DatasetSource, register_dataset
+        from hpsearch.data_utils.info import DatasetInfo
+        from hpsearch.data_utils.registry import DatasetSource, register_dataset
 
         register_dataset(DatasetSource(
-            info=DatasetInfo(name="tiny_digits", in_channels=1, image_size=8, num_classes=2,
-                             class_names=("zero", "one"), mean=(0.5,), std=(0.25,),
-                             hflip=False, crop_padding=1),
+            info=DatasetInfo.build(name="tiny_digits", class_names=("zero", "one"),
+                                   channels=1, size=8, mean=(0.5,), std=(0.25,),
+                                   hflip=False, crop_padding=1),
             url="https://example.org/tiny-digits", files=", ".join(IDX_FILES),
             read=read_idx_folder, folders=("",), torchvision_class="MNIST",
             download_folder="raw"))

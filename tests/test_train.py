@@ -325,9 +325,8 @@ def test_unknown_optimizer_raises_value_error_naming_it() -> None:
 # The objective: report, prune, complete, fail (ask/tell on tiny tensors, MLflow faked)
 # ---------------------------------------------------------------------------------------------
 
-TINY = DatasetInfo(name="tiny", in_channels=1, image_size=8, num_classes=NUM_CLASSES,
-                   class_names=("a", "b", "c"), mean=(0.5,), std=(0.5,), hflip=False,
-                   crop_padding=1)
+TINY = DatasetInfo.build(name="tiny", class_names=("a", "b", "c"), channels=1, size=8,
+                        mean=(0.5,), std=(0.5,), hflip=False, crop_padding=1)
 
 
 def _tiny_split(n: int, seed: int) -> ArraySplit:

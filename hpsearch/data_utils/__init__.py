@@ -16,6 +16,7 @@ from hpsearch.data_utils.formats import (
     read_idx_images,
     read_idx_labels,
 )
+from hpsearch.data_utils.info import Augmentation, DatasetInfo, ImageShape, Normalization
 from hpsearch.data_utils.loading import (
     DATA_DIR_ENV_VAR,
     DataNotFoundError,
@@ -25,7 +26,6 @@ from hpsearch.data_utils.loading import (
     load_dataset_with_origin,
 )
 from hpsearch.data_utils.registry import (
-    DatasetInfo,
     DatasetSource,
     get_dataset,
     get_dataset_info,
@@ -37,11 +37,14 @@ __all__ = [
     "DATA_DIR_ENV_VAR",
     "DEBIAN_FASHION_MNIST_DIR",
     "ArraySplit",
+    "Augmentation",
     "DataFileError",
     "DataNotFoundError",
     "DataOrigin",
     "DatasetInfo",
     "DatasetSource",
+    "ImageShape",
+    "Normalization",
     "default_data_dir",
     "get_dataset",
     "get_dataset_info",

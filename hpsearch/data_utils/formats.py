@@ -138,7 +138,7 @@ def read_idx_folder(folder: Path, info: DatasetInfo) -> tuple[ArraySplit, ArrayS
 def _checked_split(images: np.ndarray, images_path: Path, labels: np.ndarray,
                    labels_path: Path, info: DatasetInfo) -> ArraySplit:
     """Build an ArraySplit, rejecting files whose contents do not fit the data set."""
-    want = (info.in_channels, info.image_size, info.image_size)
+    want = info.shape.as_tuple()
     if images.shape[1:] != want:
         raise DataFileError(f"{images_path}: images have shape {images.shape[1:]}, "
                             f"{info.name} needs {want}")

@@ -13,39 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpsearch._imports import import_submodules
+from hpsearch.data_utils.info import DatasetInfo
 
 if TYPE_CHECKING:
     from hpsearch.data_utils.arrays import ArraySplit
 
 __all__ = ["DatasetInfo", "DatasetSource", "get_dataset", "get_dataset_info", "list_datasets",
            "register_dataset"]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static description of an image classification data set.
-
-    Attributes:
-        name: Registry key, e.g. ``"fashion_mnist"``.
-        in_channels: Number of image channels C (1 for grey scale, 3 for RGB).
-        image_size: Side length H == W of the square images, in pixels.
-        num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
-        class_names: Human-readable class names, indexed by label.
-        mean: Per-channel mean of the training images on the 0-1 pixel scale.
-        std: Per-channel standard deviation of the training images on the 0-1 pixel scale.
-        hflip: Whether random horizontal flips are a label-preserving augmentation.
-        crop_padding: Zero padding in pixels on each side before the random crop.
-    """
-
-    name: str
-    in_channels: int
-    image_size: int
-    num_classes: int
-    class_names: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    hflip: bool
-    crop_padding: int
 
 
 # Reads a folder: (train, test), or a short reason when the folder lacks the files.

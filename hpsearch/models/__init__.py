@@ -10,7 +10,7 @@ imported on first use, and the names of those two modules when first asked for.
 
 from hpsearch._imports import lazy_exports
 from hpsearch.models.registry import (
-    BUILDER_DEFAULTS,
+    COMMON_ARGUMENTS,
     build_model,
     build_network,
     input_stats,
@@ -19,7 +19,7 @@ from hpsearch.models.registry import (
     register_model,
 )
 
-__all__ = ["BUILDER_DEFAULTS", "build_model", "build_network", "input_stats", "list_models",
+__all__ = ["COMMON_ARGUMENTS", "build_model", "build_network", "input_stats", "list_models",
            "model_hyperparameters", "register_model"]
 
 # WeightsUnavailable, ensure_weights, weights_available, ... and split_parameters, ...

@@ -19,21 +19,22 @@ from hpsearch.params import FAMILY_HYPERPARAMETERS
 if TYPE_CHECKING:
     from torch import nn
 
-    from hpsearch.data_utils import DatasetInfo
+    from hpsearch.data_utils import DatasetInfo, Normalization
     from hpsearch.params import TrialParams
 
-__all__ = ["BUILDER_DEFAULTS", "SCRATCH_HYPERPARAMETERS", "build_model", "build_network",
+__all__ = ["COMMON_ARGUMENTS", "SCRATCH_HYPERPARAMETERS", "build_model", "build_network",
            "input_stats", "list_models", "model_hyperparameters", "register_model"]
 
 ModelBuilder = Callable[..., "nn.Module"]
 # (mean, std) per channel on the 0-1 pixel scale, or None for "the data set's own".
 InputStats = Callable[..., "tuple[tuple[float, ...], tuple[float, ...]] | None"]
 
-# The keyword arguments every builder takes, with the values used when a caller leaves one
-# out (or passes None).
-BUILDER_DEFAULTS: dict[str, Any] = {
-    "in_channels": 1, "image_size": 28, "num_classes": 10, "dropout": 0.0,
-}
+# The keyword arguments every builder takes. The image's shape and the number of classes
+# have no default (a model shaped for another data set would fail far from the cause);
+# dropout defaults to none.
+COMMON_ARGUMENTS = ("in_channels", "image_size", "num_classes", "dropout")
+_REQUIRED = ("in_channels", "image_size", "num_classes")
+_DROPOUT_DEFAULT = 0.0
 # What a family registered without ``hyperparameters`` takes: the from-scratch families'
 # depth and width, with the values used when a caller leaves them out.
 SCRATCH_HYPERPARAMETERS: Mapping[str, Any] = MappingProxyType({"depth": 2, "width": 32})
@@ -108,7 +109,8 @@ def build_model(name: str, **config: Any) -> nn.Module:
 
     Keyword arguments whose value is None are dropped first (as in timm's ``create_model``),
     and so are the hyperparameters of other families (a search space may draw ``depth`` for
-    every architecture); :data:`BUILDER_DEFAULTS` and the family's own defaults fill the rest.
+    every architecture); the family's own defaults fill the rest, and ``dropout`` defaults to
+    0. ``in_channels``, ``image_size`` and ``num_classes`` are required.
 
     Args:
         name: A name from :func:`list_models`.
@@ -124,18 +126,23 @@ def build_model(name: str, **config: Any) -> nn.Module:
 
     Raises:
         ValueError: If ``name`` is not registered, a keyword is no hyperparameter of any
-            family, a size is below 1 (or below what the family supports), or ``dropout``
-            lies outside [0, 1) (NaN included); the message names the argument and value.
+            family, ``in_channels``, ``image_size`` or ``num_classes`` is missing, a size is
+            below 1 (or below what the family supports), or ``dropout`` lies outside [0, 1)
+            (NaN included); the message names the argument and value.
     """
     family = _family(name)
-    unknown = sorted(set(config) - set(BUILDER_DEFAULTS) - set(FAMILY_HYPERPARAMETERS))
+    unknown = sorted(set(config) - set(COMMON_ARGUMENTS) - set(FAMILY_HYPERPARAMETERS))
     if unknown:
         raise ValueError(f"unknown hyperparameter {unknown[0]!r} of {name!r}; it takes: "
-                         f"{', '.join([*BUILDER_DEFAULTS, *family.hyperparameters])}")
+                         f"{', '.join([*COMMON_ARGUMENTS, *family.hyperparameters])}")
     given = {key: value for key, value in config.items() if value is not None}
-    args = (BUILDER_DEFAULTS | dict(family.hyperparameters)
+    missing = [arg for arg in _REQUIRED if arg not in given]
+    if missing:
+        raise ValueError(f"building {name!r} needs {', '.join(missing)} (the data set's image "
+                         "shape and number of classes)")
+    args = ({"dropout": _DROPOUT_DEFAULT} | dict(family.hyperparameters)
             | {key: value for key, value in given.items()
-               if key in BUILDER_DEFAULTS or key in family.hyperparameters})
+               if key in COMMON_ARGUMENTS or key in family.hyperparameters})
     for arg in ("in_channels", "image_size", "num_classes", "depth", "width"):
         if arg in args and args[arg] < 1:
             raise ValueError(f"{arg} must be >= 1, got {args[arg]!r}")
@@ -165,30 +172,32 @@ def build_network(params: TrialParams, info: DatasetInfo, *,
     hyperparameters = {n: getattr(params, n) for n in FAMILY_HYPERPARAMETERS}
     if not pretrained_weights:
         hyperparameters["pretrained"] = False if params.pretrained is not None else None
-    return build_model(params.arch, in_channels=info.in_channels, image_size=info.image_size,
-                       num_classes=info.num_classes, dropout=params.dropout, **hyperparameters)
+    return build_model(params.arch, in_channels=info.shape.channels,
+                       image_size=info.shape.size, num_classes=info.num_classes,
+                       dropout=params.dropout, **hyperparameters)
 
 
-def input_stats(params: TrialParams, info: DatasetInfo
-                ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The per-channel (mean, std), on the 0-1 pixel scale, that the network of ``params``
+def input_stats(params: TrialParams, info: DatasetInfo) -> Normalization:
+    """The per-channel statistics, on the 0-1 pixel scale, that the network of ``params``
     expects its input normalised with: the pretrained weights' for a backbone with
-    ``pretrained`` (ImageNet's, whatever the data set), the data set's (``info.mean``,
-    ``info.std``) otherwise. The training loader and the served model must both normalise
-    with these.
+    ``pretrained`` (ImageNet's, whatever the data set), the data set's
+    (``info.normalization``) otherwise. The training loader and the served model both
+    normalise with these.
 
     Raises:
         ValueError: ``params.arch`` is not registered.
     """
+    from hpsearch.data_utils.info import Normalization
+
     family = _family(params.arch)
     if family.input_stats is not None:
         own = {n: getattr(params, n) for n in family.hyperparameters
                if getattr(params, n) is not None}
-        stats = family.input_stats(in_channels=info.in_channels,
+        stats = family.input_stats(in_channels=info.shape.channels,
                                    **(dict(family.hyperparameters) | own))
         if stats is not None:
-            return stats
-    return tuple(info.mean), tuple(info.std)
+            return Normalization(*stats)
+    return info.normalization
 
 
 def _family(name: str) -> _Family:

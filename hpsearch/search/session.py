@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from hpsearch.data_utils import ArraySplit, DatasetInfo
-from hpsearch.models import build_network
+from hpsearch.models import build_network, input_stats
 from hpsearch.params import TrialParams
 from hpsearch.training.checkpoint import restore_training_state, training_state
 from hpsearch.training.compiled import compile_network
 from hpsearch.training.cost import count_parameters, macs_per_image
 from hpsearch.training.cuda_graphs import build_train_step
-from hpsearch.training.loader import DeviceLoader, make_loader
+from hpsearch.training.loader import DeviceLoader, DeviceSplit, make_loader
 from hpsearch.training.loop import EpochResult, fit
 from hpsearch.training.optim import build_optimizer
 from hpsearch.training.step import TrainStep
@@ -30,11 +30,24 @@ __all__ = ["TrainingSession", "TrialCost", "TrialData"]
 
 @dataclass(frozen=True)
 class TrialData:
-    """The splits every trial of a study trains and validates on (uint8, (N, C, H, W))."""
+    """The splits every trial of a study trains and validates on (uint8, (N, C, H, W)).
+
+    The host arrays are copied to a device once per process (:meth:`on_device`) and every
+    trial's loaders share those copies: a trial does not copy the data set again.
+    """
 
     info: DatasetInfo
     train: ArraySplit
     val: ArraySplit
+    _resident: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def on_device(self, device: torch.device) -> tuple[DeviceSplit, DeviceSplit]:
+        """The (train, val) splits on ``device``, copied there on the first call only."""
+        key = str(torch.device(device))
+        if key not in self._resident:
+            self._resident[key] = (DeviceSplit.of(self.train, device),
+                                   DeviceSplit.of(self.val, device))
+        return self._resident[key]
 
 
 class TrialCost:
@@ -144,12 +157,17 @@ class TrainingSession:
         """
         torch.manual_seed(seed)
         info = data.info
-        model = build_network(params, info).to(device, memory_format=torch.channels_last)
+        model = build_network(params, info, pretrained_weights=True)
+        model = model.to(device, memory_format=torch.channels_last)
         cost = TrialCost(parameters=count_parameters(model),
                          macs_per_image=macs_per_image(params, info))
-        train = make_loader(data.train, info, device, batch_size=params.batch_size,
+        # A pretrained backbone expects its weights' statistics, others the data set's.
+        normalization = input_stats(params, info)
+        train_split, val_split = data.on_device(device)
+        train = make_loader(train_split, device, normalization=normalization,
+                            augmentation=info.augmentation, batch_size=params.batch_size,
                             train=True, augment=augment, seed=seed)
-        val = make_loader(data.val, info, device)
+        val = make_loader(val_split, device, normalization=normalization)
         optimizer = build_optimizer(model, name=params.optimizer, lr=params.lr,
                                     weight_decay=params.weight_decay)
         network = compile_network(model, mode=compile_mode) if compile_model else model

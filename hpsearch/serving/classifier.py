@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpsearch.data_utils import DatasetInfo
-from hpsearch.models import build_network
+from hpsearch.data_utils import DatasetInfo, Normalization
+from hpsearch.models import build_network, input_stats
 from hpsearch.params import TrialParams
-from hpsearch.training.loader import normalization
+from hpsearch.training.loader import normalizing_affine
 
 __all__ = ["DEFAULT_OUTPUT", "OUTPUTS", "NormalizingClassifier", "class_probabilities"]
 
@@ -30,17 +30,21 @@ class NormalizingClassifier(nn.Module):
 
     Input: float32 pixel values in [0, 1], shape (N, C, H, W). Output: float32 logits
     (N, num_classes). The normalisation is the training loader's
-    (:func:`hpsearch.training.loader.normalization`), so the network sees the same values.
+    (:func:`hpsearch.training.loader.normalizing_affine` of the same statistics), so the
+    network sees the same values.
 
     Args:
         network: maps normalised images (N, C, H, W) to logits.
-        info: the data set the network was trained on (channel means and deviations).
+        normalization: the statistics it was trained with
+            (:func:`hpsearch.models.input_stats`: the data set's, or a pretrained
+            backbone's).
     """
 
-    def __init__(self, network: nn.Module, info: DatasetInfo) -> None:
+    def __init__(self, network: nn.Module, normalization: Normalization) -> None:
         super().__init__()
         self.network = network
-        scale, shift = normalization(info, pixel_scale=1.0)
+        self.normalization = normalization
+        scale, shift = normalizing_affine(normalization, pixel_scale=1.0)
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
 
@@ -52,9 +56,9 @@ class NormalizingClassifier(nn.Module):
                      state_dict: Mapping[str, torch.Tensor]) -> NormalizingClassifier:
         """The network ``params`` describe with the weights of ``state_dict`` (the bare
         network's, as a trial keeps them), in eval mode on the CPU."""
-        network = build_network(params, info)
+        network = build_network(params, info)  # shapes only: nothing is downloaded
         network.load_state_dict(state_dict)
-        return cls(network, info).eval()
+        return cls(network, input_stats(params, info)).eval()
 
 
 def class_probabilities(classifier: NormalizingClassifier, unit_batch: np.ndarray) -> np.ndarray:

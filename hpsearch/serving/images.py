@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hpsearch.data_utils import DatasetInfo
+from hpsearch.data_utils import ImageShape
 
 __all__ = ["MAX_BATCH", "InvalidImages", "accepted_shapes", "to_unit_batch"]
 
@@ -28,20 +28,20 @@ class InvalidImages(ValueError):
     """A batch that cannot be classified; the message says what was expected."""
 
 
-def accepted_shapes(info: DatasetInfo) -> list[tuple[int, ...]]:
-    """Per-image shapes accepted for data set ``info`` (channels first listed first)."""
-    c, s = info.in_channels, info.image_size
+def accepted_shapes(shape: ImageShape) -> list[tuple[int, ...]]:
+    """Per-image layouts accepted for images of ``shape`` (channels first listed first)."""
+    c, s = shape.channels, shape.size
     return [(s, s), (1, s, s), (s, s, 1)] if c == 1 else [(s, s, c), (c, s, s)]
 
 
-def to_unit_batch(images: np.ndarray | Sequence[Any], info: DatasetInfo,
+def to_unit_batch(images: np.ndarray | Sequence[Any], shape: ImageShape,
                   *, max_batch: int = MAX_BATCH) -> np.ndarray:
     """Validate a batch of images and return float32 (N, C, S, S) pixel values in [0, 1].
 
     Args:
         images: an array (N, ...) or a sequence of N per-image arrays / nested lists, each
             in one of :func:`accepted_shapes`; integer pixels 0..255 or float pixels 0..1.
-        info: the data set the model was trained on.
+        shape: the shape of the images the model was trained on.
         max_batch: most images accepted at once.
 
     Raises:
@@ -55,8 +55,8 @@ def to_unit_batch(images: np.ndarray | Sequence[Any], info: DatasetInfo,
         raise InvalidImages(f"batch of {n} images exceeds the maximum of {max_batch} per "
                             "request; split it")
     if isinstance(images, np.ndarray) and images.dtype != object:
-        return _check_array(images, info, "images", batch=True)
-    return np.stack([_check_array(_as_array(img, i), info, f"image {i}", batch=False)
+        return _check_array(images, shape, "images", batch=True)
+    return np.stack([_check_array(_as_array(img, i), shape, f"image {i}", batch=False)
                      for i, img in enumerate(images)])
 
 
@@ -68,8 +68,9 @@ def _as_array(image: Any, index: int) -> np.ndarray:
     return array
 
 
-def _check_array(array: np.ndarray, info: DatasetInfo, what: str, *, batch: bool) -> np.ndarray:
-    expected = accepted_shapes(info)
+def _check_array(array: np.ndarray, shape: ImageShape, what: str, *,
+                 batch: bool) -> np.ndarray:
+    expected = accepted_shapes(shape)
     if array.dtype == bool or array.dtype.kind not in "iuf":
         raise InvalidImages(f"{what}: pixel values must be numbers (integers 0..255 or floats "
                             f"0..1), got {_kind_name(array)}")
@@ -90,14 +91,14 @@ def _check_array(array: np.ndarray, info: DatasetInfo, what: str, *, batch: bool
             raise InvalidImages(f"{what}: integer pixel values must lie in 0..255, got "
                                 f"{array.min()}..{array.max()}")
         unit = array.astype(np.float32) / 255.0
-    return _channels_first(unit, info, batch)
+    return _channels_first(unit, shape, batch)
 
 
-def _channels_first(unit: np.ndarray, info: DatasetInfo, batch: bool) -> np.ndarray:
+def _channels_first(unit: np.ndarray, shape: ImageShape, batch: bool) -> np.ndarray:
     lead = 1 if batch else 0
     if unit.ndim == lead + 2:  # (S, S): add the channel axis
         return np.expand_dims(unit, lead)
-    if unit.shape[lead] != info.in_channels:  # channels last
+    if unit.shape[lead] != shape.channels:  # channels last
         return np.moveaxis(unit, -1, lead)
     return unit
 

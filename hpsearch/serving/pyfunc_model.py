@@ -89,8 +89,7 @@ class ChampionModel(PythonModel):
     def load_context(self, context) -> None:
         with open(context.artifacts["config"]) as f:
             config = json.load(f)
-        self.info = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in config["dataset"].items()})
+        self.info = DatasetInfo.from_dict(config["dataset"])
         state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         self.classifier = NormalizingClassifier.from_weights(
             TrialParams.from_dict(config["hyperparameters"]), self.info, state)
@@ -118,7 +117,7 @@ class ChampionModel(PythonModel):
             raise BadRequest(f"params: output {output!r} is not one of {', '.join(OUTPUTS)}")
         images = _images_of(model_input)
         try:
-            batch = to_unit_batch(images, self.info)
+            batch = to_unit_batch(images, self.info.shape)
         except InvalidImages as exc:
             raise BadRequest(f"{exc}. {self.expected()}") from None
         probabilities = class_probabilities(self.classifier, batch)
@@ -132,7 +131,7 @@ class ChampionModel(PythonModel):
                              "probabilities": list(probabilities.astype(np.float64))})
 
     def expected(self) -> str:
-        shapes = " or ".join(str(s) for s in accepted_shapes(self.info))
+        shapes = " or ".join(str(s) for s in accepted_shapes(self.info.shape))
         return (f"Expected: 1 to {MAX_BATCH} {self.info.name} images, each {shapes}, integer "
                 f"pixels 0..255 or float pixels 0..1, sent as {{\"inputs\": [image, ...]}}")
 

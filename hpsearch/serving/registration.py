@@ -21,7 +21,6 @@ adding another.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import sys
@@ -158,7 +157,8 @@ def _test_evaluation(classifier: NormalizingClassifier, test: ArraySplit, info: 
     autocast_accuracy = None
     if amp_dtype is not None:
         autocast_accuracy = evaluate(
-            classifier.network.to(device), make_loader(test, info, device),
+            classifier.network.to(device),
+            make_loader(test, device, normalization=classifier.normalization),
             num_classes=info.num_classes, device=device, amp_dtype=amp_dtype).accuracy
     return _evaluate_as_served(classifier.cpu().eval(), test, info), autocast_accuracy
 
@@ -174,7 +174,7 @@ def _evaluate_as_served(classifier: NormalizingClassifier, test: ArraySplit,
     """
     probabilities = np.concatenate([
         class_probabilities(classifier, to_unit_batch(test.images[start:start + MAX_BATCH],
-                                                      info))
+                                                      info.shape))
         for start in range(0, len(test.labels), MAX_BATCH)])
     predicted = probabilities.argmax(axis=1)
     labels, n = test.labels, info.num_classes
@@ -259,7 +259,7 @@ def _log_serving_model(network: nn.Module, trial: optuna.trial.FrozenTrial, info
         weights, config = Path(tmp, "weights.pt"), Path(tmp, "config.json")
         torch.save(network.state_dict(), weights)
         config.write_text(json.dumps({
-            "dataset": dataclasses.asdict(info),
+            "dataset": info.to_dict(),
             "hyperparameters": trial.user_attrs["hyperparameters"],
         }, indent=2))
         model_info = mlflow.pyfunc.log_model(
@@ -269,8 +269,10 @@ def _log_serving_model(network: nn.Module, trial: optuna.trial.FrozenTrial, info
             # Ship hpsearch's code with the model, so it loads where hpsearch is not installed.
             code_paths=[str(Path(hpsearch.__file__).parent)],
             signature=serving_signature(),
-            # Two test images as nested integer lists: exactly what a client posts.
-            input_example=pd.DataFrame({"images": [img[0].tolist() for img in test.images[:2]]}),
+            # Two test images as nested integer lists: exactly what a client posts (grey
+            # images as (S, S), colour ones as they are stored, (3, S, S)).
+            input_example=pd.DataFrame({"images": [
+                (img[0] if len(img) == 1 else img).tolist() for img in test.images[:2]]}),
             metadata=serving_metadata(info),
             pip_requirements=_requirements(),
         )
@@ -329,8 +331,9 @@ def serving_metadata(info: DatasetInfo) -> dict:
     return {
         "dataset": info.name,
         "class_names": list(info.class_names),
-        "in_channels": info.in_channels,
-        "accepted_image_shapes": [list(s) for s in accepted_shapes(info)],
+        "in_channels": info.shape.channels,
+        "image_size": info.shape.size,
+        "accepted_image_shapes": [list(s) for s in accepted_shapes(info.shape)],
         "pixel_values": "integers 0..255 or floats 0..1",
         "max_batch": MAX_BATCH,
     }
@@ -364,8 +367,8 @@ def _describe_version(tracker: StudyTracker, name: str, version: str,
             f"{info.name} classifier from trial {trial.number} of study {study_name}; test "
             f"accuracy {test_accuracy:.4f} ({SERVED_PRECISION}). Input: "
             f"{{\"inputs\": [image, ...]}}, 1 to {MAX_BATCH} images, each "
-            f"{' or '.join(str(s) for s in accepted_shapes(info))}, integer pixels 0..255 or "
-            f"float pixels 0..1. From Python: mlflow.pyfunc.load_model(uri).predict("
+            f"{' or '.join(str(s) for s in accepted_shapes(info.shape))}, integer pixels "
+            f"0..255 or float pixels 0..1. From Python: mlflow.pyfunc.load_model(uri).predict("
             f"{{\"images\": batch}}) with an array batch (N, ...), or a DataFrame with a column "
             f"images. Output: one class name per image (one of "
             f"{', '.join(info.class_names)}), so mlflow.models.evaluate(uri, data=df, "

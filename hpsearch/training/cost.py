@@ -28,7 +28,7 @@ def macs_per_image(params: TrialParams, info: DatasetInfo) -> int:
     weights)."""
     with torch.device("meta"):
         network = build_network(params, info).eval()
-        image = torch.empty(1, info.in_channels, info.image_size, info.image_size)
+        image = torch.empty(1, *info.shape.as_tuple())
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         network(image)
     return counter.get_total_flops() // 2

@@ -3,14 +3,17 @@
 """
 
 from hpsearch.data_utils.formats import CIFAR_DIRNAME, read_cifar_folder
-from hpsearch.data_utils.registry import DatasetInfo, DatasetSource, register_dataset
+from hpsearch.data_utils.info import Augmentation, DatasetInfo, ImageShape, Normalization
+from hpsearch.data_utils.registry import DatasetSource, register_dataset
 
 # mean/std: the widely published per-channel statistics over every training pixel (0-1).
 INFO = DatasetInfo(
-    name="cifar10", in_channels=3, image_size=32, num_classes=10,
+    name="cifar10",
     class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck"),
-    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), hflip=True, crop_padding=4)
+    shape=ImageShape(channels=3, size=32),
+    normalization=Normalization(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    augmentation=Augmentation(hflip=True, crop_padding=4))
 
 register_dataset(DatasetSource(
     info=INFO, url="https://www.cs.toronto.edu/~kriz/cifar.html", read=read_cifar_folder,

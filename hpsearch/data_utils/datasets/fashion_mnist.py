@@ -6,20 +6,22 @@ https://github.com/zalandoresearch/fashion-mnist
 from pathlib import Path
 
 from hpsearch.data_utils.formats import IDX_FILES, read_idx_folder
-from hpsearch.data_utils.registry import DatasetInfo, DatasetSource, register_dataset
+from hpsearch.data_utils.info import Augmentation, DatasetInfo, ImageShape, Normalization
+from hpsearch.data_utils.registry import DatasetSource, register_dataset
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package installs the gzip IDX files."""
 
 INFO = DatasetInfo(
-    name="fashion_mnist", in_channels=1, image_size=28, num_classes=10,
+    name="fashion_mnist",
     class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"),
+    shape=ImageShape(channels=1, size=28),
     # Over every pixel of the 60,000 training images (0-1 scale), computed from the real
     # train-images-idx3-ubyte.gz: 0.286041 / 0.353024.
-    mean=(0.2860,), std=(0.3530,),
-    hflip=True,  # clothes are left-right symmetric as classes
-    crop_padding=2,
+    normalization=Normalization(mean=(0.2860,), std=(0.3530,)),
+    # Clothes are left-right symmetric as classes.
+    augmentation=Augmentation(hflip=True, crop_padding=2),
 )
 
 register_dataset(DatasetSource(
