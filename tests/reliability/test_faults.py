@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-import hpsearch.search.objective as objective_module
+import hpsearch.search.session as session_module
 from hpsearch.search.config import RunConfig
 from hpsearch.search.progress import Reporter
 from hpsearch.search.study import run_study
@@ -44,14 +44,15 @@ class Faulty(nn.Module):
 
 @pytest.fixture
 def faulty_networks(monkeypatch):
-    real = objective_module.build_network
+    real = session_module.build_network
     faults = {NAN: "nan", OOM: "oom", BUG: "bug"}
 
-    def build(params, info):
+    def build(params, info, **kwargs):
         fault = faults.get(params.lr)
-        return Faulty(real(params, info), fault) if fault else real(params, info)
+        network = real(params, info, **kwargs)
+        return Faulty(network, fault) if fault else network
 
-    monkeypatch.setattr(objective_module, "build_network", build)
+    monkeypatch.setattr(session_module, "build_network", build)
 
 
 def spec_file(tmp_path, trials):
