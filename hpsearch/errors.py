@@ -42,6 +42,34 @@ class DiskFull(Exception):
         super().__init__(f"no space left on device{where}")
 
 
+def first_line(error: BaseException | str, *, limit: int | None = None) -> str:
+    """The first line of an error's message (or of a text), for a one-line report.
+
+    A library's error often carries more after its first line: a store's error its SQL
+    statement and every parameter, torch's a list of mismatched keys. That belongs in a
+    traceback file, not on a progress line or in a trial's failure reason.
+
+    Args:
+        error: an exception (its ``str``) or a text.
+        limit: at most this many characters; a longer line ends with ``...``.
+
+    Returns:
+        The stripped text's first line; ``""`` for an empty message.
+    """
+    text = (str(error).strip().splitlines() or [""])[0]
+    if limit is not None and len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return text
+
+
+def error_line(exc: BaseException, *, limit: int | None = None) -> str:
+    """``TypeName: first line of the message`` (only ``TypeName`` for an empty message), at
+    most ``limit`` characters: an error named in one line."""
+    text = first_line(exc)
+    return first_line(f"{type(exc).__name__}: {text}" if text else type(exc).__name__,
+                      limit=limit)
+
+
 def format_bytes(n: int) -> str:
     """``0 B``, ``12.0 KB``, ``3.4 MB``, ``1.2 GB`` (powers of 1024)."""
     for unit in ("B", "KB", "MB", "GB"):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, error_line
 from hpsearch.models.registry import list_models, model_hyperparameters
 
 __all__ = ["WeightsUnavailable", "ensure_weights", "is_backbone", "list_backbones",
@@ -137,7 +137,8 @@ def load_pretrained_state_dict(arch: str, *, progress: bool = True) -> dict[str,
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and OS errors: the file is not a state dict
         raise WeightsUnavailable({arch: path}, f"{path.name} exists but cannot be read: "
-                                 f"{_first_line(exc)}; delete it to download it again"
+                                 f"{error_line(exc, limit=200)}; delete it to download it "
+                                 "again"
                                  ) from None
 
 
@@ -155,7 +156,7 @@ def _download(arch: str, path: Path, *, progress: bool) -> str | None:
             torch.hub.download_url_to_file(url, str(path), hash_prefix=hash_prefix,
                                            progress=progress)
     except Exception as exc:  # URLError, HTTPError, timeouts, a hash mismatch (RuntimeError)
-        return _first_line(exc)
+        return error_line(exc, limit=200)
     return None
 
 
@@ -169,11 +170,6 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(before)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0][:200]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def list_backbones() -> list[str]:

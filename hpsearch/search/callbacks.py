@@ -8,6 +8,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.errors import error_line
 from hpsearch.search.config import StudySummary
 from hpsearch.search.coordination import FINISHED_STATES, count_trials
 from hpsearch.search.progress import Reporter
@@ -65,8 +66,7 @@ def refresh_report(tracker: StudyTracker, study: optuna.Study, reporter: Reporte
         log_study_report(tracker.client, tracker.parent_run_id, study)
     except Exception as exc:  # plotting or logging trouble: say so, keep going
         # The first line: a store's error carries its SQL statement and parameters after it.
-        reporter.say(f"warning: study report not logged: {type(exc).__name__}: "
-                     f"{(str(exc).splitlines() or [''])[0]}")
+        reporter.say(f"warning: study report not logged: {error_line(exc)}")
 
 
 class ReportRefresher:

@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.errors import HpsearchError, check_interrupted
+from hpsearch.errors import HpsearchError, check_interrupted, error_line
 from hpsearch.redact import redact_url
 
 __all__ = ["FINISHED_STATES", "StudyLock", "claim_worker_number", "count_trials",
@@ -199,6 +199,5 @@ def schema_lock(*urls: str) -> Iterator[None]:
             except Exception as exc:  # the driver's errors vary; say which URL failed
                 what = "Optuna storage" if url in urls[:1] else "MLflow tracking store"
                 raise HpsearchError(f"cannot open {what} {redact_url(url)!r}: "
-                                    f"{type(exc).__name__}: "
-                                    f"{(str(exc).splitlines() or [''])[0]}") from None
+                                    f"{error_line(exc)}") from None
         yield

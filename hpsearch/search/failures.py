@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hpsearch.errors import error_line, first_line
 from hpsearch.params import TrialParams
 
 __all__ = ["Failure", "classify_failure", "release_memory"]
@@ -37,12 +38,12 @@ def classify_failure(exc: BaseException, params: TrialParams | None) -> Failure:
     if isinstance(exc, KeyboardInterrupt):
         signum = getattr(exc, "signum", signal.SIGINT)
         return Failure("interrupted", f"interrupted by {signal.Signals(signum).name}", "KILLED")
-    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
     if _is_out_of_memory(exc) and params is not None:
         reason = (f"out of memory with batch_size {params.batch_size} and arch "
-                  f"{params.arch} (depth {params.depth}, width {params.width}): {first_line}")
+                  f"{params.arch} (depth {params.depth}, width {params.width}): "
+                  f"{first_line(exc, limit=300)}")
         return Failure("out_of_memory", reason, "FAILED")
-    return Failure("error", f"{type(exc).__name__}: {first_line}", "FAILED")
+    return Failure("error", error_line(exc, limit=300), "FAILED")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import optuna
 
+from hpsearch.errors import first_line
+
 if TYPE_CHECKING:
     from hpsearch.training import EpochResult
 
@@ -112,7 +114,7 @@ class Reporter:
             reason = trial.user_attrs.get("fail_reason", "failed")
             state = "INTERRUPTED" if trial.user_attrs.get("failure_kind") == "interrupted" \
                 else state
-            value = (reason.splitlines() or [""])[0]
+            value = first_line(reason)
         best = _best(study)
         best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no best yet"
         params = format_params(trial.user_attrs.get("hyperparameters", trial.params))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from hpsearch.data_utils import ArraySplit, DatasetInfo
+from hpsearch.errors import first_line
 from hpsearch.models import build_network, input_stats
 from hpsearch.params import TrialParams
 from hpsearch.training.checkpoint import restore_training_state, training_state
@@ -220,6 +221,6 @@ class TrainingSession:
                                              step=self.step, loader=self.train,
                                              device=self.device)
         except (KeyError, RuntimeError) as exc:  # torch's load_state_dict: another network
-            raise ValueError((str(exc).strip().splitlines() or [""])[0][:200]) from None
+            raise ValueError(first_line(exc, limit=200)) from None
         self.cost.restore(state["cost"])
         return history

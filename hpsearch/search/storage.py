@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.errors import HpsearchError, is_disk_full
+from hpsearch.errors import HpsearchError, error_line, is_disk_full
 from hpsearch.redact import redact_url
 from hpsearch.search.config import RunConfig
 from hpsearch.studies.components import build_pruner, build_sampler
@@ -41,8 +41,7 @@ class _HeartbeatTolerantStorage(optuna.storages.RDBStorage):
             if is_disk_full(exc):  # the trial's next write stops the study, in one line
                 return
             logging.getLogger(__name__).warning(
-                "heartbeat of trial id %d not recorded: %s", trial_id,
-                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                "heartbeat of trial id %d not recorded: %s", trial_id, error_line(exc))
 
 
 class RetriesFirstStudy(optuna.Study):
@@ -167,7 +166,7 @@ def _differences(old: Any, new: Any, key: str = "") -> list[str]:
 
 def storage_error(storage: str, exc: Exception) -> HpsearchError:
     """One line saying which storage could not be opened and why."""
-    reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    reason = error_line(exc)
     if isinstance(exc, ModuleNotFoundError) and storage.startswith("postgresql"):
         reason += "; install the PostgreSQL driver: pip install 'hpsearch[postgres]'"
     return HpsearchError(f"cannot open Optuna storage {redact_url(storage)!r}: {reason}")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import HpsearchError, first_line
 from hpsearch.redact import redact_url
 from hpsearch.tracking.provenance import resolve_tracking_uri, using_tracking_uri
 
@@ -38,7 +38,7 @@ def load_serving_model(uri: str, tracking_uri: str | None = None):
             return mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
         raise HpsearchError(f"cannot load model {uri} from {redact_url(tracking_uri)}: "
-                            f"{exc.message.splitlines()[0]}") from None
+                            f"{first_line(exc.message)}") from None
 
 
 def read_images(paths: list[str], *, channels: int,

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hpsearch.errors import error_line
 from hpsearch.training.capturable import CapturableOptimizer, NotCapturable
 from hpsearch.training.optim import group_max_lrs, one_cycle, one_cycle_values
 from hpsearch.training.step import EagerStep, TrainStep, autocast, batch_outcome
@@ -217,6 +218,5 @@ class CudaGraphStep:
         return self._outputs
 
     def _give_up(self, exc: Exception) -> None:
-        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-        self.failure = f"{type(exc).__name__}: {first_line}"
+        self.failure = error_line(exc, limit=200)
         self.mode = f"eager (CUDA graph capture failed: {self.failure})"

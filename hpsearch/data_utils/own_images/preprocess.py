@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hpsearch.data_utils.own_images.records import os_reason
+from hpsearch.errors import first_line
 
 __all__ = ["FORMATS", "MAX_IMAGE_PIXELS", "MODE_RULES", "PREPROCESS_VERSION", "ImageFileError",
            "ImageHeader", "decode_image", "is_grey", "open_image", "preprocess_image"]
@@ -209,10 +210,10 @@ def _to_mode(image: Image.Image, target: str) -> Image.Image:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc) or type(exc).__name__
     if "truncated" in text or isinstance(exc, (EOFError, SyntaxError)):
         return f"truncated or corrupt: {text}"
-    return text if len(text) <= 160 else text[:157] + "..."
+    return first_line(text, limit=160)
 
 
 def _os_error_reason(exc: OSError) -> str:
