@@ -3,11 +3,11 @@ the shell (the command line calls this function)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpsearch.errors import HpsearchError
+from hpsearch import defaults
+from hpsearch.errors import ArgumentError
 from hpsearch.studies import StudySpec, load_builtin_spec, load_spec
 
 if TYPE_CHECKING:
@@ -78,7 +78,10 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
         the summary so far, with ``exit_code`` 130.
 
     Raises:
-        HpsearchError: bad arguments, missing or corrupt data, unusable stores.
+        ArgumentError: a bad argument; the message names it (``trials must be >= 1, got
+            0``). A :class:`~hpsearch.errors.HpsearchError`.
+        HpsearchError: missing or corrupt data, unusable stores, a bad
+            ``$HPSEARCH_...`` setting (:mod:`hpsearch.defaults`).
         SpecError: an invalid spec file (its message names file, key and reason).
         DiskFull: no space left where the study writes; it stopped, its finished trials
             are kept (``hpsearch run`` exits with 74).
@@ -113,34 +116,33 @@ def make_config(*, dataset: str | None, spec: str | Path | StudySpec | None, tri
     """Check the arguments of :func:`run` and resolve them into a ``RunConfig``.
 
     Raises:
-        HpsearchError: a value out of range, or ``dataset`` disagreeing with the spec.
+        ArgumentError: a value out of range, or ``dataset`` disagreeing with the spec.
+        HpsearchError: a bad ``$HPSEARCH_...`` setting.
         SpecError: an invalid spec file.
     """
-    from hpsearch.search.config import DEFAULT_STORAGE, RunConfig
+    from hpsearch.search.config import RunConfig
 
     study_spec = _resolve_spec(dataset, spec, epochs)
-    if trials < 1:
-        raise HpsearchError(f"--trials must be >= 1, got {trials}")
-    if train_subset is not None and train_subset < 1:
-        raise HpsearchError(f"--train-subset must be >= 1, got {train_subset}")
+    at_least_1 = {"trials": trials, "train_subset": train_subset, "max_failures": max_failures,
+                  "heartbeat_interval_s": heartbeat_interval_s, "jobs": jobs}
+    for name, value in at_least_1.items():
+        if value is not None and value < 1:
+            raise ArgumentError(f"{{{name}}} must be >= 1, got {{value}}", value=value)
     if timeout_s is not None and timeout_s <= 0:
-        raise HpsearchError(f"--timeout must be > 0 seconds, got {timeout_s:g}")
-    if max_failures < 1 or heartbeat_interval_s < 1:
-        raise HpsearchError("--max-failures and --heartbeat-interval must be >= 1")
-    if jobs is not None and jobs < 1:
-        raise HpsearchError(f"--jobs must be >= 1, got {jobs}")
+        raise ArgumentError("{timeout_s} must be > 0 seconds, got {value:g}", value=timeout_s)
     from hpsearch.training.compiled import COMPILE_MODES
 
     if compile_mode not in COMPILE_MODES:
-        raise HpsearchError(f"--compile-mode {compile_mode!r}: choose one of "
-                            f"{', '.join(COMPILE_MODES)}")
+        raise ArgumentError("{compile_mode} {value!r}: choose one of {modes}",
+                            value=compile_mode, modes=", ".join(COMPILE_MODES))
     if compile_mode != "default" and not compile:
-        raise HpsearchError(f"--compile-mode {compile_mode} needs --compile")
+        raise ArgumentError("{compile_mode} {value} needs {compile}", value=compile_mode)
+    defaults.check_environment()
     study_name = study_name or study_spec.dataset
     return RunConfig(
         spec=study_spec, trials=trials, study_name=study_name,
         register_name=register_name or f"hpsearch-{study_name}",
-        storage=storage or os.environ.get("HPSEARCH_STORAGE") or DEFAULT_STORAGE,
+        storage=defaults.storage_url(storage),
         tracking_uri=tracking_uri, timeout_s=timeout_s, train_subset=train_subset,
         data_dir=data_dir, device=device, seed=seed, max_consecutive_failures=max_failures,
         heartbeat_interval_s=heartbeat_interval_s, jobs=jobs, compile=compile,
@@ -153,15 +155,16 @@ def _resolve_spec(dataset: str | None, spec: str | Path | StudySpec | None,
     if spec is not None:
         study_spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
         if dataset is not None and dataset != study_spec.dataset:
-            raise HpsearchError(f"--dataset {dataset} disagrees with {study_spec.source}, "
-                                f"which says dataset: {study_spec.dataset}")
+            raise ArgumentError("{dataset} {value} disagrees with {source}, which says "
+                                "dataset: {found}", value=dataset, source=study_spec.source,
+                                found=study_spec.dataset)
     else:
         try:
             study_spec = load_builtin_spec(dataset or "fashion_mnist")
         except ValueError as exc:
-            raise HpsearchError(f"--dataset: {exc}") from None
+            raise ArgumentError("{dataset}: {reason}", reason=exc) from None
     if epochs is not None:
         if epochs < 1:
-            raise HpsearchError(f"--epochs must be >= 1, got {epochs}")
+            raise ArgumentError("{epochs} must be >= 1, got {value}", value=epochs)
         study_spec = study_spec.replace(epochs=epochs)
     return study_spec

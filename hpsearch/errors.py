@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import signal
+import string
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # Exit code of a study stopped by a full disk: sysexits.h's EX_IOERR ("an error occurred
 # while doing I/O on some file"), beside 2 (bad input), 1 (trials kept failing) and
@@ -19,6 +20,31 @@ EX_IOERR = 74
 class HpsearchError(Exception):
     """A problem the user can fix; the message says what was wrong and how to fix it.
     The command line prints it as one line and exits with code 2."""
+
+
+class ArgumentError(HpsearchError):
+    """A bad argument, named as the caller spells it: ``trials must be >= 1, got 0`` from
+    the Python API, ``--trials must be >= 1, got 0`` from the command line
+    (:meth:`spelled`).
+
+    Args:
+        template: the message, each argument named as a field (``"{trials} must be >= 1,
+            got {value}"``); a field that ``values`` does not fill is an argument's name.
+        **values: the other fields, formatted by :meth:`str.format` (``{value:g}`` works).
+    """
+
+    def __init__(self, template: str, **values: object) -> None:
+        self.template, self.values = template, values
+        self.arguments = tuple(dict.fromkeys(
+            field for _, field, _, _ in string.Formatter().parse(template)
+            if field and field not in values))
+        super().__init__(self.spelled(str))
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        """The message with each argument's name spelled by ``spell`` (the command line:
+        ``timeout_s`` -> ``--timeout``)."""
+        return self.template.format(**{name: spell(name) for name in self.arguments},
+                                    **self.values)
 
 
 class DiskFull(Exception):

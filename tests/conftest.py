@@ -1,8 +1,15 @@
-"""Shared fixtures: one small real study through the CLI, and one model server for it.
+"""Shared fixtures: one small real study through the CLI, and one model server for it; and the
+two ways to run the command line: :func:`cli` in this process (click's CliRunner), for
+everything that fails or answers before training, and :func:`hpsearch`, a real process.
 
 The study is deterministic: every trial is enqueued, one of them with a learning rate so
 small (1e-7) that its validation accuracy stays near chance (10%), and a
 ThresholdPruner(lower=0.3) prunes any trial below 30% after its first epoch.
+
+What a test does not look at is off for the whole suite (hpsearch.defaults): MLflow's
+system-metrics sampling and the champion's pt2 ``network`` export. ``study_dir`` runs with
+both on, and tests/test_cli_end_to_end.py asserts them there. docs/development.md says how
+to write a fast test.
 """
 
 from __future__ import annotations
@@ -10,19 +17,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR
+from hpsearch.defaults import EXPORT_NETWORK_ENV, SYSTEM_METRICS_ENV
+
+# Off in every test and every process a test starts (clean_env copies this environment),
+# except where a test turns them on to assert them: see the module's docstring.
+os.environ[SYSTEM_METRICS_ENV] = "0"
+os.environ[EXPORT_NETWORK_ENV] = "0"
+EVERYTHING_ON = {SYSTEM_METRICS_ENV: "1", EXPORT_NETWORK_ENV: "1"}
 
 STUDY = "e2e"
 MODEL = "hpsearch-e2e"
@@ -82,11 +99,61 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def hpsearch(cwd: Path, *args: str, env: dict | None = None,
              timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the installed ``hpsearch`` console script (or the module) in ``cwd``."""
+    """Run the installed ``hpsearch`` console script (or the module) in ``cwd``: a real
+    process, which starts in 3-5 s (torch, MLflow). For what needs one: training, signals,
+    exit codes as the shell sees them; anything else goes through :func:`cli`."""
     exe = Path(sys.executable).with_name("hpsearch")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hpsearch.cli"]
     return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True,
                           env=env or clean_env(), timeout=timeout)
+
+
+def cli(cwd: Path | str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``hpsearch ARGS`` in this process (click's CliRunner), in ``cwd``, with ``env`` (default
+    :func:`clean_env`) as the whole environment: what :func:`hpsearch` returns, in
+    milliseconds instead of a process start-up, for the cases that end before training
+    (bad input, missing or corrupt stores, read-only commands).
+
+    As from a process: the exit code, stdout and stderr apart, and the warnings the command
+    raised on stderr (``path:line: Category: message``, Python's default filters). An
+    exception the command lets out (a traceback, in a process) is raised here. A command
+    that would start a server (``serve``, ``ui``) fails the test: use :func:`hpsearch`.
+    What the command changes in this process is put back: working directory, environment,
+    SIGINT/SIGTERM handlers, the unraisable hook, warning filters.
+    """
+    from unittest import mock
+
+    from hpsearch.cli import main
+
+    def no_server(*args, **kwargs):
+        raise AssertionError("cli() ran a command to the point of starting a server: "
+                             "use hpsearch(), a real process")
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook = sys.unraisablehook
+    try:
+        os.environ.clear()
+        os.environ.update(env or clean_env())
+        os.chdir(cwd)
+        with warnings.catch_warnings(record=True) as raised, \
+                mock.patch("hpsearch.cli.serving.exec_command", no_server), \
+                mock.patch("hpsearch.cli.serving.run_mlflow_cli", no_server):
+            warnings.resetwarnings()
+            warnings.simplefilter("default")  # a process's filters: each warning once
+            result = CliRunner().invoke(main, list(args), prog_name="hpsearch",
+                                        catch_exceptions=False)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = hook
+    shown = "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n"
+                    for w in raised)
+    return subprocess.CompletedProcess(["hpsearch", *args], result.exit_code, result.stdout,
+                                       result.stderr + shown)
 
 
 def post_images(url: str, images=None, *, raw: str | None = None,
@@ -170,7 +237,8 @@ def study_dir(tmp_path_factory) -> Path:
         pytest.skip("needs Debian's dataset-fashion-mnist (.ci/run installs it)")
     cwd = tmp_path_factory.mktemp("e2e")
     (cwd / "spec.yaml").write_text(SPEC)
-    result = hpsearch(cwd, *STUDY_ARGS, "--trials", "3")
+    # As a user runs it: system metrics and the pt2 export on (asserted on these runs).
+    result = hpsearch(cwd, *STUDY_ARGS, "--trials", "3", env=clean_env(**EVERYTHING_ON))
     (cwd / "first_run.txt").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     return cwd

@@ -50,11 +50,23 @@ def test_run_returns_the_summary_and_changes_no_global_state(tmp_path, monkeypat
     assert summary.registration.name == "hpsearch-api"
     assert 0.3 < summary.registration.test_accuracy <= 1.0
     assert "trial    1  COMPLETE" in stream.getvalue()
+    # The suite turns off what it does not look at (conftest): no system metrics on any
+    # run, and only the served model on the parent run (no pt2 `network`).
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    experiment_id = client.get_experiment_by_name("api").experiment_id
+    runs = client.search_runs([experiment_id])
+    assert len(runs) == 3 and not [k for r in runs for k in r.data.metrics
+                                   if k.startswith("system/")]
+    (parent,) = [r for r in runs if r.data.tags["hpsearch.role"] == "study"]
+    assert {m.name for m in client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{parent.info.run_id}'")} == {"model"}
 
 
 def test_bad_arguments_raise_hpsearch_error_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(HpsearchError, match="--trials must be >= 1"):
+    # Named as Python spells it; `hpsearch run` names the option (--trials) instead.
+    with pytest.raises(HpsearchError, match=r"^trials must be >= 1, got 0$"):
         hpsearch.run(trials=0)
     with pytest.raises(HpsearchError, match="unknown dataset 'imagenet'"):
         hpsearch.run(dataset="imagenet")

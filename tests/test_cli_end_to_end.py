@@ -320,6 +320,26 @@ def test_system_metrics_on_the_parent_run_and_trials(client):
                for r in runs(client, "trial"))
 
 
+def logged_model_names(client, run) -> set[str]:
+    """The names of the models logged on ``run`` (MLflow 3's LoggedModel)."""
+    return {m.name for m in client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'")}
+
+
+def test_the_champion_is_also_logged_as_a_pt2_network(client):
+    # study_dir runs with $HPSEARCH_EXPORT_NETWORK on, as a user does (the suite's
+    # default is off; tests/test_api.py asserts that off leaves it out).
+    parent = _first_parent(client)
+    assert logged_model_names(client, parent) == {"model", "network"}
+    (network,) = client.search_logged_models(
+        experiment_ids=[parent.info.experiment_id],
+        filter_string=f"source_run_id = '{parent.info.run_id}' AND name = 'network'")
+    folder = Path(network.artifact_location.removeprefix("file://"))  # ./mlruns: local
+    assert (folder / "data" / "model.pt2").is_file()  # torch.export's program
+    assert "pytorch" in (folder / "MLmodel").read_text()
+
+
 def test_a_normal_run_prints_no_library_warning(study_dir):
     output = (study_dir / "first_run.txt").read_text()
     assert "Warning" not in output and "\x1b[" not in output

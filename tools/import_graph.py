@@ -20,11 +20,11 @@ LAYERS = {
     "search": 3,
     "training": 2, "tracking": 2, "serving": 2,
     "models": 1, "data_utils": 1, "studies": 1,
-    "params": 0, "errors": 0, "redact": 0, "_imports": 0, "_testhooks": 0,
+    "params": 0, "errors": 0, "redact": 0, "_imports": 0, "_testhooks": 0, "defaults": 0,
 }
 # Within a layer, the peers may import each other only this way (no circle between them).
 PEER_ORDER = {"cli": 1, "api": 0, "serving": 2, "tracking": 1, "training": 0,
-              "studies": 2, "models": 1, "data_utils": 0}
+              "studies": 2, "models": 1, "data_utils": 0, "defaults": 1, "errors": 0}
 
 
 def module_name(path: Path) -> str:

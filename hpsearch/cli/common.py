@@ -14,23 +14,30 @@ from typing import NoReturn
 import click
 
 from hpsearch import __version__
-from hpsearch.errors import HpsearchError
+from hpsearch.defaults import DATA_DIR_ENV, DEFAULT_STORAGE, DEVICES, STORAGE_ENV
+from hpsearch.errors import ArgumentError, HpsearchError, error_line
 from hpsearch.redact import redact_url
 
-__all__ = ["data_dir_option", "describe_test_accuracy", "echo_table", "exec_command", "fail",
-           "format_option", "headless", "main", "quiet_libraries", "run_mlflow_cli",
-           "storage_option",
-           "tracking_uri_option", "with_storage"]
+__all__ = ["data_dir_option", "describe_test_accuracy", "device_option", "echo_table",
+           "exec_command", "fail", "format_option", "headless", "main", "option_name",
+           "quiet_libraries", "run_mlflow_cli", "storage_option", "tracking_uri_option",
+           "with_storage"]
 
 storage_option = click.option(
-    "--storage", default="sqlite:///hpsearch.db", show_default=True, envvar="HPSEARCH_STORAGE",
-    help="Optuna storage URL [env: HPSEARCH_STORAGE].")
+    "--storage", default=DEFAULT_STORAGE, show_default=True, envvar=STORAGE_ENV,
+    help=f"Optuna storage URL [env: {STORAGE_ENV}].")
 tracking_uri_option = click.option(
     "--tracking-uri", default=None,
     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False), default=None, envvar="HPSEARCH_DATA_DIR",
-    help="Where the data set's files are or go [env: HPSEARCH_DATA_DIR].")
+    "--data-dir", type=click.Path(file_okay=False), default=None, envvar=DATA_DIR_ENV,
+    help=f"Where the data set's files are or go [env: {DATA_DIR_ENV}].")
+
+
+def device_option(help: str):
+    """``--device auto|cpu|cuda``, default ``auto``."""
+    return click.option("--device", type=click.Choice(DEVICES), default="auto",
+                        show_default=True, help=help)
 format_option = click.option(
     "--format", "output_format", type=click.Choice(["table", "json"]), default="table",
     show_default=True, help="A table for people, or JSON (a list of objects) for scripts.")
@@ -42,10 +49,24 @@ def main() -> None:
     """MLflow-tracked hyperparameter search for image classifiers."""
 
 
-def fail(message: str, exit_code: int = 2) -> NoReturn:
-    """One line on stderr, exit code 2: bad input the user can fix (74: a full disk)."""
-    click.echo(f"hpsearch: error: {message}", err=True)
+def fail(error: str | Exception, exit_code: int = 2) -> NoReturn:
+    """One line on stderr, exit code 2: bad input the user can fix (74: a full disk).
+
+    ``error`` is the message, or an exception whose message it is; an
+    :class:`~hpsearch.errors.ArgumentError` names the option (``--trials``), not the Python
+    API's argument (``trials``).
+    """
+    if isinstance(error, ArgumentError):
+        error = error.spelled(option_name)
+    click.echo(f"hpsearch: error: {error}", err=True)
     sys.exit(exit_code)
+
+
+def option_name(argument: str) -> str:
+    """The command line's option for an argument of the Python API: ``--`` and dashes for
+    underscores, without a unit suffix (``train_subset`` -> ``--train-subset``,
+    ``timeout_s`` -> ``--timeout``, ``heartbeat_interval_s`` -> ``--heartbeat-interval``)."""
+    return "--" + argument.removesuffix("_s").replace("_", "-")
 
 
 def quiet_libraries() -> None:
@@ -145,8 +166,7 @@ def with_storage(storage: str, read):
     except HpsearchError as exc:
         fail(str(exc))
     except Exception as exc:  # SQLAlchemy's errors vary by driver; name the URL
-        fail(f"cannot read Optuna storage {redact_url(storage)}: {type(exc).__name__}: "
-             f"{(str(exc).splitlines() or [''])[0]}")
+        fail(f"cannot read Optuna storage {redact_url(storage)}: {error_line(exc)}")
 
 
 def echo_table(table, output_format: str) -> None:

@@ -10,6 +10,7 @@ import click
 from hpsearch.cli.common import (
     data_dir_option,
     describe_test_accuracy,
+    device_option,
     fail,
     headless,
     main,
@@ -42,8 +43,7 @@ from hpsearch.studies import SpecError, load_spec
 @storage_option
 @tracking_uri_option
 @data_dir_option
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="Training device; auto picks CUDA when present.")
+@device_option("Training device; auto picks CUDA when present.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the sampler, the validation split and every trial. On CUDA a "
                    "rerun still differs in the last bits (cuDNN autotuning, atomic adds), "
@@ -111,7 +111,7 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
             compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic,
             checkpoint_dir=checkpoint_dir, quiet=quiet)
     except (HpsearchError, SpecError) as exc:
-        fail(str(exc))
+        fail(exc)
     except DiskFull as exc:
         fail(f"{exc}; the study stopped, its finished trials are kept: free some space there "
              "(or put the stores elsewhere with --storage and --tracking-uri) and run the "

@@ -10,6 +10,7 @@ import click
 from hpsearch.cli.common import (
     data_dir_option,
     describe_test_accuracy,
+    device_option,
     echo_table,
     fail,
     format_option,
@@ -65,8 +66,7 @@ def show(study_name, storage, top, output_format) -> None:
 @click.option("--register-name", default=None,
               help="Registered model name (default: hpsearch-STUDY_NAME).")
 @data_dir_option
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="Where to evaluate the model on the test set.")
+@device_option("Where to evaluate the model on the test set.")
 def register(study_name, storage, tracking_uri, register_name, data_dir, device) -> None:
     """Register the best trial of STUDY_NAME as a new champion version.
 
@@ -84,7 +84,7 @@ def register(study_name, storage, tracking_uri, register_name, data_dir, device)
             register_name=register_name or f"hpsearch-{study_name}", data_dir=data_dir,
             device=device)
     except HpsearchError as exc:
-        fail(str(exc))
+        fail(exc)
     except DiskFull as exc:
         fail(f"{exc}; free some space there and run the same command again",
              exit_code=exc.exit_code)

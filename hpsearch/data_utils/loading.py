@@ -26,13 +26,15 @@ from pathlib import Path
 
 from hpsearch.data_utils.arrays import ArraySplit
 from hpsearch.data_utils.registry import DatasetSource, get_dataset
+from hpsearch.defaults import DATA_DIR_ENV
+from hpsearch.errors import error_line
 
 __all__ = ["DATA_DIR_ENV_VAR", "DataNotFoundError", "DataOrigin", "default_data_dir",
            "load_dataset", "load_dataset_with_origin"]
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR_ENV_VAR = "HPSEARCH_DATA_DIR"
+DATA_DIR_ENV_VAR = DATA_DIR_ENV  # hpsearch.defaults holds the name
 """Environment variable naming a folder to search before any other source."""
 
 # Files a folder of the user's own images holds (serving reads PNG and JPEG; the rest are
@@ -257,18 +259,12 @@ def _try_download(source: DatasetSource,
         for path in created:
             with contextlib.suppress(OSError):  # not empty (a partial file): left as it is
                 path.rmdir()
-        return f"download into {root} (failed: {_short_reason(exc)})"
+        return f"download into {root} (failed: {error_line(exc, limit=200)})"
     result = _load_folder(source, folder)
     if isinstance(result, str):
         return f"download into {root} (finished, but {folder}: {result})"
     logger.info("downloaded %s into %s", source.info.name, root)
     return (*result, DataOrigin(folder, downloaded=True, url=source.url))
-
-
-def _short_reason(exc: BaseException) -> str:
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
-    return reason if len(reason) <= 200 else reason[:197] + "..."
 
 
 def _how_to_provide(source: DatasetSource) -> str:

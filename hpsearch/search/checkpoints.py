@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import ArgumentError
 
 __all__ = ["CHECKPOINT_FOLDER", "CheckpointStore", "Previous", "TrialCheckpoint",
            "default_checkpoint_root"]
@@ -58,16 +58,18 @@ class CheckpointStore:
         be created where its nearest existing parent can be written.
 
         Raises:
-            HpsearchError: it is a file, or cannot be written or created.
+            ArgumentError: it is a file, or cannot be written or created (naming the
+                argument ``checkpoint_dir``).
         """
         existing = self.root
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir():
-            raise HpsearchError(f"--checkpoint-dir {self.root}: {existing} is not a directory")
+            raise ArgumentError("{checkpoint_dir} {root}: {existing} is not a directory",
+                                root=self.root, existing=existing)
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise HpsearchError(f"--checkpoint-dir {self.root}: cannot write in {existing}; "
-                                "pass a writable --checkpoint-dir")
+            raise ArgumentError("{checkpoint_dir} {root}: cannot write in {existing}; pass a "
+                                "writable {checkpoint_dir}", root=self.root, existing=existing)
 
     def path(self, number: int) -> Path:
         """The state file of trial ``number``."""

@@ -7,6 +7,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hpsearch.defaults import DEFAULT_STORAGE
 from hpsearch.studies import StudySpec
 
 if TYPE_CHECKING:
@@ -14,7 +15,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CPU_BUDGET", "DEFAULT_STORAGE", "RunConfig", "StudySummary", "cpu_budget_command"]
 
-DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 # The README's budget for a CPU ("A smaller run for a CPU"): 3 min 7 s on a 2-core machine
 # with the built-in Fashion-MNIST study.
 CPU_BUDGET = {"trials": 20, "epochs": 3, "train_subset": 10_000}

@@ -9,7 +9,8 @@ Two models are logged on the parent run:
   probabilities); its weights are a state dict read with ``weights_only=True``;
 - ``network``: the :class:`NormalizingClassifier` (normalisation + network), through
   ``mlflow.pytorch.log_model`` in MLflow's ``pt2`` format (a ``torch.export`` program), for
-  users who want a torch module.
+  users who want a torch module; left out when ``$HPSEARCH_EXPORT_NETWORK`` is ``0``
+  (:mod:`hpsearch.defaults`).
 
 Registration is idempotent per champion trial: the model version is created with the tags
 that identify it (study, trial) and ``hpsearch.registration`` = ``incomplete``, and marked
@@ -42,6 +43,7 @@ from mlflow.types.schema import AnyType
 from torch import nn
 
 import hpsearch
+from hpsearch import defaults
 from hpsearch._testhooks import pause
 from hpsearch.data_utils import ArraySplit, DatasetInfo
 from hpsearch.errors import HpsearchError
@@ -128,7 +130,8 @@ def register_champion(*, study: optuna.Study, info: DatasetInfo, test: ArraySpli
     resumed = version is not None
     if version is None:
         with _parent_as_active_run(tracker), _mlflow_prints_kept():
-            _log_network(classifier, test)
+            if defaults.export_network():  # seconds of torch.export; serving needs none
+                _log_network(classifier, test)
             model_info = _log_serving_model(classifier.network, best, info, test)
         pause("registration.models_logged")
         version = _create_version(tracker, register_name, model_info, best, study.study_name)

@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
+from hpsearch import defaults
 from hpsearch.errors import DiskFull, is_disk_full
 from hpsearch.tracking.figures import confusion_matrix_figure, learning_curves_figure
 from hpsearch.training.loop import EpochResult, EvalResult
@@ -66,14 +67,17 @@ class StudyTracker:
     Args:
         tracking_uri: MLflow tracking URI (already resolved).
         study_name: the Optuna study name; also the experiment's name.
+        system_metrics: sample MLflow's system metrics on the parent run and every trial
+            run; None: as ``$HPSEARCH_SYSTEM_METRICS`` says (on unless ``0``).
     """
 
     def __init__(self, *, tracking_uri: str, study_name: str,
-                 system_metrics: bool = True) -> None:
+                 system_metrics: bool | None = None) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.study_name = study_name
-        self.system_metrics = system_metrics
+        self.system_metrics = (defaults.system_metrics() if system_metrics is None
+                               else system_metrics)
         self.experiment_id = self._experiment(study_name)
         self.parent_run_id: str | None = None
         self.parent_monitor: SystemMetricsMonitor | None = None

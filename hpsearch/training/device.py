@@ -6,7 +6,8 @@ import os
 
 import torch
 
-from hpsearch.errors import HpsearchError
+from hpsearch.defaults import DEVICES
+from hpsearch.errors import ArgumentError
 
 __all__ = ["autocast_dtype", "device_name", "resolve_device", "set_deterministic"]
 
@@ -19,21 +20,23 @@ def resolve_device(name: str, *, deterministic: bool = False) -> torch.device:
     """``auto`` picks CUDA when present.
 
     Args:
-        name: ``auto``, ``cpu`` or ``cuda``.
+        name: one of :data:`hpsearch.defaults.DEVICES`: ``auto``, ``cpu`` or ``cuda``.
         deterministic: set up bit-identical reruns (:func:`set_deterministic`); otherwise
             CUDA autotunes its convolutions (``cudnn.benchmark``), whose choice can differ
             between runs.
 
     Raises:
-        HpsearchError: ``cuda`` without a CUDA device, or a name other than auto/cpu/cuda.
+        ArgumentError: ``cuda`` without a CUDA device, or a name other than auto/cpu/cuda
+            (an :class:`~hpsearch.errors.HpsearchError` naming the argument ``device``).
     """
+    if name not in DEVICES:
+        raise ArgumentError("{device} {value!r}: choose {choices}", value=name,
+                            choices=", ".join(DEVICES))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise HpsearchError(f"--device cuda: no CUDA device is available (torch "
-                            f"{torch.__version__}); use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise HpsearchError(f"--device {name!r}: choose auto, cpu or cuda")
+        raise ArgumentError("{device} cuda: no CUDA device is available (torch {version}); "
+                            "use {device} cpu or auto", version=torch.__version__)
     if deterministic:
         set_deterministic()
     elif name == "cuda":
