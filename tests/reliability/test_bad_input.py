@@ -1,5 +1,8 @@
 """Bad input gets one clear line and exit code 2, before any training starts and with
-nothing half-written in the working directory."""
+nothing half-written in the working directory.
+
+The cases run the command line in this process (conftest.cli); one case and the
+unreachable tracking server run as a real process too, as a user's shell sees them."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import free_port, hpsearch
+from conftest import cli, free_port, hpsearch
 from observations import record
 
 pytestmark = pytest.mark.slow
@@ -42,12 +45,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_line_with_exit_code_2_and_writes_nothing(tmp_path, case):
-    args, spec, message = CASES[case]
-    if spec is not None:
-        (tmp_path / "spec.yaml").write_text(spec)
-    result = hpsearch(tmp_path, "run", "--trials", "1", *args, timeout=120)
+def bad_input_is_one_line_with_exit_code_2(result, tmp_path, message: str) -> None:
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -55,13 +53,30 @@ def test_bad_input_is_one_line_with_exit_code_2_and_writes_nothing(tmp_path, cas
     assert sum(line.startswith(("hpsearch: error:", "Error:")) for line in lines) == 1
     written = {p.name for p in tmp_path.iterdir()} - {"spec.yaml"}
     assert written == set(), f"half-written: {written}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_with_exit_code_2_and_writes_nothing(tmp_path, case):
+    args, spec, message = CASES[case]
+    if spec is not None:
+        (tmp_path / "spec.yaml").write_text(spec)
+    result = cli(tmp_path, "run", "--trials", "1", *args)
+    bad_input_is_one_line_with_exit_code_2(result, tmp_path, message)
     record(f"bad input: {case}", f"exit code 2, one line: {message!r}",
            "nothing written in the working directory")
 
 
+def test_bad_input_in_a_real_process_is_one_line_with_exit_code_2(tmp_path):
+    """One case as the shell sees it: the process's exit code, and nothing else on stderr
+    (no library's warning or log line)."""
+    result = hpsearch(tmp_path, "run", "--trials", "1", "--dataset", "imagenet", timeout=120)
+    bad_input_is_one_line_with_exit_code_2(result, tmp_path, "imagenet")
+    assert result.stderr.startswith("hpsearch: error: ") and result.stderr.count("\n") == 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_rejected(tmp_path):
-    result = hpsearch(tmp_path, "run", "--device", "cuda", timeout=120)
+    result = cli(tmp_path, "run", "--device", "cuda")
     assert result.returncode == 2
     assert "no CUDA device is available" in result.stderr
     assert not any(tmp_path.iterdir())
@@ -86,7 +101,7 @@ def test_unreachable_tracking_server_fails_within_seconds(tmp_path):
 
 def test_unwritable_working_directory_is_rejected_before_training():
     # /proc refuses new files even for root, where permission bits would not.
-    result = hpsearch("/proc", "run", "--trials", "1", timeout=120)
+    result = cli("/proc", "run", "--trials", "1")
     assert result.returncode == 2
     assert "cannot write in /proc" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,6 +1,7 @@
 """A corrupt store (a sqlite file cut short, or one that is not a database at all) is
 refused with one line and exit code 2 by every command that opens it, before anything is
-written: no Optuna study is created beside a corrupt tracking store."""
+written: no Optuna study is created beside a corrupt tracking store. The command line runs
+in this process (conftest.cli): every case ends before a server or a trial starts."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import hpsearch, tiny_mlp_spec
+from conftest import cli, tiny_mlp_spec
 from observations import record
 
 pytestmark = pytest.mark.slow
@@ -56,8 +57,7 @@ def test_a_corrupt_tracking_store_is_one_line_and_nothing_written(tmp_path, stor
     shutil.copy(stores / "sound-optuna.db", tmp_path / "sound-optuna.db")
     (tmp_path / "spec.yaml").write_text(tiny_mlp_spec(1))
     before = _digests(tmp_path)
-    result = hpsearch(tmp_path, *TRACKING_COMMANDS[command], "--tracking-uri",
-                      f"sqlite:///{store}", timeout=300)
+    result = cli(tmp_path, *TRACKING_COMMANDS[command], "--tracking-uri", f"sqlite:///{store}")
     assert result.returncode == 2, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
     reason = "database disk image is malformed" if store == "mlflow-cut.db" \
@@ -82,9 +82,8 @@ def test_a_corrupt_optuna_storage_is_refused_before_the_data_set_is_read(tmp_pat
     # The data set comes from an empty folder: had it been read first, the error would be
     # about the missing data instead.
     (tmp_path / "no-data").mkdir()
-    result = hpsearch(tmp_path, "run", "--spec", "spec.yaml", "--trials", "1", "--device",
-                      "cpu", "--storage", f"sqlite:///{store}", "--data-dir", "no-data",
-                      timeout=300)
+    result = cli(tmp_path, "run", "--spec", "spec.yaml", "--trials", "1", "--device", "cpu",
+                 "--storage", f"sqlite:///{store}", "--data-dir", "no-data")
     assert result.returncode == 2, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
     assert len(lines) == 1 and lines[0].startswith(

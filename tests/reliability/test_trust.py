@@ -1,6 +1,7 @@
 """Trust: no password in what hpsearch writes or prints, no silent resume of a changed study,
 every failed trial says why, a study stopped by failures exits 1, and corrupt data files get
-one line and exit code 2 with nothing written. Each case tries the exact input a user would."""
+one line and exit code 2 with nothing written. Each case tries the exact input a user would;
+the cases that end before training run the command line in this process (conftest.cli)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-import hpsearch.search.objective as objective_module
+import hpsearch.search.session as session_module
 from hpsearch.errors import HpsearchError
 from hpsearch.search.config import RunConfig
 from hpsearch.search.progress import Reporter
 from hpsearch.search.study import run_study
 from hpsearch.studies import load_spec
 
-from conftest import hpsearch, tiny_mlp_spec
+from conftest import cli, hpsearch, tiny_mlp_spec
 from observations import record
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def test_a_password_in_a_url_never_reaches_an_error_or_progress_line(tmp_path, c
 
     args, shown = SECRET_CASES[case]
     env = clean_env(HPSEARCH_STORAGE=f"postgresql://hp:{SECRET}@127.0.0.1:1/optuna")
-    result = hpsearch(tmp_path, *args, env=env, timeout=120)
+    result = cli(tmp_path, *args, env=env)
     assert result.returncode != 0
     assert SECRET not in result.stdout + result.stderr
     assert shown in result.stdout + result.stderr, result.stderr
@@ -89,7 +90,7 @@ def test_a_changed_study_stops_before_training_naming_each_change(tmp_path):
     assert first.returncode == 0, first.stderr
     (tmp_path / "spec.yaml").write_text(FIRST.replace("[64]", "[128]").replace("[mlp]", "[cnn]"))
 
-    changed = hpsearch(tmp_path, *RUN, "--trials", "3")
+    changed = cli(tmp_path, *RUN, "--trials", "3")
 
     assert changed.returncode == 2
     message = changed.stderr.strip()
@@ -99,9 +100,9 @@ def test_a_changed_study_stops_before_training_naming_each_change(tmp_path):
     assert "search_space.arch ['mlp'] -> ['cnn']" in message
     assert "--study-name" in message
     (tmp_path / "spec.yaml").write_text(FIRST)
-    epochs = hpsearch(tmp_path, *RUN, "--trials", "3", "--epochs", "2")
+    epochs = cli(tmp_path, *RUN, "--trials", "3", "--epochs", "2")
     assert epochs.returncode == 2 and "epochs 1 -> 2" in epochs.stderr
-    subset = hpsearch(tmp_path, *RUN[:5], "--device", "cpu", "--trials", "3")
+    subset = cli(tmp_path, *RUN[:5], "--device", "cpu", "--trials", "3")
     assert subset.returncode == 2 and "train_subset 1000 -> None" in subset.stderr
     study = optuna.load_study(study_name="changed", storage=f"sqlite:///{tmp_path}/hpsearch.db")
     assert len(study.trials) == 1  # nothing ran
@@ -140,7 +141,7 @@ def test_every_failed_trial_says_why_whatever_raised(tmp_path, monkeypatch):
     """)))
     from hpsearch.studies.spec import StudySpec
 
-    real_sample, real_build = StudySpec.sample, objective_module.build_network
+    real_sample, real_build = StudySpec.sample, session_module.build_network
     calls = {"n": 0}
 
     def sample(self, trial):
@@ -149,16 +150,16 @@ def test_every_failed_trial_says_why_whatever_raised(tmp_path, monkeypatch):
             raise RuntimeError("sampling went wrong\nsecond line")
         return real_sample(self, trial)
 
-    def build(params, info):
+    def build(params, info, **kwargs):
         if params.lr == 2.0e-3:
             raise ValueError("no such layer")
-        return real_build(params, info)
+        return real_build(params, info, **kwargs)
 
     def log_epoch(self, result):
         raise OSError("disk full")
 
     monkeypatch.setattr(StudySpec, "sample", sample)
-    monkeypatch.setattr(objective_module, "build_network", build)
+    monkeypatch.setattr(session_module, "build_network", build)
     stream = io.StringIO()
     config = RunConfig(spec=spec, trials=1, study_name="why", register_name="why",
                        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
@@ -268,7 +269,7 @@ def test_corrupt_data_is_one_line_with_exit_code_2_and_writes_nothing(tmp_path, 
     work = tmp_path / "work"
     work.mkdir()
 
-    result = hpsearch(work, "run", "--trials", "1", "--data-dir", str(data), "--device", "cpu")
+    result = cli(work, "run", "--trials", "1", "--data-dir", str(data), "--device", "cpu")
 
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
