@@ -3,8 +3,10 @@ moment (during registration, right after an epoch, ...) instead of racing a real
 
 ``HPSEARCH_TEST_PAUSE="registration.created=30,epoch.end=2"`` makes :func:`pause` print
 ``hpsearch-test: paused at POINT`` on stderr (the test waits for that line) and sleep that
-many seconds at each named point. Unset, as in normal use, :func:`pause` costs one dict
-look-up.
+many seconds at each named point. A point can have a narrower name too: after each epoch
+``epoch.end`` and ``epoch.end.trialN`` (N: the trial's number), so a test can stop one
+trial, and only that one, where it wants. A signal ends the sleep as it would end
+training. Unset, as in normal use, :func:`pause` costs a dict look-up per name.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ def _parse(text: str) -> dict[str, float]:
 _PAUSES = _parse(os.environ.get(ENV_VAR, ""))
 
 
-def pause(point: str) -> None:
-    """Sleep at ``point`` if ``$HPSEARCH_TEST_PAUSE`` names it (tests only)."""
-    seconds = _PAUSES.get(point)
-    if seconds is None:
-        return
-    print(f"hpsearch-test: paused at {point}", file=sys.stderr, flush=True)
-    time.sleep(seconds)
+def pause(*points: str) -> None:
+    """Sleep at the first of ``points`` (one point's names, widest first) that
+    ``$HPSEARCH_TEST_PAUSE`` names (tests only)."""
+    for point in points:
+        seconds = _PAUSES.get(point)
+        if seconds is not None:
+            print(f"hpsearch-test: paused at {point}", file=sys.stderr, flush=True)
+            time.sleep(seconds)
+            return

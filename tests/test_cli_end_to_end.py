@@ -30,6 +30,7 @@ from conftest import (
     STUDY,
     STUDY_ARGS,
     clean_env,
+    cli,
     free_port,
     hpsearch,
     port_closes,
@@ -185,27 +186,31 @@ def test_per_class_report_agrees_with_the_confusion_matrix(client, tmp_path):
 
 
 def test_studies_and_show_commands_list_the_study_and_its_leaderboard(study_dir, client):
-    listed = hpsearch(study_dir, "studies")
+    listed = cli(study_dir, "studies")
     assert listed.returncode == 0, listed.stderr
     (row,) = [line.split() for line in listed.stdout.splitlines()
               if line.split()[:1] == [STUDY]]
     assert row[1:5] == ["4", "2", "1", "0"]  # trials, complete, pruned, failed
-    shown = hpsearch(study_dir, "show", STUDY)
+    shown = cli(study_dir, "show", STUDY)
     assert shown.returncode == 0, shown.stderr
     first = shown.stdout.splitlines()[1].split()
     (parent,) = runs(client, "study")
     assert first[:2] == [parent.data.tags["best_trial"], "COMPLETE"]
-    missing = hpsearch(study_dir, "show", "nope")
+    missing = cli(study_dir, "show", "nope")
     assert missing.returncode == 2 and "no study 'nope'" in missing.stderr
 
 
-def test_ui_command_starts_the_mlflow_ui_on_loopback(study_dir):
+def test_ui_command_prints_its_url_and_starts_the_mlflow_ui_on_loopback(study_dir):
     port = free_port()
     exe = Path(sys.executable).with_name("hpsearch")
     server = subprocess.Popen([str(exe), "ui", "--port", str(port)], cwd=study_dir,
                               env=clean_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
+        # The URL that opens MLflow's model-training view (not its GenAI pages).
+        first = server.stderr.readline()
+        assert (f"open http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning"
+                in first)
         wait_until_ready(port, server, path="/health")
         experiments = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
         with urllib.request.urlopen(f"{experiments}?experiment_name={STUDY}") as response:
@@ -253,8 +258,8 @@ def test_served_champion_answers_with_the_logged_test_accuracy(served, client):
 def test_missing_data_is_one_clear_error_with_exit_code_2(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = hpsearch(tmp_path, "run", "--dataset", "mnist", "--data-dir", str(empty),
-                      "--trials", "1")
+    result = cli(tmp_path, "run", "--dataset", "mnist", "--data-dir", str(empty),
+                 "--trials", "1")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "mnist" in result.stderr and str(empty) in result.stderr
@@ -262,11 +267,11 @@ def test_missing_data_is_one_clear_error_with_exit_code_2(tmp_path):
 
 
 def test_unknown_dataset_and_bad_spec_are_rejected_with_exit_code_2(tmp_path):
-    unknown = hpsearch(tmp_path, "run", "--dataset", "imagenet", "--trials", "1")
+    unknown = cli(tmp_path, "run", "--dataset", "imagenet", "--trials", "1")
     assert unknown.returncode == 2
     assert "imagenet" in unknown.stderr and "fashion_mnist" in unknown.stderr
     (tmp_path / "bad.yaml").write_text("dataset: fashion_mnist\nepoch: 3\n")
-    bad = hpsearch(tmp_path, "run", "--spec", "bad.yaml")
+    bad = cli(tmp_path, "run", "--spec", "bad.yaml")
     assert bad.returncode == 2
     assert "bad.yaml: epoch: unknown key" in bad.stderr
     assert "Traceback" not in unknown.stderr + bad.stderr
@@ -305,7 +310,7 @@ def test_every_trial_logs_what_it_cost(client, study_dir):
         assert metrics["parameters"] > 1000 and metrics["macs_per_image"] > 1000
         assert 0 < metrics["train_seconds"] < metrics["trial_seconds"]
         assert metrics["mean_images_per_second"] > 100
-    shown = hpsearch(study_dir, "show", STUDY, "--format", "json")
+    shown = cli(study_dir, "show", STUDY, "--format", "json")
     rows = json.loads(shown.stdout)
     finished = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
     assert all(r["params"] > 1000 and r["macs"] > 1000 and r["train_s"] > 0
@@ -347,38 +352,24 @@ def test_a_normal_run_prints_no_library_warning(study_dir):
 
 
 def test_studies_and_show_answer_in_json(study_dir):
-    listed = json.loads(hpsearch(study_dir, "studies", "--format", "json").stdout)
+    listed = json.loads(cli(study_dir, "studies", "--format", "json").stdout)
     (row,) = [r for r in listed if r["study"] == STUDY]
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{study_dir / 'hpsearch.db'}")
     states = [t.state.name for t in study.trials]
     assert (row["complete"], row["pruned"], row["failed"], row["interrupted"]) == (
         states.count("COMPLETE"), states.count("PRUNED"), 0, 0)
     assert row["best_value"] == pytest.approx(study.best_value, abs=1e-4)
-    board = json.loads(hpsearch(study_dir, "show", STUDY, "--format", "json").stdout)
+    board = json.loads(cli(study_dir, "show", STUDY, "--format", "json").stdout)
     assert board[0]["state"] == "COMPLETE" and board[0]["value"] >= board[1]["value"]
 
 
 def test_the_command_list_is_whole_and_every_option_has_help():
-    help_text = hpsearch(Path.cwd(), "--help").stdout
+    help_text = cli(Path.cwd(), "--help").stdout
     commands = help_text.split("Commands:")[1].strip().splitlines()
     assert len(commands) == 8 and not any(line.rstrip().endswith("...") for line in commands)
     for command in ("run", "serve", "ui", "predict", "studies", "show", "register"):
-        text = hpsearch(Path.cwd(), command, "--help").stdout
+        text = cli(Path.cwd(), command, "--help").stdout
         options = [line for line in text.split("Options:")[1].splitlines()
                    if line.strip().startswith("--") and "--help" not in line]
         assert all(len(line.split("  ")) > 1 and line.split("  ")[-1].strip()
                    for line in options), (command, options)
-
-
-def test_ui_prints_the_url_that_opens_model_training(study_dir):
-    exe = Path(sys.executable).with_name("hpsearch")
-    port = free_port()
-    server = subprocess.Popen([str(exe), "ui", "--port", str(port)], cwd=study_dir,
-                              env=clean_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        first = server.stderr.readline()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert f"open http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning" in first

@@ -29,6 +29,7 @@ from hpsearch.training.device import autocast_dtype
 from conftest import (
     MODEL,
     clean_env,
+    cli,
     free_port,
     hpsearch,
     port_closes,
@@ -230,8 +231,8 @@ def test_predict_command_labels_png_and_npy_files(served, tracking_uri, test_spl
         Image.fromarray(test_split.images[i, 0]).save(path)
         paths.append(str(path))
     np.save(tmp_path / "batch.npy", test_split.images[5:8, 0])
-    result = hpsearch(tmp_path, "predict", *paths, "batch.npy", "--model",
-                      served.model_uri, "--tracking-uri", tracking_uri)
+    result = cli(tmp_path, "predict", *paths, "batch.npy", "--model", served.model_uri,
+                 "--tracking-uri", tracking_uri)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 8
@@ -243,8 +244,8 @@ def test_predict_command_labels_png_and_npy_files(served, tracking_uri, test_spl
 def test_predict_command_rejects_a_wrong_size_image_with_exit_code_2(tracking_uri, served,
                                                                      tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "small.png")
-    result = hpsearch(tmp_path, "predict", "small.png", "--model", served.model_uri,
-                      "--tracking-uri", tracking_uri)
+    result = cli(tmp_path, "predict", "small.png", "--model", served.model_uri,
+                 "--tracking-uri", tracking_uri)
     assert result.returncode == 2
     assert "shape (20, 20)" in result.stderr and "Traceback" not in result.stderr
 
@@ -282,11 +283,11 @@ def test_predict_and_serve_default_to_the_champion_registered_last(study_dir, tr
                                                                    test_split, tmp_path):
     np.save(tmp_path / "one.npy", test_split.images[0, 0])
     env = clean_env(MLFLOW_TRACKING_URI=tracking_uri)
-    result = hpsearch(tmp_path, "predict", "one.npy", env=env)
-    named = hpsearch(tmp_path, "predict", "one.npy", "--model", MODEL, env=env)
+    result = cli(tmp_path, "predict", "one.npy", env=env)
+    named = cli(tmp_path, "predict", "one.npy", "--model", MODEL, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == named.stdout and result.stdout.startswith("one.npy")
-    missing = hpsearch(tmp_path, "serve", "--model", "nope", env=env)
+    missing = cli(tmp_path, "serve", "--model", "nope", env=env)
     assert missing.returncode == 2
     assert "no registered model 'nope' with alias 'champion'" in missing.stderr
     assert f"registered models: {MODEL} (@champion)" in missing.stderr

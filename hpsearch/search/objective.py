@@ -120,7 +120,7 @@ class EpochReporter:
         # Also after the last epoch: interrupted while its run is finished, the trial's
         # retry completes from here without training again.
         self._save_checkpoint()
-        pause("epoch.end")
+        pause("epoch.end", f"epoch.end.trial{self.trial.number}")
 
     def _save_checkpoint(self) -> None:
         """Save the training's state; a failure to save (a full disk) costs only the

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR
 
-from conftest import hpsearch, needs_fashion_mnist, tiny_mlp_spec
+from conftest import cli, hpsearch, needs_fashion_mnist, tiny_mlp_spec
 from observations import record
 
 pytestmark = pytest.mark.slow
@@ -22,8 +22,7 @@ def test_a_folder_of_own_jpegs_is_refused_not_replaced_by_the_installed_copy(tmp
         folder = tmp_path / "myimgs" / ("cats", "dogs")[i % 2]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0")
-    result = hpsearch(tmp_path, "run", "--data-dir", "./myimgs", "--trials", "1",
-                      "--device", "cpu", timeout=300)
+    result = cli(tmp_path, "run", "--data-dir", "./myimgs", "--trials", "1", "--device", "cpu")
     assert result.returncode == 2, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
     assert len(lines) == 1, lines

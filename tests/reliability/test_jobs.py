@@ -16,7 +16,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import clean_env, hpsearch, kill_tree, tiny_mlp_spec
+from conftest import clean_env, cli, hpsearch, kill_tree, tiny_mlp_spec
 from observations import record
 
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ def test_jobs_share_the_study_retry_a_killed_worker_and_register_once(tmp_path):
 
 
 def test_register_names_a_missing_study(tmp_path):
-    result = hpsearch(tmp_path, "register", "nope", "--device", "cpu")
+    result = cli(tmp_path, "register", "nope", "--device", "cpu")
     assert result.returncode == 2
     assert "no study 'nope' in sqlite:///hpsearch.db" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,5 +1,6 @@
 """`hpsearch serve` and `hpsearch ui` stopped with Ctrl-C end quietly, and start without a
-library's warning."""
+library's warning. They serve the session's study (conftest.study_dir), whose champion is
+registered in the default stores of its folder."""
 
 from __future__ import annotations
 
@@ -11,29 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
-    clean_env,
-    free_port,
-    hpsearch,
-    needs_fashion_mnist,
-    port_closes,
-    tiny_mlp_spec,
-    wait_until_ready,
-)
+from conftest import clean_env, free_port, needs_fashion_mnist, port_closes, wait_until_ready
 from observations import record
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
-
-
-@pytest.fixture(scope="module")
-def champion_dir(tmp_path_factory) -> Path:
-    """A folder with default stores holding one tiny study and its registered champion."""
-    cwd = tmp_path_factory.mktemp("servers")
-    (cwd / "spec.yaml").write_text(tiny_mlp_spec(1))
-    result = hpsearch(cwd, "run", "--spec", "spec.yaml", "--trials", "1", "--train-subset",
-                      "300", "--device", "cpu")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return cwd
 
 
 def ctrl_c(cwd: Path, *args: str, port: int, ready_path: str) -> tuple[int, str]:
@@ -56,9 +38,9 @@ def ctrl_c(cwd: Path, *args: str, port: int, ready_path: str) -> tuple[int, str]
     return server.returncode, output
 
 
-def test_ctrl_c_ends_serve_quietly_with_exit_code_130(champion_dir):
+def test_ctrl_c_ends_serve_quietly_with_exit_code_130(study_dir):
     port = free_port()
-    code, output = ctrl_c(champion_dir, "serve", "--port", str(port), port=port,
+    code, output = ctrl_c(study_dir, "serve", "--port", str(port), port=port,
                           ready_path="/ping")
     assert code == 130, output
     assert "Aborted!" not in output and "Traceback" not in output, output
@@ -69,9 +51,9 @@ def test_ctrl_c_ends_serve_quietly_with_exit_code_130(champion_dir):
            "exit code 1 and \"Aborted!\")", "the port is free again")
 
 
-def test_ui_starts_without_a_library_warning(champion_dir):
+def test_ui_starts_without_a_library_warning(study_dir):
     port = free_port()
-    _, output = ctrl_c(champion_dir, "ui", "--port", str(port), port=port, ready_path="/health")
+    _, output = ctrl_c(study_dir, "ui", "--port", str(port), port=port, ready_path="/health")
     assert "Warning" not in output, output
     assert port_closes(port)
     record("`hpsearch ui` started, then Ctrl-C",

@@ -16,45 +16,39 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import clean_env, hpsearch
+from conftest import clean_env, cli, hpsearch, tiny_mlp_spec
 from observations import record
 
 pytestmark = pytest.mark.slow
 
 TRIALS = 3
-# Trials of a few seconds each (no pruning), so a signal lands inside trial 1.
-SPEC = """
-dataset: fashion_mnist
-epochs: 3
-pruner: none
-search_space:
-  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
-  batch_size: 64
-  depth: 3
-  width: 32
-  dropout: 0.0
-  arch: cnn
-"""
+# Trials of a second or two each (one-layer MLPs on 1,000 images); the signal lands while
+# trial 1 is paused after its first epoch (HPSEARCH_TEST_PAUSE, hpsearch/_testhooks.py),
+# in the middle of the trial whatever the machine's speed.
+SPEC = tiny_mlp_spec(epochs=2)
 ARGS = ("run", "--spec", "spec.yaml", "--study-name", "signals", "--trials", str(TRIALS),
-        "--train-subset", "8000", "--device", "cpu", "--heartbeat-interval", "1")
+        "--train-subset", "1000", "--device", "cpu", "--heartbeat-interval", "1")
+PAUSED = "hpsearch-test: paused at epoch.end.trial1"
 
 
 def start(cwd: Path) -> subprocess.Popen:
     (cwd / "spec.yaml").write_text(SPEC)
     exe = Path(sys.executable).with_name("hpsearch")
-    return subprocess.Popen([str(exe), *ARGS], cwd=cwd, env=clean_env(), text=True,
+    return subprocess.Popen([str(exe), *ARGS], cwd=cwd, text=True,
+                            env=clean_env(HPSEARCH_TEST_PAUSE="epoch.end.trial1=120"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def signal_inside_trial_1(proc: subprocess.Popen, signum: int) -> tuple[str, str]:
-    """Wait until trial 1 has trained one epoch, send ``signum``, return (stdout, stderr)."""
+    """Wait until trial 1 has trained one epoch and paused, send ``signum``, return
+    (stdout, stderr)."""
     watchdog = threading.Timer(300, proc.kill)
     watchdog.start()
     seen = []
     try:
         for line in proc.stderr:
             seen.append(line)
-            if line.startswith("  trial    1  epoch   1/"):
+            if line.strip() == PAUSED:
                 os.kill(proc.pid, signum)
                 break
         out, err = proc.communicate(timeout=120)
@@ -109,7 +103,7 @@ def test_interrupt_fails_the_running_trial_and_the_same_command_resumes(tmp_path
 
     # Counted as interrupted, not failed, in the summary and by `hpsearch studies`.
     assert "1 complete, 0 pruned, 0 failed, 1 interrupted" in out
-    listed = hpsearch(tmp_path, "studies", "--format", "json")
+    listed = cli(tmp_path, "studies", "--format", "json")
     (row,) = json.loads(listed.stdout)
     assert (row["failed"], row["interrupted"]) == (0, 1)
 
