@@ -11,7 +11,8 @@ seed, so they see the same batches and augmentations, one after the other in one
 
 Training is a trial's (``make_loader`` with the data set's augmentation, ``fit`` with the
 device's autocast, AdamW; eager step, no schedule), on Fashion-MNIST's training split less
-its 10% validation split (``--train-subset``: the first N of those). With ``--image-size``
+its 10% validation split (``--train-subset``: the first N of those; ``--val-subset``: the
+first N validation images). With ``--image-size``
 the images are upscaled with PIL (bilinear) and, with ``--channels 3``, replicated to RGB,
 the shape of a photo data set; the network is built with random weights (weights do not
 change what a step costs). The images are read, as an own-images cache is, from a ``.npy``
@@ -108,6 +109,8 @@ def load_splits(args: argparse.Namespace, folder: Path) -> tuple[ArraySplit, Arr
     full, _ = load_dataset("fashion_mnist", args.data_dir, download=False)
     train, val = split_train_val(full, val_fraction=0.1, seed=0,
                                  train_subset=args.train_subset or None)
+    if args.val_subset:
+        val = ArraySplit(val.images[:args.val_subset], val.labels[:args.val_subset])
     if args.image_size:
         from throughput import upscaled  # PIL and torchvision: only this path needs them
 
@@ -210,6 +213,8 @@ def main() -> None:
                         help="epochs per training, the first a warm-up (default 3)")
     parser.add_argument("--train-subset", type=int, default=0, metavar="N",
                         help="train on N images (default 0: all 54,000)")
+    parser.add_argument("--val-subset", type=int, default=0, metavar="N",
+                        help="validate on N images (default 0: all 6,000; untimed)")
     parser.add_argument("--image-size", type=int, default=None, metavar="PX",
                         help="upscale the images to PX x PX (PIL, bilinear)")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=1,
