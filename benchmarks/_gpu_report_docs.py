@@ -147,6 +147,8 @@ STREAMING = {"arch": "model", "image_size": "px", "batch_size": "batch",
              "train_images": "images/epoch", "data_mb": "data (MB)",
              "resident_images_per_s": "resident img/s",
              "streamed_images_per_s": "streamed img/s", "ratio": "streamed / resident",
+             "resident_loader_epoch_s": "resident loader alone (s/epoch)",
+             "streamed_loader_epoch_s": "streamed loader alone (s/epoch)",
              "resident_peak_gpu_mb": "resident peak GPU (MiB)",
              "streamed_peak_gpu_mb": "streamed peak GPU (MiB)"}
 SEARCH = {"jobs": "--jobs", "wall_s": "wall (s)", "complete": "complete",

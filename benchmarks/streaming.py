@@ -21,7 +21,9 @@ resident loader copies them to the device once, before the timed epochs, as a tr
 ``TrialData`` does once per process.
 
 Only training is timed (wall seconds per epoch, device synchronised); the first epoch is a
-warm-up, reported separately; the others give the images per second. ``--rounds N`` runs
+warm-up, reported separately; the others give the images per second. Then each loader
+alone runs one more epoch without a network (shuffle, gather, copy, augment, normalise):
+what the data path costs by itself. ``--rounds N`` runs
 resident, streamed, resident, ... N times each and keeps each loader's best round (the
 least disturbed, on a shared machine). Prints one JSON line per configuration.
 """
@@ -32,6 +34,7 @@ import argparse
 import gc
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,7 @@ from _common import (
     markdown_table,
     render_section,
     resolve_device,
+    synchronize,
     write_section,
 )
 
@@ -94,6 +98,23 @@ def train_once(params: TrialParams, info, train: ArraySplit, val: ArraySplit, *,
             "loss": history[-1].train_loss, "peak_gpu_mb": peak}
 
 
+def loader_epoch_s(info, train: ArraySplit, *, device: torch.device, batch_size: int,
+                   seed: int, stream: bool) -> float:
+    """Seconds of one training epoch of the loader alone (no network: shuffle, gather, copy,
+    augment, normalise), after a warm-up epoch; device synchronised."""
+    loader = make_loader(train, device, normalization=info.normalization,
+                         augmentation=info.augmentation, batch_size=batch_size, train=True,
+                         augment=True, seed=seed, stream=stream)
+    for _ in loader:  # warm-up: buffers, streams, the memory map's pages
+        pass
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def _trial_params(args: argparse.Namespace, arch: str) -> TrialParams:
     family = model_hyperparameters(arch)
     return TrialParams(arch=arch, dropout=0.1, lr=LR, batch_size=args.batch_size,
@@ -135,12 +156,16 @@ def measure(args: argparse.Namespace, arch: str, train: ArraySplit, val: ArraySp
 
         info = image_info(params, args.image_size, args.channels)
     runs: dict[bool, list[dict]] = {False: [], True: []}
+    alone: dict[bool, list[float]] = {False: [], True: []}
     for round_ in range(args.rounds):
         for stream in (False, True):
             log(f"{arch}, batch {args.batch_size}, round {round_ + 1}: "
                 f"{'streamed' if stream else 'resident'} ...")
             runs[stream].append(train_once(params, info, train, val, device=device,
                                            epochs=args.epochs, seed=args.seed, stream=stream))
+            alone[stream].append(loader_epoch_s(info, train, device=device,
+                                                batch_size=args.batch_size, seed=args.seed,
+                                                stream=stream))
 
     def steady(run: dict) -> float:
         return statistics.fmean(run["epoch_s"][1:] or run["epoch_s"])
@@ -166,6 +191,8 @@ def measure(args: argparse.Namespace, arch: str, train: ArraySplit, val: ArraySp
                                          for r in runs[False]],
         "streamed_rounds_images_per_s": [round(r["images"] / steady(r), 1)
                                          for r in runs[True]],
+        "resident_loader_epoch_s": round(min(alone[False]), 4),
+        "streamed_loader_epoch_s": round(min(alone[True]), 4),
         "resident_final_loss": round(best[False]["loss"], 5),
         "streamed_final_loss": round(best[True]["loss"], 5),
         "resident_peak_gpu_mb": best[False]["peak_gpu_mb"],
@@ -179,7 +206,9 @@ COLUMNS = {"arch": "model", "image_size": "px", "batch_size": "batch",
            "train_images": "images/epoch", "data_mb": "data (MB)",
            "resident_images_per_s": "resident img/s", "streamed_images_per_s": "streamed img/s",
            "ratio": "streamed / resident", "resident_epoch_s": "resident epoch (s)",
-           "streamed_epoch_s": "streamed epoch (s)"}
+           "streamed_epoch_s": "streamed epoch (s)",
+           "resident_loader_epoch_s": "resident loader alone (s/epoch)",
+           "streamed_loader_epoch_s": "streamed loader alone (s/epoch)"}
 GPU_COLUMNS = {"resident_peak_gpu_mb": "resident peak GPU (MiB)",
                "streamed_peak_gpu_mb": "streamed peak GPU (MiB)"}
 
@@ -195,6 +224,10 @@ def docs_section(args: argparse.Namespace, records: list[dict], device: torch.de
              f"{first['source']}), each batch gathered on the host and copied over. Both "
              "loaders draw the same batches; on a CPU there is no copy, so streaming costs "
              "only the host gather of each batch.")
+    if device.type == "cpu":
+        notes += (" On a CPU shared with other jobs the training figures move by 10-15% "
+                  "from round to round; the loader-alone columns show what the data path "
+                  "costs.")
     return render_section("streaming", title="Streamed against resident data",
                           machine=machine_info(device), body=markdown_table(records, columns),
                           notes=notes)

@@ -50,7 +50,12 @@ def plan_residency(nbytes: int, device: torch.device | str, *, jobs: int = 1,
     """Whether the training and validation images fit on ``device`` next to the model.
 
     Each of ``jobs`` workers holds its own copy of the images on the device, so they fit
-    when ``jobs * nbytes <= (1 - model_headroom) * free``.
+    when ``jobs * nbytes <= (1 - model_headroom) * free``. On CUDA, measuring the free
+    memory creates the calling process's CUDA context: ask where training runs (each
+    worker, with ``jobs`` the number of workers), not in a coordinator that trains nothing.
+    Workers that ask after another has copied its data see less free memory; one of them
+    may then stream where the others are resident, which changes their speed, not their
+    batches.
 
     Args:
         nbytes: bytes of the uint8 training and validation images (and labels), e.g.
