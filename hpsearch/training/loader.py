@@ -158,7 +158,8 @@ def make_loader(split: ArraySplit | DeviceSplit, device: torch.device, *,
     Args:
         split: a host :class:`ArraySplit`, or (not with ``stream``) a :class:`DeviceSplit`.
         device: where the batches are produced.
-        normalization, augmentation: see :class:`DeviceLoader`.
+        normalization: the per-channel statistics (see :class:`DeviceLoader`).
+        augmentation: what ``augment`` may do.
         batch_size: images per batch.
         train: shuffle every epoch and drop the last partial batch.
         augment: with ``train``, apply ``augmentation``.

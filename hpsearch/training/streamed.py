@@ -49,9 +49,17 @@ class StreamedLoader(SplitLoader):
     Args:
         split: a host :class:`ArraySplit`: images uint8 (N, C, H, W), a numpy array or a
             read-only ``np.memmap``, and labels int64 (N,). Never copied whole.
-        normalization, augmentation, batch_size, device, dtype, shuffle, augment,
-            drop_last, seed, channels_last: as for
-            :class:`~hpsearch.training.loader.DeviceLoader`.
+        normalization: the per-channel statistics the images are normalised with.
+        augmentation: what ``augment`` may do.
+        batch_size: samples per batch.
+        device: where batches are produced; on CUDA through pinned buffers and a side
+            stream, elsewhere gathered and made at once.
+        dtype: floating dtype of the yielded images.
+        shuffle: a new random order every epoch.
+        augment: apply ``augmentation``.
+        drop_last: skip the final incomplete batch.
+        seed: seed of the device generator (order and augmentation).
+        channels_last: yield ``x`` in ``torch.channels_last`` memory format.
 
     Raises:
         TypeError: ``split`` is not an :class:`ArraySplit` (a split already on the device
