@@ -19,15 +19,16 @@ the CPU machine, fills `.whl/` and `.data/`; carry both):
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \\
     --target /tmp/site .whl/*.whl \\
   && export PYTHONPATH=/tmp/site:$PWD HPSEARCH_DATA_DIR=$PWD/.data PYTHONUNBUFFERED=1 || exit; \\
-python3 benchmarks/gpu_report.py     # about 22 min on one H100; --quick: under 5 min
+python3 benchmarks/gpu_report.py     # about 25 min on one H100; --quick: under 6 min
 ```
 
 Everything lands in `$OUT/gpu-report` (else `./gpu-report-DATE`): `report.json`, this
 section (`report.md`), `readme_gpu.md`, and `benchmarks.md`, this file with the section
 rewritten. Where one command may run 10 minutes at most, give the same first line four
-times with `--parts tests,throughput,mlflow`, `--parts step_modes`, `--parts search_jobs1`
-and `--parts search_default` instead (8.7 minutes at most each), then merge the four
-folders that come back: `python benchmarks/gpu_report.py --merge RUN1 RUN2 RUN3 RUN4`."""
+times with `--parts tests,throughput,mlflow`, `--parts step_modes`, `--parts
+search_jobs1,streaming` and `--parts search_default` instead (9 minutes at most each),
+then merge the four folders that come back:
+`python benchmarks/gpu_report.py --merge RUN1 RUN2 RUN3 RUN4`."""
 
 Parts = Mapping[str, Mapping[str, Any]]
 DEFAULT_CNN = "cnn depth 3 width 32"
@@ -142,6 +143,14 @@ STEP_MODES = {"batch_size": "batch", "mode": "mode", "train_images": "images",
               "images_per_s": "img/s", "kernels_per_step": "kernels/step",
               "launch_calls_per_step": "launch calls/step", "gpu_busy_share": "GPU busy",
               "peak_gpu_mb": "peak GPU (MiB)", "step_mode": "training step"}
+STREAMING = {"arch": "model", "image_size": "px", "batch_size": "batch",
+             "train_images": "images/epoch", "data_mb": "data (MB)",
+             "resident_images_per_s": "resident img/s",
+             "streamed_images_per_s": "streamed img/s", "ratio": "streamed / resident",
+             "resident_loader_epoch_s": "resident loader alone (s/epoch)",
+             "streamed_loader_epoch_s": "streamed loader alone (s/epoch)",
+             "resident_peak_gpu_mb": "resident peak GPU (MiB)",
+             "streamed_peak_gpu_mb": "streamed peak GPU (MiB)"}
 SEARCH = {"jobs": "--jobs", "wall_s": "wall (s)", "complete": "complete",
           "pruned": "pruned", "failed": "failed", "best_val": "best val accuracy",
           "test_accuracy": "champion test accuracy",
@@ -176,6 +185,9 @@ def docs_section(parts: Parts, *, profile: str, device: str, commands: list[str]
     for title, name, columns in (("Trainer against the DataLoader loop", "throughput",
                                   THROUGHPUT),
                                  ("Training-step modes", "step_modes", STEP_MODES),
+                                 ("Data resident on the device against streamed from host "
+                                  "memory (a memory map; the same batches)", "streaming",
+                                  STREAMING),
                                  ("`hpsearch run`", "search", SEARCH)):
         if _records(parts, name):
             blocks.append(f"**{title}**\n\n" + markdown_table(_records(parts, name), columns))

@@ -9,8 +9,8 @@ machine, puts the wheels in ``.whl/`` and Fashion-MNIST in ``.data/``; carry bot
       && export PYTHONPATH=/tmp/site:$PWD HPSEARCH_DATA_DIR=$PWD/.data PYTHONUNBUFFERED=1 \\
       || exit; python3 benchmarks/gpu_report.py
 
-About 22 minutes on one H100 (``--quick``, a health check of the main paths without the
-slow tests and without ``torch.compile``: under 5). Each part runs in its own process
+About 25 minutes on one H100 (``--quick``, a health check of the main paths without the
+slow tests and without ``torch.compile``: under 6). Each part runs in its own process
 under its own time limit, so one that fails or overruns is recorded and the others still
 run:
 
@@ -21,7 +21,11 @@ run:
    depth 3, width 32) eager, as a CUDA graph, with ``--compile`` and with ``--compile
    --compile-mode reduce-overhead``; kernels per step and GPU busy share;
 4. ``mlflow``: ``mlflow_overhead.py``, MLflow's share of a trial's wall time;
-5. ``search_jobs1``, ``search_default``: ``hpsearch run --trials 50 --dataset
+5. ``streaming``: ``streaming.py``, training images per second with the data resident on
+   the device against streamed from host memory (a memory map, as an own-images cache),
+   for the default CNN on Fashion-MNIST and a resnet18 on 4,096 images upscaled to 224 px
+   RGB;
+6. ``search_jobs1``, ``search_default``: ``hpsearch run --trials 50 --dataset
    fashion_mnist`` with ``--jobs 1`` and with the default ``--jobs``: wall time, champion
    test accuracy, GPU memory per worker (``nvidia-smi``).
 
@@ -36,7 +40,7 @@ the parts in several commands and merge their folders afterwards, on any machine
 
     python3 benchmarks/gpu_report.py --parts tests,throughput,mlflow     # at most 8.2 min
     python3 benchmarks/gpu_report.py --parts step_modes                  # at most 8.7 min
-    python3 benchmarks/gpu_report.py --parts search_jobs1                # at most 6 min
+    python3 benchmarks/gpu_report.py --parts search_jobs1,streaming      # at most 9 min
     python3 benchmarks/gpu_report.py --parts search_default              # at most 6 min
     python benchmarks/gpu_report.py --merge RUN1 RUN2 RUN3 RUN4          # writes the docs
 
@@ -83,6 +87,7 @@ class Plan:
         step_runs: ``(batch size, mode, limit)`` of each ``step_modes.py`` run.
         step_args: their other arguments.
         mlflow: ``mlflow_overhead.py``'s arguments, and its limit.
+        streaming: ``(arguments, limit)`` of each ``streaming.py`` run.
         search: ``hpsearch run``'s budget arguments.
         search_timeout_s: its ``--timeout`` (no new trial after it).
         search_s: its limit.
@@ -94,6 +99,7 @@ class Plan:
     step_runs: tuple[tuple[int, str, float], ...]
     step_args: list[str]
     mlflow: tuple[list[str], float]
+    streaming: tuple[tuple[list[str], float], ...]
     search: list[str]
     search_timeout_s: int
     search_s: float
@@ -102,9 +108,13 @@ class Plan:
 ARCHS = ["--arch", "cnn", "--arch", "mlp", "--arch", "resnet", "--arch", "vgg"]
 BATCHES = ["--batch-size", "128", "--batch-size", "512"]
 # Each group of parts fits one 10-minute command (see the docstring): tests + throughput +
-# mlflow 490 s at most, step_modes 520 s, each search 360 s.
+# mlflow 490 s at most, step_modes 520 s, search_jobs1 + streaming 540 s, search_default
+# 360 s.
+STREAM_CNN = ["--arch", "cnn", "--batch-size", "512"]
+STREAM_RESNET = ["--arch", "resnet18", "--image-size", "224", "--channels", "3",
+                 "--train-subset", "4096", "--batch-size", "128"]
 PLANS = {
-    "full": Plan(total_s=24.5 * 60, tests=("gpu", 240),
+    "full": Plan(total_s=27.5 * 60, tests=("gpu", 240),
                  throughput=([*ARCHS, *BATCHES, "--epochs", "3", "--train-subset", "20000"],
                              150),
                  step_runs=((512, "eager", 45), (512, "cuda-graphs", 45),
@@ -113,17 +123,20 @@ PLANS = {
                             (128, "compile-reduce-overhead", 120)),
                  step_args=["--epochs", "2"],
                  mlflow=(["--trials", "3", "--epochs", "12", "--train-subset", "0"], 100),
+                 streaming=(([*STREAM_CNN, "--epochs", "3"], 60),
+                            ([*STREAM_RESNET, "--epochs", "3"], 120)),
                  search=["--trials", "50"], search_timeout_s=300, search_s=360),
-    "quick": Plan(total_s=4.8 * 60, tests=("gpu and not slow", 80),
+    "quick": Plan(total_s=5.5 * 60, tests=("gpu and not slow", 80),
                   throughput=(["--arch", "cnn", *BATCHES, "--epochs", "2",
                                "--train-subset", "10000"], 40),
                   step_runs=((512, "eager", 30), (512, "cuda-graphs", 30)),
                   step_args=["--epochs", "2"],
                   mlflow=(["--trials", "2", "--epochs", "3", "--train-subset", "10000"], 30),
+                  streaming=(([*STREAM_CNN, "--epochs", "2", "--train-subset", "10000"], 40),),
                   search=["--trials", "6", "--epochs", "2", "--train-subset", "5000"],
                   search_timeout_s=20, search_s=50),
     # The CPU dry run: every code path, tiny budgets (a test runs it).
-    "cpu-quick": Plan(total_s=5 * 60, tests=("gpu", 60),
+    "cpu-quick": Plan(total_s=6 * 60, tests=("gpu", 60),
                       throughput=(["--arch", "cnn", "--batch-size", "128", "--epochs", "2",
                                    "--train-subset", "512"], 60),
                       step_runs=((128, "eager", 60), (128, "cuda-graphs", 60),
@@ -131,6 +144,8 @@ PLANS = {
                       step_args=["--epochs", "1", "--train-subset", "256", "--val-subset",
                                  "256", "--profile-steps", "2"],
                       mlflow=(["--trials", "1", "--epochs", "1", "--train-subset", "512"], 60),
+                      streaming=((["--arch", "cnn", "--batch-size", "128", "--epochs", "2",
+                                   "--train-subset", "512", "--val-subset", "256"], 60),),
                       search=["--spec", str(BENCHMARKS / "specs" / "fixed_cnn.yaml"),
                               "--trials", "2", "--epochs", "1", "--train-subset", "256"],
                       search_timeout_s=30, search_s=120),
@@ -300,6 +315,21 @@ def part_mlflow(report: Report) -> dict[str, Any]:
     return _benchmark(report, "mlflow", "mlflow_overhead.py", *report.plan.mlflow)
 
 
+def part_streaming(report: Report) -> dict[str, Any]:
+    records, problems = [], []
+    result: dict[str, Any] = {"status": "skipped", "records": [], "reason": "no run planned"}
+    for arguments, cap in report.plan.streaming:
+        arch = arguments[arguments.index("--arch") + 1]
+        one = _benchmark(report, f"streaming-{arch}", "streaming.py", arguments, cap)
+        records += one["records"]
+        if one["status"] != "ok":
+            problems.append(f"{arch}: {one['status']} ({one.get('reason', '')})")
+        status = "ok" if not problems else "partial" if records else "failed"
+        result = {"status": status, "records": records, "reason": "; ".join(problems) or None}
+        report.save("streaming", result)
+    return result
+
+
 def part_search_jobs1(report: Report) -> dict[str, Any]:
     return _search_once(report, 1, "1")
 
@@ -349,7 +379,8 @@ def _search_once(report: Report, jobs: int | None, label: str) -> dict[str, Any]
 
 PARTS = {"environment": part_environment, "tests": part_tests,
          "throughput": part_throughput, "step_modes": part_step_modes,
-         "mlflow": part_mlflow, "search_jobs1": part_search_jobs1,
+         "mlflow": part_mlflow, "streaming": part_streaming,
+         "search_jobs1": part_search_jobs1,
          "search_default": part_search_default}
 
 
@@ -363,7 +394,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
-    parser.add_argument("--quick", action="store_true", help="small budgets: under 5 minutes")
+    parser.add_argument("--quick", action="store_true", help="small budgets: under 6 minutes")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--parts", default=",".join(list(PARTS)[1:]),
                         help="comma-separated parts to run (default: all): "

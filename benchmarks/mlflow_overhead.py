@@ -55,7 +55,7 @@ from _common import (
     write_section,
 )
 
-import hpsearch.search.objective as objective_module
+import hpsearch.search.session as session_module
 import hpsearch.tracking.report as report_module
 import hpsearch.tracking.runs as runs_module
 from hpsearch.data_utils import get_dataset_info, load_dataset, split_train_val
@@ -127,7 +127,8 @@ def instrument(tracker: StudyTracker, client_timers: Timers, other: Timers,
             return result
         return call
 
-    objective_module.fit = other.wrap(synchronized(objective_module.fit), "fit")
+    # A trial trains in TrainingSession.fit, which looks fit() up in its module.
+    session_module.fit = other.wrap(synchronized(session_module.fit), "fit")
 
 
 def trial_params(args: argparse.Namespace) -> dict[str, Any]:

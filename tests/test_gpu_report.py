@@ -34,7 +34,7 @@ def test_the_quick_gpu_report_runs_every_part_on_a_cpu(tmp_path: Path) -> None:
     assert report["profile"] == "cpu-quick"
     assert {name: part["status"] for name, part in report["parts"].items()} == {
         **{name: "ok" for name in ("environment", "tests", "throughput", "step_modes",
-                                   "mlflow", "search_jobs1")},
+                                   "mlflow", "streaming", "search_jobs1")},
         "search_default": "skipped"}  # the default --jobs is 1 on a CPU
     tests = report["parts"]["tests"]["records"][0]
     assert tests["failures"] == tests["errors"] == 0 and tests["skipped"] == tests["tests"]
@@ -46,6 +46,10 @@ def test_the_quick_gpu_report_runs_every_part_on_a_cpu(tmp_path: Path) -> None:
     (search,) = report["parts"]["search_jobs1"]["records"]
     assert search["complete"] == 2 and search["test_accuracy"] is not None
     assert report["parts"]["mlflow"]["records"][-1]["summary"]
+    (streaming,) = report["parts"]["streaming"]["records"]
+    assert streaming["resident_images_per_s"] > 0 and streaming["streamed_images_per_s"] > 0
+    # The same batches from both loaders: on a CPU the same training to the last bit.
+    assert streaming["streamed_final_loss"] == streaming["resident_final_loss"]
     # The section is rewritten; the rest of the docs file is left as it was.
     section = (out / "report.md").read_text()
     assert docs.read_text() == (out / "benchmarks.md").read_text()
@@ -55,6 +59,7 @@ def test_the_quick_gpu_report_runs_every_part_on_a_cpu(tmp_path: Path) -> None:
                before.index("<!-- /bench:gpu_report -->") + len("<!-- /bench:gpu_report -->\n")],
         "")
     assert "CUDA-graph step (batch 128: no graph" in section
+    assert "**Data resident on the device against streamed from host memory" in section
     assert (out / "readme_gpu.md").read_text().startswith("Measured on cpu")
 
 

@@ -1,6 +1,7 @@
 """Training: the ``fit()`` loop (it knows nothing of Optuna or MLflow) and its training step
-(eager or a captured CUDA graph), device-resident loaders, batched augmentation, optimizer
-and schedule factories, ``torch.compile`` per trial, per-class metrics.
+(eager or a captured CUDA graph), loaders (device-resident, or streamed from host memory
+when ``plan_residency`` finds the data too large), batched augmentation, optimizer and
+schedule factories, ``torch.compile`` per trial, per-class metrics.
 
 Names are imported on first use, so importing this package loads no torch.
 """

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from hpsearch.errors import signals_deferred
-from hpsearch.training.loader import DeviceLoader
+from hpsearch.training.batches import SplitLoader
 from hpsearch.training.loop import EpochResult, EvalResult
 from hpsearch.training.step import TrainStep
 
@@ -33,7 +33,7 @@ __all__ = ["STATE_FORMAT", "load_state", "restore_training_state", "save_state",
 STATE_FORMAT = 1  # bumped when the layout below changes; another format is not loaded
 
 
-def training_state(*, model: nn.Module, step: TrainStep, loader: DeviceLoader,
+def training_state(*, model: nn.Module, step: TrainStep, loader: SplitLoader,
                    device: torch.device, history: Sequence[EpochResult]) -> dict[str, Any]:
     """The state of a training after its last epoch in ``history``.
 
@@ -63,7 +63,7 @@ def training_state(*, model: nn.Module, step: TrainStep, loader: DeviceLoader,
 
 
 def restore_training_state(state: dict[str, Any], *, model: nn.Module, step: TrainStep,
-                           loader: DeviceLoader, device: torch.device) -> list[EpochResult]:
+                           loader: SplitLoader, device: torch.device) -> list[EpochResult]:
     """Put a :func:`training_state` back into a freshly built model, step and loader of the
     same configuration, and the random generators where they were.
 
