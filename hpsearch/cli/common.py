@@ -17,10 +17,9 @@ from hpsearch import __version__
 from hpsearch.errors import HpsearchError
 from hpsearch.redact import redact_url
 
-__all__ = ["data_dir_option", "describe_test_accuracy", "echo_table", "exec_command", "fail",
-           "format_option", "headless", "main", "quiet_libraries", "run_mlflow_cli",
-           "storage_option",
-           "tracking_uri_option", "with_storage"]
+__all__ = ["cache_dir_option", "data_dir_option", "describe_test_accuracy", "echo_table",
+           "exec_command", "fail", "format_option", "headless", "main", "quiet_libraries",
+           "run_mlflow_cli", "storage_option", "tracking_uri_option", "with_storage"]
 
 storage_option = click.option(
     "--storage", default="sqlite:///hpsearch.db", show_default=True, envvar="HPSEARCH_STORAGE",
@@ -31,6 +30,10 @@ tracking_uri_option = click.option(
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False), default=None, envvar="HPSEARCH_DATA_DIR",
     help="Where the data set's files are or go [env: HPSEARCH_DATA_DIR].")
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False), default=None,
+    help="Own images: where decoded caches live [default: $HPSEARCH_CACHE_DIR, else "
+         "$XDG_CACHE_HOME/hpsearch/cache].")
 format_option = click.option(
     "--format", "output_format", type=click.Choice(["table", "json"]), default="table",
     show_default=True, help="A table for people, or JSON (a list of objects) for scripts.")
