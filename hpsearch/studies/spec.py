@@ -43,6 +43,7 @@ from hpsearch.studies.components import (
     keyword_arguments,
 )
 from hpsearch.studies.file import IMAGE_KEYS, METRICS, SpecFile, build_space, reason_of
+from hpsearch.studies.images import ImageSettings, image_settings, resolve_dataset_key
 from hpsearch.studies.limits import MAX_SPEC_BYTES, SpecLoader, SpecTooLarge
 from hpsearch.studies.space import (
     ParamSpec,
@@ -79,33 +80,6 @@ class SpecError(ValueError):
 
 def _plain(text: str) -> bool:
     return text.isascii() and text.isprintable()
-
-
-@dataclass(frozen=True)
-class ImageSettings:
-    """How a study reads a folder or manifest of its own images (the spec keys of the same
-    names; :class:`hpsearch.data_utils.own_images.ImageOptions` takes them, with the spec's
-    ``val_fraction`` and the run's seed).
-
-    Attributes:
-        image_size: side of the square images the cache holds, pixels (8..1024), or None for
-            the default (the images' median shorter side, clipped to 16..224, rounded down to
-            a multiple of 8).
-        test_fraction: share of the training files carved out for the test split where none
-            is given, in [0, 1).
-        dedupe: drop images that are also in an earlier split from val and test.
-        path_column, label_column, split_column: a manifest's column names.
-    """
-
-    image_size: int | None = None
-    test_fraction: float = 0.1
-    dedupe: bool = False
-    path_column: str = "path"
-    label_column: str = "label"
-    split_column: str = "split"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in IMAGE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -335,8 +309,11 @@ def _validate(raw: Mapping[str, Any], source: str, base: Path | None = None) -> 
         first = next((e for e in errors if e["type"] == "extra_forbidden" and len(e["loc"]) == 1),
                      errors[0])
         raise SpecError(source, *reason_of(first)) from None
-    dataset = _dataset(file.dataset, source, base)
-    images = _images(file, source) if Path(dataset).is_absolute() else None
+    try:
+        dataset = resolve_dataset_key(file.dataset, base)
+        images = image_settings(file) if Path(dataset).is_absolute() else None
+    except ValueError as exc:  # (key, reason)
+        raise SpecError(source, *exc.args) from None
     if images is None:
         given = [key for key in IMAGE_KEYS if getattr(file, key) is not None]
         if given:
@@ -357,47 +334,6 @@ def _validate(raw: Mapping[str, Any], source: str, base: Path | None = None) -> 
         pruner=_component("pruner", file.pruner.model_dump(), source), search_space=space,
         enqueue_trials=_enqueued(file.enqueue_trials, space, source), source=source,
         images=images)
-
-
-def _dataset(name: str, source: str, base: Path | None) -> str:
-    """A registered data set's name as it is, else the absolute path it names (a relative
-    one read from ``base``); a registered name wins over a path of the same name.
-
-    Raises:
-        SpecError: neither; the reason lists the registered names and says a path must
-            exist.
-    """
-    from hpsearch.data_utils import list_datasets
-    from hpsearch.data_utils.own_images import resolve_dataset
-
-    registered = list_datasets()
-    if name in registered:
-        return name
-    path = Path(name).expanduser()
-    relative = base is not None and not path.is_absolute()
-    try:
-        return str(resolve_dataset(base / path if relative else path))
-    except ValueError:
-        where = f" (a relative path is read from the spec file's folder, {base})" if (
-            relative) else ""
-        raise SpecError(source, "dataset", (
-            f"{name!r} is not a registered data set (one of {', '.join(registered)}) and no "
-            f"file or folder of that name exists{where}; a folder of images or a "
-            ".csv/.jsonl manifest must exist")) from None
-
-
-def _images(file: SpecFile, source: str) -> ImageSettings:
-    """The own-images settings, the defaults where the spec names none."""
-    given = {key: getattr(file, key) for key in IMAGE_KEYS if getattr(file, key) is not None}
-    settings = ImageSettings(**given)
-    if file.val_fraction + settings.test_fraction >= 1:
-        raise SpecError(source, "test_fraction", (
-            f"val_fraction + test_fraction must be below 1, got {file.val_fraction} + "
-            f"{settings.test_fraction}"))
-    for key in ("path_column", "label_column"):
-        if not getattr(settings, key).strip():
-            raise SpecError(source, key, "must name a column, got an empty string")
-    return settings
 
 
 def _space(file: SpecFile, source: str) -> tuple[ParamSpec, ...]:
