@@ -398,3 +398,47 @@ def test_per_class_metrics_of_any_class_name_get_valid_distinct_keys():
     for key in keys:
         _validate_metric_name(key)
     assert {"val_f1/a_b", "val_f1/a_b_1", "val_f1/äpfel", "val_f1/猫"} <= set(keys)
+
+
+# --- what register and the --jobs coordinator read --------------------------------------------
+
+def test_register_tests_on_the_recorded_cache_without_looking_at_the_folder(
+        tmp_path, monkeypatch):
+    from hpsearch.search.data import image_options, load_recorded_test_data
+
+    config = _own_config(tmp_path)
+    data = load_study_data(config, Reporter("val_accuracy", stream=open("/dev/null", "w")))
+    record = DataRecord.of(data.tested.images, image_options(config.spec, 0), data.info)
+    write(tmp_path / "photos" / "cat" / "added later.png", noise("RGB", (20, 20)))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the folder was scanned or decoded")
+
+    monkeypatch.setattr("hpsearch.search.data.load_images", no_load)
+    tested = load_recorded_test_data(str(tmp_path / "photos"), json.loads(json.dumps(record)),
+                                     data_dir=None, cache_dir=None,
+                                     reporter=Reporter("value"))
+
+    assert np.array_equal(np.asarray(tested.test.images), np.asarray(data.tested.test.images))
+    assert np.array_equal(tested.test.labels, data.tested.test.labels)
+    assert tested.info == data.info
+
+
+def test_a_registered_data_sets_test_split_is_read_without_its_training_files(monkeypatch):
+    from conftest import needs_fashion_mnist
+
+    from hpsearch.data_utils import formats
+    from hpsearch.search.data import load_recorded_test_data
+
+    if needs_fashion_mnist.args[0]:
+        pytest.skip(needs_fashion_mnist.kwargs["reason"])
+    read = []
+    original = formats.read_idx_images
+    monkeypatch.setattr(formats, "read_idx_images",
+                        lambda path: read.append(Path(path).name) or original(path))
+
+    tested = load_recorded_test_data("fashion_mnist", None, data_dir=None, cache_dir=None,
+                                     reporter=Reporter("value"))
+
+    assert read == ["t10k-images-idx3-ubyte.gz"]
+    assert len(tested.test) == 10_000 and tested.info.name == "fashion_mnist"
