@@ -442,3 +442,79 @@ def test_a_registered_data_sets_test_split_is_read_without_its_training_files(mo
 
     assert read == ["t10k-images-idx3-ubyte.gz"]
     assert len(tested.test) == 10_000 and tested.info.name == "fashion_mnist"
+
+
+# --- hpsearch data inspect: would the images fit on the device ---------------------------------
+
+class _FakeNVML:
+    """pynvml's calls that device_memory makes: one GPU with 8 GiB free."""
+
+    class _Memory:
+        free = 8 * 2**30
+
+    def __init__(self) -> None:
+        self.shut_down = False
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        self.shut_down = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return b"Tesla T4"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int):
+        return self._Memory()
+
+
+def test_device_memory_is_the_gpus_through_nvml_else_the_hosts(monkeypatch):
+    import sys
+
+    import psutil
+
+    from hpsearch.data_utils.own_images.report import DeviceMemory, device_memory
+
+    nvml = _FakeNVML()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    assert device_memory() == DeviceMemory(8 * 2**30, "Tesla T4 (GPU 0)", "NVML, free now")
+    assert nvml.shut_down
+
+    def no_driver() -> None:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setattr(nvml, "nvmlInit", no_driver)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 3 * 2**30}))
+    assert device_memory() == DeviceMemory(3 * 2**30, "host memory", "psutil, available now")
+
+
+def test_inspect_says_whether_the_images_of_every_worker_fit(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hpsearch.cli import main
+    from hpsearch.data_utils.own_images.report import DeviceMemory
+
+    root = class_tree(tmp_path / "p", {"a": 10, "b": 10}, size=(16, 16))
+    image_bytes = 20 * 3 * 16 * 16
+    # Room for exactly 3 copies in the half of the device the images may take.
+    memory = DeviceMemory(2 * 3 * image_bytes, "Tesla T4 (GPU 0)", "NVML, free now")
+    monkeypatch.setattr("hpsearch.data_utils.own_images.report.device_memory", lambda: memory)
+
+    def inspect(*args: str) -> dict:
+        result = CliRunner().invoke(main, ["data", "inspect", str(root), "--cache-dir",
+                                           str(tmp_path / "c"), "--format", "json", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["device"]
+
+    assert inspect("--jobs", "3")["fits"] is True
+    device = inspect("--jobs", "4")
+    assert device["fits"] is False and device["jobs"] == 4
+    assert (device["device"], device["source"]) == ("Tesla T4 (GPU 0)", "NVML, free now")
+    given = inspect("--device-memory", "1")
+    assert (given["source"], given["memory_gb"], given["fits"]) == ("--device-memory", 1, True)
