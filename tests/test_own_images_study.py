@@ -125,7 +125,7 @@ def test_image_options_override_the_spec_and_are_refused_for_a_registered_data_s
                                 ("cache_dir", "c", "--cache-dir")):
         with pytest.raises(HpsearchError, match=f"{flag}.* fashion_mnist is a registered"):
             _config({"dataset": "fashion_mnist", option: value})
-    with pytest.raises(HpsearchError, match="--image-size must be in 8..1024 pixels, got 4"):
+    with pytest.raises(HpsearchError, match=r"--image-size must be in 8\.\.1024 pixels, got 4"):
         _config({"dataset": "photos", "image_size": 4})
 
 
@@ -271,7 +271,7 @@ def test_a_cached_split_is_the_split_the_load_gave_dedupe_included(tmp_path):
                        cache_dir=tmp_path / "cache", progress=None)
 
     test, files = load_cached_split(data.cache_dir, "test", dedupe=True)
-    undeduped, all_files = load_cached_split(data.cache_dir, "test")
+    _, all_files = load_cached_split(data.cache_dir, "test")
 
     assert "test/cat/x copy.png" not in files and "test/cat/x copy.png" in all_files
     assert files == data.files["test"] and len(all_files) == len(files) + 1
@@ -425,10 +425,10 @@ def test_register_tests_on_the_recorded_cache_without_looking_at_the_folder(
 
 
 def test_a_registered_data_sets_test_split_is_read_without_its_training_files(monkeypatch):
-    from conftest import needs_fashion_mnist
-
     from hpsearch.data_utils import formats
     from hpsearch.search.data import load_recorded_test_data
+
+    from conftest import needs_fashion_mnist
 
     if needs_fashion_mnist.args[0]:
         pytest.skip(needs_fashion_mnist.kwargs["reason"])

@@ -17,9 +17,9 @@ from hpsearch.data_utils import ArraySplit, get_dataset_info
 from hpsearch.redact import redact_url
 from hpsearch.search.config import RunConfig
 from hpsearch.search.coordination import StudyLock
+from hpsearch.search.data import EvaluationData
 from hpsearch.search.objective import TrialData
 from hpsearch.search.progress import RemainingTime, Reporter
-from hpsearch.search.data import TestData
 from hpsearch.search.runner import RegisterSession, RunSession
 from hpsearch.search.storage import _differences, retry_interrupted, study_definition
 from hpsearch.studies import load_builtin_spec
@@ -50,7 +50,7 @@ def _runner(storage: str) -> RunSession:
                        register_name="r", storage=storage)
     return RunSession(study=None, tracker=None, device=torch.device("cpu"),
                       trials=TrialData(info=info, train=split, val=split),
-                      tested=TestData(info=info, test=split, source="a folder"),
+                      tested=EvaluationData(info=info, test=split, source="a folder"),
                       lock=StudyLock(storage, "s"), reporter=None, config=config,
                       checkpoints=None)
 

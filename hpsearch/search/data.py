@@ -43,16 +43,16 @@ from hpsearch.search.config import RunConfig
 from hpsearch.search.progress import Reporter, ReporterStream
 from hpsearch.studies import StudySpec
 
-__all__ = ["DATA_ATTR", "DataRecord", "StudyData", "TestData", "image_options", "load_data",
-           "listed", "load_recorded_test_data", "load_study_data", "load_test_data",
-           "own_images_info"]
+__all__ = ["DATA_ATTR", "DataRecord", "EvaluationData", "StudyData", "image_options",
+           "listed", "load_data", "load_recorded_test_data", "load_study_data",
+           "load_test_data", "own_images_info"]
 
 DATA_ATTR = "hpsearch.data"
 """The study's user attribute holding its :class:`DataRecord` (own images only)."""
 
 
 @dataclass(frozen=True)
-class TestData:
+class EvaluationData:
     """What a study's champion is tested on.
 
     Attributes:
@@ -86,7 +86,7 @@ class StudyData:
 
     train: ArraySplit
     val: ArraySplit
-    tested: TestData
+    tested: EvaluationData
 
     @property
     def info(self) -> DatasetInfo:
@@ -149,7 +149,7 @@ def load_study_data(config: RunConfig, reporter: Reporter) -> StudyData:
         train, test, origin = load_data(spec.dataset, config.data_dir)
         train, val = split_train_val(train, val_fraction=spec.val_fraction, seed=config.seed,
                                      train_subset=config.train_subset)
-        return StudyData(train, val, TestData(
+        return StudyData(train, val, EvaluationData(
             info=get_dataset_info(spec.dataset), test=test, source=origin.describe(),
             folder=origin.folder))
     dataset = _load_own_images(config, reporter)
@@ -157,7 +157,7 @@ def load_study_data(config: RunConfig, reporter: Reporter) -> StudyData:
                      _own_test_data(dataset))
 
 
-def load_test_data(config: RunConfig, reporter: Reporter) -> TestData:
+def load_test_data(config: RunConfig, reporter: Reporter) -> EvaluationData:
     """Only what the champion is tested on: a registered data set's test files (all its
     files must be there), or own images' cache (built first if it does not exist yet: the
     ``--jobs`` coordinator builds it once, before the workers start) with its test rows.
@@ -168,19 +168,19 @@ def load_test_data(config: RunConfig, reporter: Reporter) -> TestData:
     spec = config.spec
     if spec.dataset_path is None:
         _, test, origin = load_data(spec.dataset, config.data_dir, train=False)
-        return TestData(info=get_dataset_info(spec.dataset), test=test,
+        return EvaluationData(info=get_dataset_info(spec.dataset), test=test,
                         source=origin.describe(), folder=origin.folder)
     return _own_test_data(_load_own_images(config, reporter))
 
 
-def _own_test_data(dataset: ImageDataset) -> TestData:
-    return TestData(info=own_images_info(dataset), test=dataset.test,
+def _own_test_data(dataset: ImageDataset) -> EvaluationData:
+    return EvaluationData(info=own_images_info(dataset), test=dataset.test,
                     source=str(dataset.source), folder=dataset.source, images=dataset)
 
 
 def load_recorded_test_data(dataset: str, record: Mapping[str, Any] | None, *,
                             data_dir: str | None, cache_dir: str | None,
-                            reporter: Reporter) -> TestData:
+                            reporter: Reporter) -> EvaluationData:
     """The test split of an existing study (``hpsearch register``): a registered data set's
     test files (the training files are not read), or the test rows of the cache the study's
     own images were decoded into when it was created (nothing is scanned or decoded: the
@@ -194,14 +194,14 @@ def load_recorded_test_data(dataset: str, record: Mapping[str, Any] | None, *,
     """
     if record is None:
         _, test, origin = load_data(dataset, data_dir, train=False)
-        return TestData(info=get_dataset_info(dataset), test=test, source=origin.describe(),
+        return EvaluationData(info=get_dataset_info(dataset), test=test, source=origin.describe(),
                         folder=origin.folder)
     recorded = DataRecord(dict(record))
     info, source = DatasetInfo.from_dict(recorded.info), Path(recorded.source)
     try:
         test, _ = load_cached_split(recorded["cache"], "test",
                                     dedupe=recorded.options["dedupe"])
-        return TestData(info=info, test=test, source=recorded.source, folder=source)
+        return EvaluationData(info=info, test=test, source=recorded.source, folder=source)
     except ImageDataError:  # the cache was removed: the folder's, if unchanged
         pass
     try:
@@ -217,7 +217,7 @@ def load_recorded_test_data(dataset: str, record: Mapping[str, Any] | None, *,
                             f"changed since it was created: {listed(changes)}; its "
                             "champion is tested on the files it was created with: restore "
                             "them")
-    return TestData(info=info, test=images.test, source=recorded.source, folder=source,
+    return EvaluationData(info=info, test=images.test, source=recorded.source, folder=source,
                     images=images)
 
 

@@ -36,8 +36,8 @@ from hpsearch.search.coordination import (
 )
 from hpsearch.search.data import (
     DataRecord,
+    EvaluationData,
     StudyData,
-    TestData,
     image_options,
     load_data,
     load_study_data,
@@ -315,7 +315,7 @@ class RunSession(StudySession):
         }
 
 
-def _check_splits(tested: TestData, data: StudyData | None) -> None:
+def _check_splits(tested: EvaluationData, data: StudyData | None) -> None:
     """Own images: a validation split to rank trials on and a test split for the champion.
 
     Raises:
@@ -334,14 +334,14 @@ def _check_splits(tested: TestData, data: StudyData | None) -> None:
                             "test_fraction > 0 or a test/ folder")
 
 
-def _data_record(config: RunConfig, tested: TestData) -> DataRecord | None:
+def _data_record(config: RunConfig, tested: EvaluationData) -> DataRecord | None:
     """The record a new study keeps of its own images (None for a registered data set)."""
     if tested.images is None:
         return None
     return DataRecord.of(tested.images, image_options(config.spec, config.seed), tested.info)
 
 
-def _summary_line(tested: TestData) -> str:
+def _summary_line(tested: EvaluationData) -> str:
     """Own images in one line: images, classes, skipped, leakage, imbalance."""
     images = tested.images
     n = sum(len(getattr(images, s)) for s in ("train", "val", "test"))

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from hpsearch.errors import DiskFull, HpsearchError, is_disk_full
 from hpsearch.redact import redact_url
 from hpsearch.search.coordination import StudyLock, count_trials
-from hpsearch.search.data import DATA_ATTR, TestData, load_recorded_test_data
+from hpsearch.search.data import DATA_ATTR, EvaluationData, load_recorded_test_data
 from hpsearch.search.diskspace import disk_full_error
 from hpsearch.search.preflight import preflight
 from hpsearch.search.progress import Reporter
@@ -41,7 +41,7 @@ class StudySession:
     device: torch.device
     lock: StudyLock
     reporter: Reporter
-    tested: TestData
+    tested: EvaluationData
 
     @property
     def dataset(self) -> str:

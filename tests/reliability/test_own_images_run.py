@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from image_files import class_tree, image_bytes, noise, truncated, write
+from image_files import class_tree, image_bytes, noise, truncated
 
 from hpsearch.cli import main
 
