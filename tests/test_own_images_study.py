@@ -518,3 +518,27 @@ def test_inspect_says_whether_the_images_of_every_worker_fit(tmp_path, monkeypat
     assert (device["device"], device["source"]) == ("Tesla T4 (GPU 0)", "NVML, free now")
     given = inspect("--device-memory", "1")
     assert (given["source"], given["memory_gb"], given["fits"]) == ("--device-memory", 1, True)
+
+
+def test_the_data_report_gives_each_class_count_and_the_imbalance_ratio():
+    from hpsearch.data_utils import ArraySplit
+    from hpsearch.tracking.report import log_data_report
+
+    class Client:
+        def log_dict(self, run_id, content, path) -> None:
+            self.logged = {path: content}
+
+        def log_figure(self, *args) -> None:
+            pass
+
+    def split(counts):
+        labels = np.repeat(np.arange(len(counts)), counts)
+        return ArraySplit(np.zeros((len(labels), 1, 4, 4), np.uint8), labels)
+
+    client = Client()
+    log_data_report(client, "run", {"training": split([30, 5, 10]),
+                                    "validation": split([3, 1, 1])}, ["a", "b", "c"])
+
+    report = client.logged["data/class_distribution.json"]
+    assert report["images_per_class"] == {"training": [30, 5, 10], "validation": [3, 1, 1]}
+    assert report["imbalance_ratio"] == 6.0

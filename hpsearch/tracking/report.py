@@ -99,8 +99,9 @@ def log_prediction_grid(client: MlflowClient, run_id: str, images: np.ndarray,
 
 def log_data_report(client: MlflowClient, run_id: str, splits: Mapping[str, Any],
                     class_names: Sequence[str], *, per_class: int = 8) -> None:
-    """What the data looks like, on the parent run: images per class in each split
-    (``data/class_distribution.json`` and ``.png``) and the first ``per_class`` training
+    """What the data looks like, on the parent run: images per class in each split and the
+    imbalance ratio, the largest over the smallest training class
+    (``data/class_distribution.json`` and ``.png``), and the first ``per_class`` training
     images of each class (``data/samples_per_class.png``, one row per class).
 
     Args:
@@ -110,8 +111,10 @@ def log_data_report(client: MlflowClient, run_id: str, splits: Mapping[str, Any]
     n = len(class_names)
     counts = {name: np.bincount(split.labels, minlength=n).tolist()
               for name, split in splits.items()}
-    client.log_dict(run_id, {"class_names": list(class_names), "images_per_class": counts},
-                    "data/class_distribution.json")
+    train = next(iter(counts.values()))
+    ratio = max(train) / min(train) if min(train) else None  # None: a class has no image
+    client.log_dict(run_id, {"class_names": list(class_names), "images_per_class": counts,
+                             "imbalance_ratio": ratio}, "data/class_distribution.json")
     log_figure(client, run_id, class_distribution_figure(counts, class_names),
                "data/class_distribution.png")
     train = next(iter(splits.values()))
