@@ -172,6 +172,8 @@ class RunSession(StudySession):
         worker runs it. Returns when the study is done, at ``deadline`` (``time.time()``
         seconds), or when ``summary.stop_reason`` is set (too many failures in a row).
         """
+        if self.trials is None:
+            raise RuntimeError("a session opened with train=False trains no trial")
         config, study, lock = self.config, self.study, self.lock
         worker = claim_worker_number(study, lock)
         with lock.hold():
