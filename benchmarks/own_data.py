@@ -19,8 +19,17 @@ Parts (each prints JSON lines; ``--parts`` picks some):
   0.8), and the second ``load_images`` on the unchanged folder (target: under 1 s) and the
   same as the ``hpsearch data cache`` command (Python's start included).
 
-Training from the folder against ``--dataset fashion_mnist`` and serving a PNG are later
-parts of the same script (see ``PARTS``).
+- ``train``: the same fixed configuration (the built-in Fashion-MNIST study's first
+  enqueued trial, all training images, 3 epochs, ``--seed 0``) trained by ``hpsearch run
+  --trials 1`` from the PNG folder (the built-in Fashion-MNIST spec whose ``dataset:`` names
+  the folder, ``image_size: 28``) and from ``--dataset fashion_mnist``, after the cache
+  exists (built first, not timed): test accuracy (target: within 0.5 points), training
+  images per second (target: at least 0.9x) and the command's wall time (target: at most
+  1.1x);
+- ``search``: ``hpsearch run --trials 20 --epochs 3 --train-subset 10000`` on both, with
+  that spec: wall time and the champion's test accuracy.
+
+Serving a PNG is ``benchmarks/serve_latency.py``'s.
 """
 
 from __future__ import annotations
@@ -161,11 +170,11 @@ def found_again(root: Path, cache: Path, image_size: int | None) -> dict[str, An
             "cache_dir": str(data.cache_dir)}
 
 
-def _hpsearch(*args: str) -> dict[str, Any]:
+def _hpsearch(*args: str, cwd: Path | None = None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "hpsearch.cli", *args], capture_output=True,
-                            text=True, env=env, timeout=3600)
+                            text=True, env=env, timeout=3600, cwd=cwd)
     seconds = time.perf_counter() - started
     if result.returncode:
         sys.exit(f"hpsearch {' '.join(args)} failed: {result.stderr}")
@@ -211,8 +220,85 @@ def part_cache(trees: dict[str, Path], work: Path, workers: int) -> list[dict[st
     return rows
 
 
+def folder_spec(work: Path, root: Path) -> Path:
+    """The built-in Fashion-MNIST spec with ``dataset:`` naming ``root`` at 28 px."""
+    from hpsearch.studies import builtin_spec_text
+
+    text = builtin_spec_text("fashion_mnist").replace(
+        "dataset: fashion_mnist", f"dataset: {root}\nimage_size: 28", 1)
+    path = work / "fashion_mnist_folder.yaml"
+    path.write_text(text)
+    return path
+
+
+def _study(source: list[str], work: Path, name: str, *args: str) -> dict[str, Any]:
+    """``hpsearch run`` in a fresh folder of its own; its wall time, the champion's test
+    accuracy and the trials' training images per second (from the tracking store)."""
+    from mlflow.tracking import MlflowClient
+
+    folder = work / f"study-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    run = _hpsearch("run", *source, "--study-name", name, "--device", "cpu", "--seed", "0",
+                    "--quiet", "--storage", f"sqlite:///{folder}/hpsearch.db",
+                    "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
+                    "--checkpoint-dir", str(folder / "checkpoints"), *args, cwd=folder)
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    experiment = client.get_experiment_by_name(name).experiment_id
+    parent = client.search_runs([experiment], "tags.`hpsearch.role` = 'study'")[0]
+    trials = client.search_runs([experiment], "tags.`hpsearch.role` = 'trial'")
+    images = sum(t.data.metrics.get("mean_images_per_second", 0.0)
+                 * t.data.metrics.get("train_seconds", 0.0) for t in trials)
+    train_seconds = sum(t.data.metrics.get("train_seconds", 0.0) for t in trials)
+    return {"wall_s": run["seconds"], "test_accuracy": round(
+                parent.data.metrics["test_accuracy"], 4),
+            "images_per_s": round(images / train_seconds) if train_seconds else None,
+            "train_s": round(train_seconds, 1), "trials": len(trials)}
+
+
+def _compare(part: str, folder: dict[str, Any], builtin: dict[str, Any]) -> dict[str, Any]:
+    return {"part": part, **{f"folder_{k}": v for k, v in folder.items()},
+            **{f"builtin_{k}": v for k, v in builtin.items()},
+            "accuracy_points": round(100 * (folder["test_accuracy"]
+                                            - builtin["test_accuracy"]), 2),
+            "images_per_s_ratio": (round(folder["images_per_s"] / builtin["images_per_s"], 3)
+                                   if folder["images_per_s"] and builtin["images_per_s"]
+                                   else None),
+            "wall_ratio": round(folder["wall_s"] / builtin["wall_s"], 3)}
+
+
+def _with_cache(trees: dict[str, Path], work: Path, workers: int) -> list[str]:
+    """The PNG folder's spec, its cache built first (not timed): the parts compare
+    training, not decoding."""
+    cache = work / "train-cache"
+    load_images(trees["png"], ImageOptions(image_size=28), cache_dir=cache, workers=workers,
+                progress=sys.stderr)
+    os.environ["HPSEARCH_CACHE_DIR"] = str(cache)  # read by the hpsearch commands
+    return ["--spec", str(folder_spec(work, trees["png"]))]
+
+
+def part_train(trees: dict[str, Path], work: Path, workers: int) -> list[dict[str, Any]]:
+    folder = _with_cache(trees, work, workers)
+    row = _compare("train", _study(folder, work, "train-folder", "--trials", "1",
+                                   "--epochs", "3"),
+                   _study(["--dataset", "fashion_mnist"], work, "train-builtin", "--trials",
+                          "1", "--epochs", "3"))
+    emit(row)
+    return [row]
+
+
+def part_search(trees: dict[str, Path], work: Path, workers: int) -> list[dict[str, Any]]:
+    folder = _with_cache(trees, work, workers)
+    budget = ("--trials", "20", "--epochs", "3", "--train-subset", "10000")
+    row = _compare("search", _study(folder, work, "search-folder", *budget),
+                   _study(["--dataset", "fashion_mnist"], work, "search-builtin", *budget))
+    emit(row)
+    return [row]
+
+
 PARTS: dict[str, Callable[[dict[str, Path], Path, int], list[dict[str, Any]]]] = {
-    "inspect": part_inspect, "cache": part_cache}
+    "inspect": part_inspect, "cache": part_cache, "train": part_train,
+    "search": part_search}
 
 
 def docs_body(rows: list[dict[str, Any]], workers: int) -> str:
@@ -220,6 +306,7 @@ def docs_body(rows: list[dict[str, Any]], workers: int) -> str:
 
     inspect = [r for r in rows if r["part"] == "inspect"]
     cache = [r for r in rows if r["part"] == "cache"]
+    training = [r for r in rows if r["part"] in ("train", "search")]
     parts = []
     if inspect:
         parts.append("`hpsearch data inspect` on the 70,000 PNG files (the command's wall "
@@ -237,6 +324,23 @@ def docs_body(rows: list[dict[str, Any]], workers: int) -> str:
                 "ratio": "ratio", "decode_s": "decode pass s",
                 "build_s": "build s", "found_again_s": "found again s (load_images)",
                 "command_s": "`hpsearch data cache` s"}))
+    if training:
+        parts.append(
+            "Training from the PNG folder (the built-in Fashion-MNIST spec whose `dataset:` "
+            "names it, `image_size: 28`, its cache built before) against `--dataset "
+            "fashion_mnist`, `--seed 0`: `train` is the study's first enqueued trial on all "
+            "training images for 3 epochs (`--trials 1 --epochs 3`; targets: test accuracy "
+            "within 0.5 points, images/s at least 0.9x, wall at most 1.1x), `search` the CPU "
+            "budget (`--trials 20 --epochs 3 --train-subset 10000`). Wall: the `hpsearch "
+            "run` command's, Python's start and the registration included:\n\n"
+            + markdown_table(training, {
+                "part": "part", "folder_test_accuracy": "folder test acc",
+                "builtin_test_accuracy": "built-in test acc",
+                "accuracy_points": "difference (points)",
+                "folder_images_per_s": "folder images/s",
+                "builtin_images_per_s": "built-in images/s",
+                "images_per_s_ratio": "images/s ratio", "folder_wall_s": "folder wall s",
+                "builtin_wall_s": "built-in wall s", "wall_ratio": "wall ratio"}))
     return "\n\n".join(parts)
 
 

@@ -8,10 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FAMILY_HYPERPARAMETERS", "FREEZE_WORDS", "HYPERPARAMETERS", "OPTIMIZERS",
-           "TrialParams"]
+__all__ = ["CLASS_WEIGHTS", "FAMILY_HYPERPARAMETERS", "FREEZE_WORDS", "HYPERPARAMETERS",
+           "OPT_IN_HYPERPARAMETERS", "OPTIMIZERS", "TrialParams"]
 
 OPTIMIZERS = ("adamw", "sgd")  # see hpsearch.training.optim.build_optimizer
+# How the loss weighs the classes: "none" (every image alike) or "balanced" (inverse class
+# frequency of the training split, scikit-learn's class_weight="balanced").
+CLASS_WEIGHTS = ("none", "balanced")
 # `freeze` takes one of these words or a number of final stages left trainable (an int >= 0).
 FREEZE_WORDS = ("none", "backbone")
 
@@ -40,6 +43,9 @@ class TrialParams:
             family.
         backbone_lr_mult: a backbone's learning rate as a fraction of the head's, in (0, 1];
             None for a from-scratch family.
+        class_weights: ``"balanced"``: the cross-entropy weighs each class by the inverse of
+            its frequency in the training split; ``"none"``: every image alike. None where
+            the spec names it nowhere (the same as ``"none"``, and not logged).
     """
 
     lr: float
@@ -54,6 +60,7 @@ class TrialParams:
     pretrained: bool | None = None
     freeze: str | int | None = None
     backbone_lr_mult: float | None = None
+    class_weights: str | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialParams:
@@ -98,7 +105,13 @@ HYPERPARAMETERS: dict[str, Any] = {
     "pretrained": True,  # the point of a backbone; the weights must be cached or reachable
     "freeze": "none",  # fine-tune everything, as torchvision's reference recipes do
     "backbone_lr_mult": 1.0,  # one learning rate for the whole network unless searched
+    "class_weights": "none",  # every image alike unless the spec asks for balanced weights
 }
+
+# The hyperparameters a spec opts into: where it names them nowhere, they are not fixed in
+# its resolved space (their default applies without being recorded), so that the definition
+# of a study recorded before they existed stays the same.
+OPT_IN_HYPERPARAMETERS = ("class_weights",)
 
 # The hyperparameters only some architectures take: each family declares which
 # (``register_model(name, hyperparameters=...)``); a spec may give one only to an

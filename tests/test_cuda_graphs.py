@@ -285,3 +285,21 @@ def test_a_trial_asking_for_cuda_graphs_on_a_cpu_trains_eagerly_and_says_why() -
     assert study.trials[0].user_attrs["step_mode"] == reason
     assert tracker.runs[0].client.tags == {"hpsearch.step_mode": reason}
     assert f"trial    0  training step: {reason}" in stream.getvalue()
+
+
+def test_a_replayed_step_weighs_the_classes_as_the_eager_step_does() -> None:
+    # Class weights and label smoothing inside the captured step: a replay trains exactly
+    # as the same weighted step run eagerly, and otherwise than an unweighted one.
+    batches = _batches([16] * 8)
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    graphed, eager, plain = _net(), _net(), _net()
+    options = {"class_weights": weights, "label_smoothing": 0.1}
+    graph_step = _graph_step(graphed, _FakeGraph(graphed), len(batches), **options)
+    eager_step = _graph_step(eager, _refuse, len(batches), **options)
+    plain_step = _graph_step(plain, _refuse, len(batches), label_smoothing=0.1)
+
+    outcomes = _train(graph_step, graphed, batches)
+
+    assert graph_step.replays == len(batches) - WARMUP_STEPS
+    assert outcomes == _train(eager_step, eager, batches)
+    assert outcomes != _train(plain_step, plain, batches)

@@ -17,9 +17,10 @@ from hpsearch.data_utils import ArraySplit, get_dataset_info
 from hpsearch.redact import redact_url
 from hpsearch.search.config import RunConfig
 from hpsearch.search.coordination import StudyLock
+from hpsearch.search.data import EvaluationData
 from hpsearch.search.objective import TrialData
 from hpsearch.search.progress import RemainingTime, Reporter
-from hpsearch.search.runner import StudyRunner
+from hpsearch.search.runner import RegisterSession, RunSession
 from hpsearch.search.storage import _differences, retry_interrupted, study_definition
 from hpsearch.studies import load_builtin_spec
 from hpsearch.tracking.tables import state_counts, trials_table
@@ -41,15 +42,17 @@ def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
 
 
-def _runner(storage: str) -> StudyRunner:
+def _runner(storage: str) -> RunSession:
     info = get_dataset_info("mnist")
     split = ArraySplit(torch.zeros(4, 1, 28, 28, dtype=torch.uint8).numpy(),
                        torch.zeros(4, dtype=torch.int64).numpy())
     config = RunConfig(spec=load_builtin_spec("mnist"), trials=3, study_name="s",
                        register_name="r", storage=storage)
-    return StudyRunner(study=None, tracker=None, device=torch.device("cpu"),
-                       data=TrialData(info=info, train=split, val=split), test=split,
-                       lock=StudyLock(storage, "s"), reporter=None, config=config)
+    return RunSession(study=None, tracker=None, device=torch.device("cpu"),
+                      trials=TrialData(info=info, train=split, val=split),
+                      tested=EvaluationData(info=info, test=split, source="a folder"),
+                      lock=StudyLock(storage, "s"), reporter=None, config=config,
+                      checkpoints=None)
 
 
 def test_the_parent_runs_params_hold_the_storage_without_its_password() -> None:
@@ -64,9 +67,11 @@ def test_the_parent_runs_params_hold_the_storage_without_its_password() -> None:
         def start_parent(self, **kwargs):
             self.kwargs = kwargs
 
-    runner.tracker, runner.study = Tracker(), optuna.create_study(study_name="s")
-    runner.start_parent(role="register", register_name="r")
-    assert runner.tracker.kwargs["params"]["storage"] == "postgresql://hp:***@db/optuna"
+    register = RegisterSession(study=optuna.create_study(study_name="s"), tracker=Tracker(),
+                               device=runner.device, lock=runner.lock, reporter=None,
+                               tested=runner.tested)
+    register.start_parent(register_name="r")
+    assert register.tracker.kwargs["params"]["storage"] == "postgresql://hp:***@db/optuna"
 
 
 def test_a_definition_change_is_named_key_by_key() -> None:

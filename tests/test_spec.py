@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from hpsearch.models import model_hyperparameters
-from hpsearch.params import FAMILY_HYPERPARAMETERS
+from hpsearch.params import FAMILY_HYPERPARAMETERS, OPT_IN_HYPERPARAMETERS
 from hpsearch.studies import (
     HYPERPARAMETERS,
     ParamSpec,
@@ -62,9 +62,10 @@ def _top(**entries: Any) -> Callable[[dict[str, Any]], None]:
 
 
 def _applicable(arch: str) -> set[str]:
-    """The hyperparameters a trial of ``arch`` draws: the general ones and its family's."""
-    return {n for n in HYPERPARAMETERS if n not in FAMILY_HYPERPARAMETERS} | set(
-        model_hyperparameters(arch))
+    """The hyperparameters a trial of ``arch`` draws: the general ones and its family's
+    (not the opt-in ones, class_weights, which a spec that names them nowhere leaves out)."""
+    return {n for n in HYPERPARAMETERS if n not in FAMILY_HYPERPARAMETERS
+            and n not in OPT_IN_HYPERPARAMETERS} | set(model_hyperparameters(arch))
 
 
 class _UntouchableTrial:
@@ -493,7 +494,10 @@ def test_published_schema_accepts_the_builtin_specs_and_rejects_typos() -> None:
     validator = jsonschema.Draft202012Validator(schema)
     for name in builtin_spec_names():
         validator.validate(yaml.safe_load(load_builtin_spec(name).to_yaml()))
-    assert schema["properties"]["dataset"]["enum"] == ["cifar10", "fashion_mnist", "mnist"]
+    # A registered name, or any string: the path of a folder or manifest of own images.
+    assert schema["properties"]["dataset"]["anyOf"][0]["enum"] == ["cifar10", "fashion_mnist",
+                                                                   "mnist"]
+    assert schema["properties"]["dataset"]["anyOf"][1]["type"] == "string"
     typo = copy.deepcopy(BASE) | {"epoch": 3}
     assert any("epoch" in e.message for e in validator.iter_errors(typo))
     bad_range = copy.deepcopy(BASE)

@@ -30,7 +30,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 CPU = torch.device("cpu")
 NUM_CLASSES = 3
 METRIC_NAMES = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                "epoch_seconds", "images_per_second"}
+                "epoch_seconds", "images_per_second", "val_balanced_accuracy", "val_macro_f1"}
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -133,6 +133,9 @@ def test_epoch_metrics_have_exactly_the_logged_names_and_values() -> None:
     assert result.epoch_seconds > 0
     assert metrics["images_per_second"] == pytest.approx(96 / result.epoch_seconds)
     assert result.val.confusion.sum() == 48
+    recalls = np.diag(result.val.confusion) / result.val.confusion.sum(axis=1)
+    assert metrics["val_balanced_accuracy"] == pytest.approx(recalls.mean())
+    assert 0.0 <= metrics["val_macro_f1"] <= 1.0
 
 
 def test_train_loss_and_accuracy_are_means_per_image_over_the_epoch() -> None:

@@ -18,10 +18,10 @@ from hpsearch.defaults import DATA_DIR_ENV, DEFAULT_STORAGE, DEVICES, STORAGE_EN
 from hpsearch.errors import ArgumentError, HpsearchError, error_line
 from hpsearch.redact import redact_url
 
-__all__ = ["data_dir_option", "describe_test_accuracy", "device_option", "echo_table",
-           "exec_command", "fail", "format_option", "headless", "main", "option_name",
-           "quiet_libraries", "run_mlflow_cli", "storage_option", "tracking_uri_option",
-           "with_storage"]
+__all__ = ["cache_dir_option", "data_dir_option", "describe_test_accuracy", "device_option",
+           "echo_table", "exec_command", "fail", "format_option", "headless", "main",
+           "option_name", "quiet_libraries", "run_mlflow_cli", "storage_option",
+           "tracking_uri_option", "with_storage"]
 
 storage_option = click.option(
     "--storage", default=DEFAULT_STORAGE, show_default=True, envvar=STORAGE_ENV,
@@ -32,6 +32,10 @@ tracking_uri_option = click.option(
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False), default=None, envvar=DATA_DIR_ENV,
     help=f"Where the data set's files are or go [env: {DATA_DIR_ENV}].")
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False), default=None,
+    help="Own images: where decoded caches live [default: $HPSEARCH_CACHE_DIR, else "
+         "$XDG_CACHE_HOME/hpsearch/cache].")
 
 
 def device_option(help: str):

@@ -71,22 +71,28 @@ def data() -> None:
 @click.option("--device-memory", "device_memory", type=click.FloatRange(min=0, min_open=True),
               default=None, metavar="GB",
               help="Say whether the decoded images would stay resident on a device of this "
-                   "much memory.")
+                   "much memory [default: the first NVIDIA GPU's free memory (NVML, without "
+                   "initialising CUDA), else the host's available memory].")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="The run's --jobs: each worker keeps its own copy of the images.")
 @click.option("--format", "output_format", type=click.Choice(["table", "json"]),
               default="table", show_default=True, help="Text for people, or one JSON object.")
-def inspect(path, device_memory, output_format, **kwargs) -> None:
+def inspect(path, device_memory, jobs, output_format, **kwargs) -> None:
     """What a run would do with PATH, read from file sizes and image headers (no image is
     decoded, torch is not imported): classes and images per split, sizes and colour modes,
     the files that would be skipped and why, images in two splits (leakage), the image size,
-    the cache's size, and whether it fits on a device of --device-memory GB."""
+    the cache's size, and whether --jobs workers' copies fit on the device (the first NVIDIA
+    GPU's free memory, else the host's available memory; or --device-memory GB)."""
     from hpsearch.data_utils.own_images import ImageDataError, inspect_images
+    from hpsearch.data_utils.own_images.report import device_memory as detected_memory
     from hpsearch.data_utils.own_images.report import report_lines
 
     options = _options(kwargs)
     try:
         report = inspect_images(path, options, cache_dir=kwargs["cache_dir"],
                                 workers=kwargs["workers"], progress=_progress_stream(),
-                                device_memory_gb=device_memory)
+                                device_memory_gb=device_memory, jobs=jobs,
+                                memory=None if device_memory else detected_memory())
     except ImageDataError as exc:
         fail(str(exc))
     if output_format == "json":

@@ -8,6 +8,7 @@ import sys
 import click
 
 from hpsearch.cli.common import (
+    cache_dir_option,
     data_dir_option,
     describe_test_accuracy,
     device_option,
@@ -26,7 +27,8 @@ from hpsearch.studies import SpecError, load_spec
 
 @main.command(short_help="Search hyperparameters; track, register and resume.")
 @click.option("--dataset", default=None, help=(
-    f"Data set whose built-in study to run: {', '.join(list_datasets())} "
+    f"Data set whose built-in study to run: {', '.join(list_datasets())}, or the path of a "
+    "folder of your own images (a sub-folder per class) or of a .csv/.jsonl manifest "
     "(default: fashion_mnist)."))
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), default=None,
               help="Your own study spec (YAML); see hpsearch/studies/*.yaml.")
@@ -39,7 +41,8 @@ from hpsearch.studies import SpecError, load_spec
 @click.option("--train-subset", type=int, default=None, metavar="N",
               help="Train on only N training images (quick runs).")
 @click.option("--study-name", default=None, help="Optuna study / MLflow experiment name "
-                                                  "(default: the data set's name).")
+                                                  "(default: the data set's name; for your "
+                                                  "own images the folder's).")
 @storage_option
 @tracking_uri_option
 @data_dir_option
@@ -78,12 +81,24 @@ from hpsearch.studies import SpecError, load_spec
                    "interrupted trial continues from its last finished epoch [default: "
                    "hpsearch-checkpoints beside a sqlite storage's file, else in the "
                    "working directory].")
+@click.option("--image-size", type=int, default=None, metavar="PX",
+              help="Own images: side of the square images the cache holds, 8..1024 "
+                   "[default: the spec's, else the median shorter side, clipped to 16..224, "
+                   "rounded down to a multiple of 8].")
+@click.option("--dedupe/--no-dedupe", default=None,
+              help="Own images: drop images that are also in an earlier split from val and "
+                   "test [default: the spec's, else no].")
+@cache_dir_option
 @click.option("--quiet", is_flag=True, help="One line per trial instead of per epoch.")
 def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name, storage,
         tracking_uri, data_dir, device, seed, register_name, max_failures, heartbeat_interval,
         jobs, compile_model, compile_mode, cuda_graphs, deterministic, checkpoint_dir,
-        quiet) -> None:
+        image_size, dedupe, cache_dir, quiet) -> None:
     """Search hyperparameters, track every trial in MLflow, register the best model.
+
+    --dataset takes a registered data set or a folder (or manifest) of your own images: the
+    first run decodes them once into a cache (files that cannot be used are skipped and
+    listed in the run's data/skipped.csv); a path that cannot be used at all exits with 2.
 
     Ctrl-C or SIGTERM ends the running trial as failed (interrupted), prints the summary so
     far and exits with 130 or 143; the same command again resumes the study, and the
@@ -109,7 +124,8 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
             seed=seed, register_name=register_name, max_failures=max_failures,
             heartbeat_interval_s=heartbeat_interval, jobs=jobs, compile=compile_model,
             compile_mode=compile_mode, cuda_graphs=cuda_graphs, deterministic=deterministic,
-            checkpoint_dir=checkpoint_dir, quiet=quiet)
+            checkpoint_dir=checkpoint_dir, image_size=image_size, dedupe=dedupe,
+            cache_dir=cache_dir, quiet=quiet)
     except (HpsearchError, SpecError) as exc:
         fail(exc)
     except DiskFull as exc:

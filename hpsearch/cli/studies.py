@@ -8,6 +8,7 @@ import sys
 import click
 
 from hpsearch.cli.common import (
+    cache_dir_option,
     data_dir_option,
     describe_test_accuracy,
     device_option,
@@ -66,8 +67,10 @@ def show(study_name, storage, top, output_format) -> None:
 @click.option("--register-name", default=None,
               help="Registered model name (default: hpsearch-STUDY_NAME).")
 @data_dir_option
+@cache_dir_option
 @device_option("Where to evaluate the model on the test set.")
-def register(study_name, storage, tracking_uri, register_name, data_dir, device) -> None:
+def register(study_name, storage, tracking_uri, register_name, data_dir, cache_dir,
+             device) -> None:
     """Register the best trial of STUDY_NAME as a new champion version.
 
     `hpsearch run` registers by itself when its study is done; this re-registers on demand
@@ -82,7 +85,7 @@ def register(study_name, storage, tracking_uri, register_name, data_dir, device)
         registration = register_study(
             study_name=study_name, storage=storage, tracking_uri=tracking_uri,
             register_name=register_name or f"hpsearch-{study_name}", data_dir=data_dir,
-            device=device)
+            device=device, cache_dir=cache_dir)
     except HpsearchError as exc:
         fail(exc)
     except DiskFull as exc:
@@ -113,7 +116,8 @@ def spec_schema_command() -> None:
 @spec.command("show")
 @click.argument("name")
 def spec_show(name) -> None:
-    """Print built-in spec NAME (fashion_mnist, mnist, cifar10) as YAML, to copy and edit."""
+    """Print built-in spec NAME (fashion_mnist, mnist, cifar10; own_images: the study of a
+    folder of your own images) as YAML, to copy and edit."""
     from hpsearch.studies import builtin_spec_text
 
     try:

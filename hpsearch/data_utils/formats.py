@@ -115,9 +115,11 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_idx_folder(folder: Path, info: DatasetInfo) -> tuple[ArraySplit, ArraySplit] | str:
+def read_idx_folder(folder: Path, info: DatasetInfo, *, train: bool = True
+                    ) -> tuple[ArraySplit | None, ArraySplit] | str:
     """Read the four IDX files of an MNIST-format data set from ``folder``: (train, test),
-    or a short reason if any file is absent.
+    or a short reason if any file is absent; with ``train`` False the training files are
+    not read (None stands for their split).
 
     Raises:
         DataFileError: a file is present but unusable (see :func:`read_idx_images`), or its
@@ -129,10 +131,11 @@ def read_idx_folder(folder: Path, info: DatasetInfo) -> tuple[ArraySplit, ArrayS
         return "missing " + ", ".join(missing)
     train_x, train_y, test_x, test_y = paths
     assert train_x and train_y and test_x and test_y  # narrowed by the check above
-    train = _checked_split(read_idx_images(train_x), train_x, read_idx_labels(train_y), train_y,
-                           info)
     test = _checked_split(read_idx_images(test_x), test_x, read_idx_labels(test_y), test_y, info)
-    return train, test
+    if not train:
+        return None, test
+    return _checked_split(read_idx_images(train_x), train_x, read_idx_labels(train_y),
+                          train_y, info), test
 
 
 def _checked_split(images: np.ndarray, images_path: Path, labels: np.ndarray,
@@ -217,13 +220,17 @@ def read_cifar_batch(path: str | Path, info: DatasetInfo | None = None) -> Array
     return _checked_split(images, path, labels, path, info)
 
 
-def read_cifar_folder(folder: Path, info: DatasetInfo) -> tuple[ArraySplit, ArraySplit] | str:
+def read_cifar_folder(folder: Path, info: DatasetInfo, *, train: bool = True
+                      ) -> tuple[ArraySplit | None, ArraySplit] | str:
     """Read the six CIFAR-10 batches from ``folder``: (train, test), or a reason if any is
-    absent. Raises what :func:`read_cifar_batch` raises."""
+    absent; with ``train`` False the training batches are not read (None stands for their
+    split). Raises what :func:`read_cifar_batch` raises."""
     names = (*_CIFAR_TRAIN_FILES, _CIFAR_TEST_FILE)
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         return "missing " + ", ".join(missing)
+    if not train:
+        return None, read_cifar_batch(folder / _CIFAR_TEST_FILE, info)
     parts = [read_cifar_batch(folder / n, info) for n in _CIFAR_TRAIN_FILES]
     train = ArraySplit(
         images=np.concatenate([p.images for p in parts]),

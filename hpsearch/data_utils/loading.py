@@ -23,6 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hpsearch.data_utils.arrays import ArraySplit
 from hpsearch.data_utils.registry import DatasetSource, get_dataset
@@ -109,14 +110,21 @@ def load_dataset(
 
 
 def load_dataset_with_origin(
-    name: str, data_dir: str | Path | None = None, *, download: bool = True
-) -> tuple[ArraySplit, ArraySplit, DataOrigin]:
+    name: str, data_dir: str | Path | None = None, *, download: bool = True,
+    train: bool = True,
+) -> tuple[ArraySplit | None, ArraySplit, DataOrigin]:
     """:func:`load_dataset`, and where the files were read (:class:`DataOrigin`).
+
+    Args:
+        train: read the training split too; False: only the test split is read (every
+            file must still be there), and None stands for the training split.
 
     Raises:
         The same as :func:`load_dataset`.
     """
     source = get_dataset(name)
+    if not train:
+        source = _test_only(source)
     root = _resolve_root(data_dir)
     if root is not None:
         return _load_named_folder(source, root, download)
@@ -136,6 +144,16 @@ def load_dataset_with_origin(
         attempts.append("download (not attempted: download=False)")
     raise DataNotFoundError(f"Could not load the {name} data set. Looked in: "
                             f"{'; '.join(attempts)}. {_how_to_provide(source)}")
+
+
+def _test_only(source: DatasetSource) -> DatasetSource:
+    """``source`` whose reader reads only the test split (its files all checked first)."""
+    import dataclasses
+
+    def read(folder: Path, info: Any) -> tuple[None, ArraySplit] | str:
+        return source.read(folder, info, train=False)
+
+    return dataclasses.replace(source, read=read)
 
 
 def _load_named_folder(source: DatasetSource, root: Path,

@@ -22,8 +22,10 @@ __all__ = ["DatasetInfo", "DatasetSource", "get_dataset", "get_dataset_info", "l
            "register_dataset"]
 
 
-# Reads a folder: (train, test), or a short reason when the folder lacks the files.
-FolderReader = Callable[[Path, DatasetInfo], "tuple[ArraySplit, ArraySplit] | str"]
+# Reads a folder: (train, test), or a short reason when the folder lacks the files. It takes
+# a keyword ``train`` (default True): False reads only the test split (train is None), after
+# checking that every file is there.
+FolderReader = Callable[..., "tuple[ArraySplit | None, ArraySplit] | str"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class DatasetSource:
         info: what the data set is.
         url: where its files are published.
         files: the files a folder must hold, in words (for "put ... in a folder" messages).
-        read: reads those files from a folder (see :data:`FolderReader`).
+        read: reads those files from a folder (see :data:`FolderReader`); ``train=False``
+            reads the test split only.
         folders: sub-folders of a data folder to look in, in order (``""`` is the folder).
         torchvision_class: the ``torchvision.datasets`` class that downloads the files.
         download_folder: where that class leaves the raw files under its root.

@@ -52,6 +52,8 @@ class RunConfig:
         checkpoint_dir: where running trials save their training's state after every
             epoch (``STUDY/trial-N/`` under it), or None for ``hpsearch-checkpoints``
             beside a sqlite storage's file, else in the working directory.
+        cache_dir: own images: where decoded caches live, or None for the default
+            (``$HPSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpsearch/cache``).
     """
 
     spec: StudySpec
@@ -73,6 +75,7 @@ class RunConfig:
     cuda_graphs: bool = False
     deterministic: bool = False
     checkpoint_dir: str | None = None
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -125,9 +128,13 @@ def cpu_budget_command(config: RunConfig) -> str | None:
             and config.train_subset is not None
             and config.train_subset <= budget["train_subset"]):
         return None
-    source = (f"--dataset {spec.dataset}" if spec.source.startswith("built-in spec ")
+    source = (f"--dataset {shlex.quote(spec.dataset)}" if spec.source.startswith("built-in spec ")
               else f"--spec {shlex.quote(spec.source)}")
+    if spec.images is not None and spec.images.image_size is not None:
+        source += f" --image-size {spec.images.image_size}"
     data_dir = f" --data-dir {shlex.quote(config.data_dir)}" if config.data_dir else ""
+    if config.cache_dir:
+        data_dir += f" --cache-dir {shlex.quote(config.cache_dir)}"
     return (f"hpsearch run --trials {budget['trials']} --epochs {budget['epochs']} "
             f"--train-subset {budget['train_subset']} {source}{data_dir} "
             f"--study-name {shlex.quote(config.study_name + '-cpu')}")

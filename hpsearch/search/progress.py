@@ -20,7 +20,8 @@ from hpsearch.errors import first_line
 if TYPE_CHECKING:
     from hpsearch.training import EpochResult
 
-__all__ = ["RemainingTime", "Reporter", "StudyEstimate", "format_params", "format_seconds"]
+__all__ = ["RemainingTime", "Reporter", "ReporterStream", "StudyEstimate", "format_params",
+           "format_seconds"]
 
 LIVE_INTERVAL_S = 0.5  # redraws of the live line on a terminal
 LOG_INTERVAL_S = 5.0  # lines inside an epoch in a log file or from a worker
@@ -94,10 +95,14 @@ class Reporter:
 
     def epoch(self, trial_number: int, result: EpochResult, max_epochs: int) -> None:
         if self.verbose:
+            # The study's metric too, where it is neither of the two always shown.
+            metric = ("" if self.metric not in result.metrics() or self.metric in (
+                "val_loss", "val_accuracy") else
+                f"{self.metric} {result.metrics()[self.metric]:.4f}  ")
             self.say(
                 f"  trial {trial_number:4d}  epoch {result.epoch:3d}/{max_epochs:<3d} "
                 f"train_loss {result.train_loss:.4f}  val_loss {result.val.loss:.4f}  "
-                f"val_accuracy {result.val.accuracy:.4f}  {result.epoch_seconds:6.1f} s  "
+                f"val_accuracy {result.val.accuracy:.4f}  {metric}{result.epoch_seconds:6.1f} s  "
                 f"{result.images_per_second:9,.0f} img/s"
             )
         elif self._shown:
@@ -214,6 +219,33 @@ class StudyEstimate:
             lines.append(f"  that is hours: Ctrl-C keeps the finished trials, and the README's "
                          f"smaller budget for a CPU: {self.smaller_command}")
         return lines
+
+
+class ReporterStream:
+    """A text stream whose lines go to a :class:`Reporter` (``say``), for code that reports
+    progress to a stream (decoding own images): a bar drawn in place where the reporter
+    draws live lines (a terminal), else a line every few seconds; a ``--jobs`` worker's
+    lines reach the coordinator's display."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self._pending = ""
+
+    def isatty(self) -> bool:
+        return self.reporter.live
+
+    def write(self, text: str) -> int:
+        if self.isatty():  # a bar redrawn with "\r": the terminal's own stream draws it
+            self.reporter._write(text)
+            return len(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self.reporter.say(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

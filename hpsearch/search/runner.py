@@ -1,14 +1,19 @@
-"""The study runner: the one place that opens a study's device, data, Optuna storage, MLflow
-tracker and objective, and runs trials until the study has its target.
+"""The sessions a study is worked in (:mod:`~hpsearch.search.sessions` holds what they
+share), each opened in the same order: the device, the stores' fast checks
+(:func:`~hpsearch.search.preflight.preflight`, a second), the data, then the Optuna study
+and the MLflow tracker, so that bad input is refused before anything is written.
 
-Used by ``hpsearch run`` in one process, by each ``--jobs`` worker process, and by
-``hpsearch register`` (:meth:`StudyRunner.open_existing`).
+- :class:`RunSession`: ``hpsearch run`` and each ``--jobs`` worker. Its trials train on
+  :class:`~hpsearch.search.session.TrialData`, loaded once per process and copied to the
+  device once, shared by every trial. The ``--jobs`` coordinator opens one without training
+  data (``train=False``): it never trains; its workers load their own.
+- :class:`RegisterSession`: ``hpsearch register``: the study and its test split only (for
+  own images the test rows of the cache, found from ``stat`` alone).
 """
 
 from __future__ import annotations
 
 import ctypes
-import pickle
 import time
 from dataclasses import dataclass
 
@@ -17,16 +22,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch import __version__
-from hpsearch.data_utils import (
-    ArraySplit,
-    DataFileError,
-    DataNotFoundError,
-    DataOrigin,
-    get_dataset_info,
-    load_dataset_with_origin,
-    split_train_val,
-)
-from hpsearch.errors import DiskFull, HpsearchError, check_interrupted, is_disk_full
+from hpsearch.errors import HpsearchError, check_interrupted, is_disk_full
 from hpsearch.redact import redact_url
 from hpsearch.search.callbacks import AnytimeLogger, FailureGuard, ReportRefresher
 from hpsearch.search.checkpoints import CheckpointStore, default_checkpoint_root
@@ -38,134 +34,132 @@ from hpsearch.search.coordination import (
     schema_lock,
     slots_left,
 )
-from hpsearch.search.diskspace import disk_full_error
+from hpsearch.search.data import (
+    DataRecord,
+    EvaluationData,
+    StudyData,
+    image_options,
+    load_data,
+    load_study_data,
+    load_test_data,
+)
 from hpsearch.search.gpu_sharing import default_jobs
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.preflight import preflight
 from hpsearch.search.progress import RemainingTime, Reporter, StudyEstimate
+from hpsearch.search.residency import Residency, plan_residency
+from hpsearch.search.sessions import RegisterSession, StudySession, close_dead_runs
 from hpsearch.search.storage import (
-    close_runs_of_ended_processes,
     fail_stale_trials,
-    load_existing_study,
     open_study,
     retry_interrupted,
 )
-from hpsearch.serving.registration import Registration, register_champion
 from hpsearch.studies.components import build_sampler
-from hpsearch.tracking.provenance import dataset_inputs, provenance_tags, resolve_tracking_uri
-from hpsearch.tracking.report import log_data_report
+from hpsearch.tracking.provenance import dataset_inputs, resolve_tracking_uri
+from hpsearch.tracking.report import log_data_report, log_image_report
 from hpsearch.tracking.runs import StudyTracker
 from hpsearch.training.device import autocast_dtype, device_name, resolve_device
 
-__all__ = ["StudyRunner", "default_jobs", "load_data"]
+__all__ = ["RegisterSession", "RunSession", "StudySession", "default_jobs", "load_data"]
 
 
-def load_data(dataset: str,
-              data_dir: str | None) -> tuple[ArraySplit, ArraySplit, DataOrigin]:
-    """The data set's official (train, test) splits, and where their files were read.
+@dataclass(kw_only=True)
+class RunSession(StudySession):
+    """``hpsearch run`` (or one ``--jobs`` worker): the study, its stores, and the data its
+    trials train on.
 
-    Raises:
-        HpsearchError: the files are missing, or present but unusable (the message names
-            the file and what is wrong).
-    """
-    try:
-        return load_dataset_with_origin(dataset, data_dir)
-    except (DataNotFoundError, DataFileError, pickle.UnpicklingError) as exc:
-        raise HpsearchError(str(exc)) from None
-
-
-@dataclass
-class StudyRunner:
-    """A study opened for work: device, data, Optuna study, MLflow tracker, study lock.
-
-    Build one with :meth:`open` (create or resume, from a :class:`RunConfig`) or
-    :meth:`open_existing` (a study that must exist, for registering it again).
+    Attributes:
+        config: the run's settings.
+        checkpoints: where trials save their state after every epoch.
+        trials: the splits trials train and validate on; None in the ``--jobs``
+            coordinator, which trains nothing (its workers load their own).
+        residency: where ``trials`` lives while training, and why (None with ``trials``).
     """
 
-    study: optuna.Study
-    tracker: StudyTracker
-    device: torch.device
-    data: TrialData | None
-    test: ArraySplit
-    lock: StudyLock
-    reporter: Reporter
-    config: RunConfig | None = None
-    data_origin: DataOrigin | None = None  # where the data set's files were read
-    checkpoints: CheckpointStore | None = None
+    config: RunConfig
+    checkpoints: CheckpointStore
+    trials: TrialData | None = None
+    residency: Residency | None = None
 
     @classmethod
-    def open(cls, config: RunConfig, reporter: Reporter) -> StudyRunner:
+    def open(cls, config: RunConfig, reporter: Reporter, *, train: bool = True) -> RunSession:
         """Open (create or resume) the study ``config`` names, its data and stores.
 
+        Args:
+            config: the run's settings.
+            reporter: progress display (a folder's first decoding reports there).
+            train: load the training and validation splits (False: the ``--jobs``
+                coordinator, which loads only the test split, and for own images builds
+                the cache once, before its workers start).
+
         Raises:
-            HpsearchError: bad device, missing or corrupt data, unusable storage or
-                tracking store, or an unwritable directory; raised before anything is
-                written.
+            HpsearchError: bad device, missing or corrupt data, a folder or manifest of
+                images that cannot be used at all, unusable storage or tracking store, an
+                unwritable directory, or a resumed study whose settings or images changed;
+                raised before anything is written.
         """
         device = resolve_device(config.device, deterministic=config.deterministic)
         tracking_uri = resolve_tracking_uri(config.tracking_uri)
         preflight(config.storage, tracking_uri)  # in a second: before reading the data set
-        train, test, origin = load_data(config.spec.dataset, config.data_dir)
-        train, val = split_train_val(train, val_fraction=config.spec.val_fraction,
-                                     seed=config.seed, train_subset=config.train_subset)
-        data = TrialData(info=get_dataset_info(config.spec.dataset), train=train, val=val)
         checkpoints = CheckpointStore(
             config.checkpoint_dir or default_checkpoint_root(config.storage), config.study_name)
         checkpoints.check_writable()
+        data = load_study_data(config, reporter) if train else None
+        tested = data.tested if data is not None else load_test_data(config, reporter)
+        _check_splits(tested, data)
+        record = _data_record(config, tested)
         with schema_lock(config.storage, tracking_uri):
-            study = open_study(config, tracking_uri)
+            study = open_study(config, tracking_uri, data_record=record)
             tracker = StudyTracker(tracking_uri=tracking_uri, study_name=config.study_name)
-        _close_dead_runs(study, tracker, reporter)
-        return cls(study=study, tracker=tracker, device=device, data=data, test=test,
-                   lock=StudyLock(config.storage, config.study_name), reporter=reporter,
-                   config=config, data_origin=origin, checkpoints=checkpoints)
+        close_dead_runs(study, tracker, reporter)
+        session = cls(study=study, tracker=tracker, device=device,
+                      lock=StudyLock(config.storage, config.study_name), reporter=reporter,
+                      tested=tested, config=config, checkpoints=checkpoints)
+        if data is not None:
+            session._keep(data)
+        return session
 
-    @classmethod
-    def open_existing(cls, *, study_name: str, storage: str, tracking_uri: str | None,
-                      data_dir: str | None, device: str, reporter: Reporter) -> StudyRunner:
-        """Open a study that must exist, with its data set's test split (no training data).
+    def _keep(self, data: StudyData) -> None:
+        """Keep the splits trials train on, resident on the device where they fit."""
+        nbytes = data.train.images.nbytes + data.val.images.nbytes
+        self.residency = plan_residency(nbytes, self.device, jobs=self.config.jobs or 1)
+        self.trials = TrialData(info=data.info, train=data.train, val=data.val,
+                                resident=self.residency.resident)
+        self.reporter.say(f"data: {len(data.train):,} training / {len(data.val):,} "
+                          f"validation images, {self.residency.reason}")
 
-        Raises:
-            HpsearchError: no such study, its data set cannot be found, or the stores
-                cannot be reached.
-        """
-        torch_device = resolve_device(device)
-        tracking_uri = resolve_tracking_uri(tracking_uri)
-        preflight(storage, tracking_uri)
-        study = load_existing_study(study_name, storage)
-        tracker = StudyTracker(tracking_uri=tracking_uri, study_name=study_name)
-        _close_dead_runs(study, tracker, reporter)
-        dataset = study.user_attrs.get("hpsearch.dataset") or _dataset_from_runs(tracker)
-        _, test, origin = load_data(dataset, data_dir)
-        return cls(study=study, tracker=tracker, device=torch_device, data=None, test=test,
-                   lock=StudyLock(storage, study_name), reporter=reporter,
-                   data_origin=origin)
+    def describe_data(self) -> str:
+        """The data in a few words, for the run's header."""
+        if self.trials is None:
+            return f"data from {self.tested.source}, loaded by each worker"
+        return (f"{len(self.trials.train)} training / {len(self.trials.val)} validation "
+                f"images from {self.tested.source}")
 
-    @property
-    def dataset(self) -> str:
-        return self.study.user_attrs.get("hpsearch.dataset") or self.config.spec.dataset
+    def start_parent(self) -> None:
+        """Open this ``hpsearch run``'s parent run (role ``study``) with its settings, the
+        resolved spec, and (where this process loaded the training data) the data report
+        and the dataset inputs; for own images, say the data's summary line."""
+        config = self.config
+        self.tracker.start_parent(params=self._run_params(), spec_yaml=config.spec.to_yaml(),
+                                  role="study", run_tags=self._run_tags(config.seed),
+                                  inputs=self._inputs())
+        if self.tested.images is not None:
+            self.reporter.say(_summary_line(self.tested))
+        if self.trials is not None:
+            self._log_data()
 
-    def start_parent(self, role: str = "study", register_name: str | None = None) -> None:
-        """Open this invocation's parent run: ``role`` ``study`` (``hpsearch run``) or
-        ``register`` (``hpsearch register``, registering as ``register_name``)."""
-        if role == "study":
-            params, spec_yaml = self._run_params(), self.config.spec.to_yaml()
-        else:
-            params = {"study": self.study.study_name, "dataset": self.dataset,
-                      "storage": redact_url(self.lock.storage_url),
-                      "register_name": register_name}
-            spec_yaml = None
-        self.tracker.start_parent(params=params, spec_yaml=spec_yaml, role=role,
-                                  run_tags=self._run_tags(), inputs=self._inputs())
-        if role == "study":
-            log_data_report(self.tracker.client, self.tracker.parent_run_id,
-                            {"training": self.data.train, "validation": self.data.val,
-                             "test": self.test}, self.data.info.class_names)
-
-    def attach_parent(self, parent_run_id: str) -> None:
-        """Nest this worker's trial runs under the coordinator's parent run (``--jobs``)."""
-        self.tracker.attach_parent(parent_run_id, run_tags=self._run_tags(),
+    def attach_parent(self, parent_run_id: str, *, log_data: bool = False) -> None:
+        """Nest this worker's trial runs under the coordinator's parent run (``--jobs``);
+        ``log_data``: also log the data report, the dataset inputs and the split sizes on
+        it (the first worker: the coordinator loads no training data)."""
+        self.tracker.attach_parent(parent_run_id, run_tags=self._run_tags(self.config.seed),
                                    inputs=self._inputs())
+        if log_data:
+            client = self.tracker.client
+            if self.tracker.inputs:
+                client.log_inputs(parent_run_id, datasets=self.tracker.inputs)
+            client.log_batch(parent_run_id, params=_params(self._data_params()))
+            self._log_data()
 
     def work(self, summary: StudySummary, *, deadline: float | None,
              refresh_reports: bool) -> None:
@@ -178,6 +172,8 @@ class StudyRunner:
         worker runs it. Returns when the study is done, at ``deadline`` (``time.time()``
         seconds), or when ``summary.stop_reason`` is set (too many failures in a row).
         """
+        if self.trials is None:
+            raise RuntimeError("a session opened with train=False trains no trial")
         config, study, lock = self.config, self.study, self.lock
         worker = claim_worker_number(study, lock)
         with lock.hold():
@@ -193,7 +189,7 @@ class StudyRunner:
             estimate = StudyEstimate(trials_left=trials_left, epochs=config.spec.epochs,
                                      device=device_name(self.device), reporter=self.reporter,
                                      smaller_command=cpu_budget_command(config))
-        objective = Objective(spec=config.spec, data=self.data, device=self.device,
+        objective = Objective(spec=config.spec, data=self.trials, device=self.device,
                               tracker=self.tracker, reporter=self.reporter, seed=config.seed,
                               compile_model=config.compile, compile_mode=config.compile_mode,
                               cuda_graphs=config.cuda_graphs, checkpoints=self.checkpoints,
@@ -255,69 +251,56 @@ class StudyRunner:
                          f"{self.checkpoints.folder} (no epoch finished, or another machine)")
         return "; ".join(parts)
 
-    def register(self, register_name: str, *, force: bool = False) -> Registration | None:
-        """Register the champion if no trial of the study runs any more (this worker is the
-        last), under the study lock: of two workers finishing together, one registers and
-        the other finds the champion alias already on the study's best trial. ``force``
-        registers a new version even then (``hpsearch register``)."""
-        with self.lock.hold():
-            running = count_trials(self.study, TrialState.RUNNING)
-            if running and not force:
-                self.reporter.say(f"not registering: {running} trial(s) still running on "
-                                  "other workers; the last worker to finish registers the "
-                                  "champion")
-                return None
-            if not force and not count_trials(self.study, TrialState.COMPLETE):
-                return None
-            return register_champion(study=self.study, info=get_dataset_info(self.dataset),
-                                     test=self.test, tracker=self.tracker,
-                                     register_name=register_name, device=self.device,
-                                     force=force)
+    def _log_data(self) -> None:
+        """The data report on the parent run: images per class and split, samples per
+        class; for own images also the originals' sizes and modes, the skipped files, the
+        leakage and each split's files."""
+        client, run_id = self.tracker.client, self.tracker.parent_run_id
+        log_data_report(client, run_id, {"training": self.trials.train,
+                                         "validation": self.trials.val,
+                                         "test": self.tested.test},
+                        self.trials.info.class_names)
+        images = self.tested.images
+        if images is not None:
+            from hpsearch.data_utils.own_images import inspect_images
 
-    def disk_full_error(self, exc: BaseException) -> DiskFull | None:
-        """The :class:`DiskFull` that ``exc`` amounts to, naming the fullest directory this
-        study writes to and its free space, or None if ``exc`` is no full disk."""
-        if not is_disk_full(exc):
-            return None
-        try:  # a read: it works on a full disk
-            location = self.tracker.client.get_experiment(
-                self.tracker.experiment_id).artifact_location
-        except Exception:  # the store is unreachable too: name the other places
-            location = None
-        return disk_full_error(exc, storage=self.lock.storage_url,
-                               tracking_uri=self.tracker.tracking_uri,
-                               artifact_location=location)
-
-    def close(self) -> None:
-        self.lock.close()
-
-    @property
-    def _seed(self) -> int:
-        return self.config.seed if self.config else 0
-
-    def _run_tags(self) -> dict[str, str]:
-        tags = provenance_tags(self.device, self._seed)
-        if self.data_origin is not None:
-            tags["hpsearch.data_source"] = self.data_origin.describe()
-        return tags
+            report = inspect_images(images.source, image_options(self.config.spec,
+                                                                 self.config.seed),
+                                    cache_dir=self.config.cache_dir, progress=None)
+            log_image_report(client, run_id, images, report)
 
     def _inputs(self) -> list:
-        if self.data is None:
+        """MLflow dataset inputs of the training and validation splits (none without
+        them): own images' source is the folder or manifest and their digest the
+        manifest's."""
+        if self.trials is None:
             return []
-        source = str(self.data_origin.folder) if self.data_origin is not None else None
-        return dataset_inputs({"training": self.data.train, "validation": self.data.val},
-                              self.dataset, source=source)
+        images = self.tested.images
+        return dataset_inputs(
+            {"training": self.trials.train, "validation": self.trials.val},
+            self.trials.info.name,
+            source=str(self.tested.folder) if self.tested.folder is not None else None,
+            digest=images.manifest_digest if images is not None else None)
+
+    def _data_params(self) -> dict[str, object]:
+        params: dict[str, object] = {"n_train": len(self.trials.train),
+                                     "n_val": len(self.trials.val)}
+        if self.tested.images is not None:
+            params |= {"n_test": len(self.tested.test),
+                       "image_size": self.trials.info.shape.size,
+                       "channels": self.trials.info.shape.channels}
+        return params
 
     def _run_params(self) -> dict[str, object]:
         config = self.config
+        data = self._data_params() if self.trials is not None else {}
         return {
             "dataset": config.spec.dataset,
             "trials": config.trials,
             "epochs": config.spec.epochs,
             "timeout_s": config.timeout_s,
             "train_subset": config.train_subset,
-            "n_train": len(self.data.train),
-            "n_val": len(self.data.val),
+            **data,
             "seed": config.seed,
             "device": device_name(self.device),
             "autocast_dtype": str(autocast_dtype(self.device)),
@@ -332,6 +315,53 @@ class StudyRunner:
             "hpsearch_version": __version__,
             "torch_version": torch.__version__,
         }
+
+
+def _check_splits(tested: EvaluationData, data: StudyData | None) -> None:
+    """Own images: a validation split to rank trials on and a test split for the champion.
+
+    Raises:
+        HpsearchError: either is empty (the message names the folder and what to change).
+    """
+    images = tested.images
+    if images is None:
+        return
+    if not len(images.val):
+        raise HpsearchError(f"{images.source}: no validation image (too few training files "
+                            "for val_fraction, and no val/ folder or split column): add "
+                            "images, a val/ folder, or raise val_fraction")
+    if not len(tested.test):
+        raise HpsearchError(f"{images.source}: no test image (test_fraction 0, and no test/ "
+                            "folder or split column): the champion is tested on it; give "
+                            "test_fraction > 0 or a test/ folder")
+
+
+def _data_record(config: RunConfig, tested: EvaluationData) -> DataRecord | None:
+    """The record a new study keeps of its own images (None for a registered data set)."""
+    if tested.images is None:
+        return None
+    return DataRecord.of(tested.images, image_options(config.spec, config.seed), tested.info)
+
+
+def _summary_line(tested: EvaluationData) -> str:
+    """Own images in one line: images, classes, skipped, leakage, imbalance."""
+    images = tested.images
+    n = sum(len(getattr(images, s)) for s in ("train", "val", "test"))
+    ratio = images.imbalance_ratio
+    leaks = len(images.leakage.groups)
+    return (f"{images.name}: {n:,} images, {images.num_classes} classes, "
+            f"{len(images.skipped):,} skipped (data/skipped.csv), leakage "
+            f"{leaks:,} image{'s' if leaks != 1 else ''} in two splits"
+            f"{' (dropped from val/test)' if images.leakage.dropped else ''}, imbalance ratio "
+            f"{ratio:.3g} (largest / smallest training class); {images.image_size} px, "
+            f"{images.channels} channel{'s' if images.channels > 1 else ''}, cache "
+            f"{images.cache_dir}")
+
+
+def _params(values: dict[str, object]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)) for k, v in values.items()]
 
 
 def _trials(numbers: list[int], verb: str, plural_verb: str) -> str:
@@ -349,23 +379,3 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         pass
-
-
-def _close_dead_runs(study: optuna.Study, tracker: StudyTracker, reporter: Reporter) -> None:
-    """Close the runs ended processes left RUNNING (see
-    :func:`~hpsearch.search.storage.close_runs_of_ended_processes`), saying so."""
-    closed = close_runs_of_ended_processes(study, tracker.client, tracker.experiment_id)
-    if closed:
-        reporter.say(f"closed {closed} MLflow run(s) left RUNNING by processes that ended "
-                     "(each run's tag hpsearch.reason says why)")
-
-
-def _dataset_from_runs(tracker: StudyTracker) -> str:
-    """The data set of a study created before studies recorded it: its parent runs'."""
-    runs = tracker.client.search_runs([tracker.experiment_id],
-                                      filter_string="tags.`hpsearch.role` = 'study'",
-                                      max_results=1)
-    if not runs or "dataset" not in runs[0].data.params:
-        raise HpsearchError(f"cannot tell the data set of study {tracker.study_name!r}: "
-                            "no hpsearch run of it in the tracking store")
-    return runs[0].data.params["dataset"]

@@ -6,11 +6,13 @@ objective (:mod:`~hpsearch.search.objective`) drives a session and reports what 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from hpsearch.data_utils import ArraySplit, DatasetInfo
@@ -24,7 +26,7 @@ from hpsearch.training.cuda_graphs import build_train_step
 from hpsearch.training.loader import DeviceLoader, DeviceSplit, make_loader
 from hpsearch.training.loop import EpochResult, fit
 from hpsearch.training.optim import build_optimizer
-from hpsearch.training.step import TrainStep
+from hpsearch.training.step import TrainStep, class_weight_tensor
 
 __all__ = ["TrainingSession", "TrialCost", "TrialData"]
 
@@ -35,12 +37,25 @@ class TrialData:
 
     The host arrays are copied to a device once per process (:meth:`on_device`) and every
     trial's loaders share those copies: a trial does not copy the data set again.
+
+    Attributes:
+        info: the data set.
+        train, val: the splits, in host memory (for own images, memory maps of the cache).
+        resident: whether the splits live on the device (see
+            :mod:`~hpsearch.search.residency`).
     """
 
     info: DatasetInfo
     train: ArraySplit
     val: ArraySplit
+    resident: bool = True
     _resident: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @functools.cached_property
+    def class_counts(self) -> tuple[int, ...]:
+        """Training images per class, in class-index order (the balanced class weights)."""
+        counts = np.bincount(self.train.labels, minlength=self.info.num_classes)
+        return tuple(int(n) for n in counts)
 
     def on_device(self, device: torch.device) -> tuple[DeviceSplit, DeviceSplit]:
         """The (train, val) splits on ``device``, copied there on the first call only."""
@@ -171,6 +186,9 @@ class TrainingSession:
         val = make_loader(val_split, device, normalization=normalization)
         optimizer = build_optimizer(model, name=params.optimizer, lr=params.lr,
                                     weight_decay=params.weight_decay)
+        # Inverse class frequency of the split trained on (--train-subset's, if any).
+        class_weights = (class_weight_tensor(data.class_counts, device)
+                         if params.class_weights == "balanced" else None)
         network = compile_network(model, mode=compile_mode) if compile_model else model
         # One-cycle schedule over the most epochs a trial may run, so a trial the pruner
         # keeps running sees the same schedule as one that started fresh.
@@ -178,7 +196,8 @@ class TrainingSession:
         step = build_train_step(network, optimizer, max_lr=params.lr, total_steps=total_steps,
                                 device=device, amp_dtype=amp_dtype,
                                 label_smoothing=params.label_smoothing,
-                                cuda_graphs=cuda_graphs, compiled=compile_model)
+                                class_weights=class_weights, cuda_graphs=cuda_graphs,
+                                compiled=compile_model)
         return cls(params=params, info=info, model=model, network=network, train=train,
                    val=val, step=step, cost=cost, total_steps=total_steps, device=device,
                    amp_dtype=amp_dtype)

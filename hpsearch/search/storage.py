@@ -71,12 +71,24 @@ class RetriesFirstStudy(optuna.Study):
         return None
 
 
-def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
-    """Create the study, or load it to resume. Raises HpsearchError on a bad storage.
+def open_study(config: RunConfig, tracking_uri: str,
+               data_record: dict[str, Any] | None = None) -> optuna.Study:
+    """Create the study, or load it to resume.
 
     The storage keeps heartbeats of running trials: a trial whose worker died is failed by
     the next worker and retried with the same parameters (:class:`RetryStaleTrial`).
     Retries run before the other waiting trials (:class:`RetriesFirstStudy`).
+
+    Args:
+        config: the run's settings.
+        tracking_uri: where the study's MLflow runs go (a dead worker's runs are closed).
+        data_record: own images: what the study records of its data (a
+            :class:`~hpsearch.search.data.DataRecord`, with ``differences``); a new study
+            keeps it, a resumed one must have been created on the same data.
+
+    Raises:
+        HpsearchError: a bad storage; a resumed study whose settings or images changed
+            (the message names each change and suggests ``--study-name``).
     """
     spec = config.spec
     kwargs: dict[str, Any] = {}
@@ -108,6 +120,8 @@ def open_study(config: RunConfig, tracking_uri: str) -> optuna.Study:
             raise
         raise storage_error(config.storage, exc) from None
     _check_definition(study, config)
+    if data_record is not None:
+        _check_data(study, config, data_record)
     if not study.trials:
         # What `hpsearch register STUDY` needs to rebuild the data set later, and the zero
         # of the study's anytime curve.
@@ -123,10 +137,13 @@ def study_definition(config: RunConfig) -> dict[str, Any]:
     """What defines a study: its trials are comparable only if all of these stay the same
     (another validation split, epoch budget or space would rank unlike trials together)."""
     spec = config.spec
-    return {"dataset": spec.dataset, "search_space": spec.to_dict()["search_space"],
-            "epochs": spec.epochs, "metric": spec.metric, "direction": spec.direction,
-            "val_fraction": spec.val_fraction, "augment": spec.augment,
-            "train_subset": config.train_subset, "seed": config.seed}
+    definition = {"dataset": spec.dataset, "search_space": spec.to_dict()["search_space"],
+                  "epochs": spec.epochs, "metric": spec.metric, "direction": spec.direction,
+                  "val_fraction": spec.val_fraction, "augment": spec.augment,
+                  "train_subset": config.train_subset, "seed": config.seed}
+    if spec.images is not None:  # own images only: a built-in study's stays as it was
+        definition["images"] = spec.images.to_dict()
+    return definition
 
 
 def _check_definition(study: optuna.Study, config: RunConfig) -> None:
@@ -153,6 +170,30 @@ def _check_definition(study: optuna.Study, config: RunConfig) -> None:
             f"other settings: {'; '.join(changes)}. Its trials would not be comparable: run "
             f"it with the settings it was created with, or start a new study with "
             f"--study-name (e.g. --study-name {config.study_name}-2)")
+
+
+def _check_data(study: optuna.Study, config: RunConfig, record: Any) -> None:
+    """Keep the own images' record of a new study (or of one older than this check);
+    refuse to resume a study on images that changed.
+
+    Raises:
+        HpsearchError: naming what changed (files added or removed per split and class,
+            classes, image size) and suggesting ``--study-name``.
+    """
+    from hpsearch.search.data import DATA_ATTR, DataRecord, listed
+
+    old = study.user_attrs.get(DATA_ATTR)
+    if old is None:
+        study.set_user_attr(DATA_ATTR, json.loads(json.dumps(record)))
+        return
+    changes = DataRecord(old).differences(record)
+    if changes:
+        raise HpsearchError(
+            f"study {config.study_name!r} in {redact_url(config.storage)} was created on "
+            f"other images: {listed(changes)}. Its trials would not be comparable: "
+            f"restore the images it was created with, or start a new study on these with "
+            f"--study-name (e.g. --study-name {config.study_name}-2; the data report of "
+            f"the study's first run lists its files, data/splits.csv)")
 
 
 def _differences(old: Any, new: Any, key: str = "") -> list[str]:

@@ -22,7 +22,7 @@ from hpsearch.search.coordination import FINISHED_STATES, count_trials
 from hpsearch.search.diskspace import disk_full_error
 from hpsearch.search.gpu_sharing import gpu_sharing_note
 from hpsearch.search.progress import RemainingTime, Reporter
-from hpsearch.search.runner import StudyRunner, default_jobs
+from hpsearch.search.runner import RegisterSession, RunSession, default_jobs
 from hpsearch.serving.registration import Registration
 from hpsearch.tracking.provenance import quiet_mlflow, resolve_tracking_uri
 from hpsearch.tracking.runs import StudyTracker
@@ -48,8 +48,10 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     """Run (or resume) the study until it has ``config.trials`` finished trials, then
     register its best model if no other worker is still running a trial.
 
-    With ``config.jobs`` > 1 the trials run in that many worker processes (each with its
-    own copy of the data on the device); this process prints their progress and registers.
+    With ``config.jobs`` > 1 the trials run in that many worker processes (each loads the
+    data and keeps its own copy on the device); this process loads only the test split (for
+    own images it builds the cache once, before the workers start), prints their progress
+    and registers.
 
     On SIGINT/SIGTERM (KeyboardInterrupt) the running trials fail as interrupted, their
     runs and the parent run end KILLED, and the summary so far is returned with
@@ -67,26 +69,24 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
         config, jobs=config.jobs or default_jobs(resolve_device(config.device)))
     with quiet_optuna(), quiet_mlflow():
         with _disk_full_as_one_error(config.storage, config.tracking_uri):
-            runner = StudyRunner.open(config, reporter)
+            runner = RunSession.open(config, reporter, train=config.jobs == 1)
         try:
             return _run(runner, config, reporter, start)
         finally:
             runner.close()
 
 
-def _run(runner: StudyRunner, config: RunConfig, reporter: Reporter,
+def _run(runner: RunSession, config: RunConfig, reporter: Reporter,
          start: float) -> StudySummary:
     study, tracker = runner.study, runner.tracker
     summary = StudySummary(study_name=config.study_name, tracking_uri=tracker.tracking_uri,
                            metric=config.spec.metric, experiment_id=tracker.experiment_id)
     missing = config.trials - count_trials(study, *FINISHED_STATES)
-    origin = f" from {runner.data_origin.describe()}" if runner.data_origin else ""
     workers = (f" in {config.jobs} worker processes"
                f"{gpu_sharing_note(runner.device, config.jobs)}" if config.jobs > 1 else "")
     reporter.say(f"study {config.study_name!r}: {config.trials - missing} of {config.trials} "
                  f"trials finished; {max(missing, 0)} to run on {device_name(runner.device)}"
-                 f"{workers}; {len(runner.data.train)} training / {len(runner.data.val)} "
-                 f"validation images{origin}")
+                 f"{workers}; {runner.describe_data()}")
     deadline = None if config.timeout_s is None else time.time() + config.timeout_s
     status, disk_full = "FAILED", None
     try:
@@ -155,10 +155,12 @@ def _end_parent_on_full_disk(tracker: StudyTracker, disk_full: DiskFull) -> None
 
 def register_study(*, study_name: str, storage: str, tracking_uri: str | None,
                    register_name: str, data_dir: str | None = None,
-                   device: str = "auto") -> Registration:
+                   device: str = "auto", cache_dir: str | None = None) -> Registration:
     """Register (again) the best trial of an existing study: ``hpsearch register``.
 
-    Evaluates the best trial's kept weights on the test set, logs the evaluation and the
+    Evaluates the best trial's kept weights on the test set (a registered data set's test
+    files, or the test rows of the cache of the study's own images: ``cache_dir``, else
+    the folder they were decoded into when the study was created), logs the evaluation and the
     model on a new run (``hpsearch.role`` = ``register``) in the study's experiment, and
     registers a new version under the alias ``champion``, even if the alias already
     points at this trial (a version whose registration was killed is finished instead).
@@ -171,12 +173,13 @@ def register_study(*, study_name: str, storage: str, tracking_uri: str | None,
     """
     with quiet_optuna(), quiet_mlflow():
         with _disk_full_as_one_error(storage, tracking_uri):
-            runner = StudyRunner.open_existing(study_name=study_name, storage=storage,
-                                               tracking_uri=tracking_uri, data_dir=data_dir,
-                                               device=device, reporter=Reporter("value"))
+            runner = RegisterSession.open(study_name=study_name, storage=storage,
+                                          tracking_uri=tracking_uri, data_dir=data_dir,
+                                          device=device, reporter=Reporter("value"),
+                                          cache_dir=cache_dir)
         status, disk_full = "FAILED", None
         try:
-            runner.start_parent(role="register", register_name=register_name)
+            runner.start_parent(register_name)
             registration = runner.register(register_name, force=True)
             status = "FINISHED"
         except Exception as exc:

@@ -1,7 +1,7 @@
 """Concurrent trials: ``--jobs N`` worker processes on one study, one progress display.
 
 Each worker is its own process (started with ``spawn``: CUDA cannot be forked) and runs the
-same :class:`~hpsearch.search.runner.StudyRunner` as a single ``hpsearch run``, against the
+same :class:`~hpsearch.search.runner.RunSession` as a single ``hpsearch run``, against the
 same Optuna storage and MLflow tracking store, so trial slots, heartbeats and retries work
 between them exactly as between workers on different machines. Small models leave a GPU
 mostly idle; several side by side keep it busy.
@@ -154,7 +154,7 @@ def worker_main(config: RunConfig, worker: int, parent_run_id: str, deadline: fl
     reporter = PipeReporter(connection, config.spec.metric, verbose=verbose)
     reporter.say(f"worker started, pid {os.getpid()}")
     try:
-        stopped = _work(config, parent_run_id, deadline, reporter)
+        stopped = _work(config, worker, parent_run_id, deadline, reporter)
     except KeyboardInterrupt as exc:
         ignore_further_signals()
         connection.send(("done", (None, 0)))
@@ -171,22 +171,23 @@ def worker_main(config: RunConfig, worker: int, parent_run_id: str, deadline: fl
     connection.send(("done", stopped))
 
 
-def _work(config: RunConfig, parent_run_id: str, deadline: float | None,
+def _work(config: RunConfig, worker: int, parent_run_id: str, deadline: float | None,
           reporter: Reporter) -> tuple[str | None, int]:
     import optuna
     import torch
 
     from hpsearch.search.gpu_sharing import worker_threads
-    from hpsearch.search.runner import StudyRunner
+    from hpsearch.search.runner import RunSession
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # this process's own setting
     # Share the cores instead of each worker taking all of them, on a GPU too.
     torch.set_num_threads(worker_threads(config.jobs))
-    runner = StudyRunner.open(config, reporter)
+    runner = RunSession.open(config, reporter)
     summary = StudySummary(study_name=config.study_name,
                            tracking_uri=runner.tracker.tracking_uri)
     try:
-        runner.attach_parent(parent_run_id)
+        # The coordinator loads no training data: the first worker logs the data report.
+        runner.attach_parent(parent_run_id, log_data=worker == 1)
         runner.work(summary, deadline=deadline, refresh_reports=False)
     finally:
         runner.close()

@@ -4,17 +4,20 @@ registry of Optuna samplers and pruners. Loads no torch."""
 from hpsearch.params import HYPERPARAMETERS
 from hpsearch.studies.space import ParamSpec
 from hpsearch.studies.spec import (
+    ImageSettings,
     SpecError,
     StudySpec,
     builtin_spec_names,
     builtin_spec_text,
     load_builtin_spec,
     load_spec,
+    own_images_spec,
     spec_schema,
 )
 
 __all__ = [
     "HYPERPARAMETERS",
+    "ImageSettings",
     "ParamSpec",
     "SpecError",
     "StudySpec",
@@ -22,5 +25,6 @@ __all__ = [
     "builtin_spec_text",
     "load_builtin_spec",
     "load_spec",
+    "own_images_spec",
     "spec_schema",
 ]

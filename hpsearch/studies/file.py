@@ -26,9 +26,16 @@ from typing_extensions import TypeAliasType
 
 from hpsearch.studies.space import ParamSpec
 
-__all__ = ["METRICS", "SpecFile", "build_space", "reason_of"]
+__all__ = ["IMAGE_KEYS", "METRICS", "SpecFile", "build_space", "reason_of"]
 
-METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# Each metric a study may optimise, with its direction. The balanced accuracy (mean recall
+# over the classes) and the macro F1 weigh every class alike, however rare: the metrics for
+# imbalanced data (computed from the validation confusion matrix after every epoch).
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize",
+           "val_balanced_accuracy": "maximize", "val_macro_f1": "maximize"}
+# The spec keys of a folder or manifest of one's own images (see ImageSettings).
+IMAGE_KEYS = ("image_size", "test_fraction", "dedupe", "path_column", "label_column",
+              "split_column")
 # Hyperparameters that take real numbers: `1e-4` (no dot), which PyYAML reads as a string,
 # is read as a float there rather than tripping users up.
 _REAL_VALUED = ("lr", "dropout", "weight_decay", "label_smoothing", "backbone_lr_mult")
@@ -134,17 +141,38 @@ def _named(default: str):
 class SpecFile(_Strict):
     """A study spec file (YAML): the study's settings and its search space."""
 
-    dataset: str = Field(description="name of the data set: fashion_mnist, mnist or cifar10")
+    dataset: str = Field(description="a registered data set (fashion_mnist, mnist, cifar10), "
+                                     "or the path of a folder of your own images or of a "
+                                     ".csv/.jsonl manifest (relative to the spec file's "
+                                     "folder); a registered name wins over a path")
     epochs: int = Field(10, ge=1, description="most epochs one trial trains (Hyperband's "
                                               "max_resource)")
-    metric: str = Field("val_accuracy", description="val_accuracy or val_loss, reported to "
-                                                    "the pruner after every epoch")
+    metric: str = Field("val_accuracy", description="val_accuracy, val_loss, "
+                                                    "val_balanced_accuracy or val_macro_f1, "
+                                                    "reported to the pruner after every epoch")
     direction: str | None = Field(None, description="maximize or minimize; must agree with "
                                                     "the metric")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training set "
                                                              "held out for validation")
     augment: bool = Field(True, description="random crop (and flip where the data set "
                                             "allows) while training")
+    # Own images only (a path as dataset); None: the default, and not given.
+    image_size: int | None = Field(None, ge=8, le=1024, description=(
+        "own images: side of the square images the cache holds, pixels (default: the median "
+        "shorter side of the images, clipped to 16..224, rounded down to a multiple of 8)"))
+    test_fraction: float | None = Field(None, ge=0, lt=1, description=(
+        "own images: share of the training files carved out for the test split where no "
+        "test/ folder or split column gives one (default 0.1; 0: no test split)"))
+    dedupe: bool | None = Field(None, description=(
+        "own images: drop images that are also in an earlier split from val and test "
+        "(default false)"))
+    path_column: str | None = Field(None, description=(
+        "own images: a manifest's column (JSONL: key) of image paths (default path)"))
+    label_column: str | None = Field(None, description=(
+        "own images: a manifest's column of class labels (default label)"))
+    split_column: str | None = Field(None, description=(
+        "own images: a manifest's column of splits, train/val/test (default split; optional "
+        "in the manifest)"))
     sampler: Annotated[Component, _named("tpe")] = Field(
         default_factory=lambda: Component(name="tpe"),
         description="Optuna sampler: {name: tpe|random, ...its keyword arguments}")
@@ -226,6 +254,10 @@ def _type_reason(kind: str, value: Any, loc: tuple, error: Mapping[str, Any]) ->
         return f"expected true or false, got {value!r}"
     if kind == "string_type":
         return f"expected a string, got {value!r}"
+    if loc == ("image_size",) and kind in ("greater_than_equal", "less_than_equal"):
+        return f"must be in 8..1024 pixels, got {value!r}"
+    if loc == ("test_fraction",) and kind in ("greater_than_equal", "less_than"):
+        return f"must lie in [0, 1), got {value!r}"
     if kind == "greater_than_equal":
         return f"must be >= {error['ctx']['ge']}, got {value!r}"
     if kind in ("greater_than", "less_than"):

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import hpsearch.params as hp
 from hpsearch.params import FAMILY_HYPERPARAMETERS, FREEZE_WORDS, HYPERPARAMETERS, OPTIMIZERS
 
 __all__ = ["ParamSpec", "active_params", "check_space", "default_params", "enqueue_names",
@@ -180,6 +181,7 @@ _RULES: dict[str, tuple] = {
     "pretrained": ("bool",),
     "freeze": ("freeze",),
     "backbone_lr_mult": ("real", 0.0, 1.0, False, True),
+    "class_weights": ("names", hp.CLASS_WEIGHTS),
 }
 
 
@@ -199,14 +201,15 @@ def check_space(space: tuple[ParamSpec, ...], key: str = "search_space") -> tupl
 def default_params(space: tuple[ParamSpec, ...]) -> tuple[ParamSpec, ...]:
     """Fixed parameters for the hyperparameters ``space`` names nowhere that have a default:
     every general one, and a family's (``width``, ``pretrained``, ...) only where an
-    architecture that takes it can be drawn. So a space of from-scratch families resolves to
-    exactly what it resolved to before the backbones' hyperparameters existed (the study
-    definitions recorded then stay equal)."""
+    architecture that takes it can be drawn, never an opt-in one (``class_weights``). So a
+    space of from-scratch families resolves to what it resolved to before the backbones'
+    hyperparameters and class weights existed (the definitions recorded then stay equal)."""
     named = {p.name for p in _all_params(space)}
     taken = set().union(*(_takes(arch) for arch in _drawable_archs(space)))
     return tuple(ParamSpec(name, "fixed", value=default)
                  for name, default in HYPERPARAMETERS.items()
                  if name not in named and default is not None
+                 and name not in hp.OPT_IN_HYPERPARAMETERS
                  and (name not in FAMILY_HYPERPARAMETERS or name in taken))
 
 

@@ -42,7 +42,8 @@ from hpsearch.studies.components import (
     build_sampler,
     keyword_arguments,
 )
-from hpsearch.studies.file import METRICS, SpecFile, build_space, reason_of
+from hpsearch.studies.file import IMAGE_KEYS, METRICS, SpecFile, build_space, reason_of
+from hpsearch.studies.images import ImageSettings, image_settings, resolve_dataset_key
 from hpsearch.studies.limits import MAX_SPEC_BYTES, SpecLoader, SpecTooLarge
 from hpsearch.studies.space import (
     ParamSpec,
@@ -53,8 +54,12 @@ from hpsearch.studies.space import (
     sample,
 )
 
-__all__ = ["SpecError", "StudySpec", "builtin_spec_names", "builtin_spec_text",
-           "load_builtin_spec", "load_spec", "spec_schema"]
+__all__ = ["OWN_IMAGES_SPEC", "ImageSettings", "SpecError", "StudySpec", "builtin_spec_names",
+           "builtin_spec_text", "load_builtin_spec", "load_spec", "own_images_spec",
+           "spec_schema"]
+
+OWN_IMAGES_SPEC = "_own_images"
+"""The built-in study of a folder or manifest of one's own images (``_own_images.yaml``)."""
 
 
 class SpecError(ValueError):
@@ -82,9 +87,12 @@ class StudySpec:
     """A validated study spec. Build one with :func:`load_spec` or :func:`load_builtin_spec`.
 
     Attributes:
-        dataset: data set name (``hpsearch.data_utils.list_datasets()``).
+        dataset: a registered data set's name (``hpsearch.data_utils.list_datasets()``), or
+            the absolute path of a folder or manifest of one's own images
+            (:attr:`dataset_path`).
         epochs: most epochs per trial; the pruner's max resource.
-        metric: ``val_accuracy`` or ``val_loss``.
+        metric: ``val_accuracy``, ``val_loss``, ``val_balanced_accuracy`` or
+            ``val_macro_f1``.
         direction: ``maximize`` or ``minimize``.
         val_fraction: share of the training images held out for validation, in (0, 1).
         augment: random crop (+ horizontal flip where the data set allows) while training.
@@ -93,6 +101,8 @@ class StudySpec:
         search_space: one :class:`ParamSpec` per hyperparameter, defaults filled in.
         enqueue_trials: parameter sets (plain names) tried before the sampler takes over.
         source: the file the spec came from (for messages).
+        images: how own images are read (a path as ``dataset``); None for a registered
+            data set.
     """
 
     dataset: str
@@ -106,6 +116,14 @@ class StudySpec:
     search_space: tuple[ParamSpec, ...] = ()
     enqueue_trials: tuple[Mapping[str, Any], ...] = ()
     source: str = "<spec>"
+    images: ImageSettings | None = None
+
+    @property
+    def dataset_path(self) -> Path | None:
+        """The folder or manifest of own images the study trains on, or None for a
+        registered data set (whose names are never absolute paths)."""
+        path = Path(self.dataset)
+        return path if path.is_absolute() else None
 
     def param(self, name: str) -> ParamSpec:
         """The top-level :class:`ParamSpec` called ``name``; KeyError if there is none."""
@@ -133,7 +151,9 @@ class StudySpec:
         return _validate(self.to_dict() | changes, self.source)
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved spec as plain data (what is logged to MLflow)."""
+        """The resolved spec as plain data (what is logged to MLflow); the own-images keys
+        only for own images."""
+        images = self.images.to_dict() if self.images is not None else {}
         return {
             "dataset": self.dataset,
             "epochs": self.epochs,
@@ -141,6 +161,7 @@ class StudySpec:
             "direction": self.direction,
             "val_fraction": self.val_fraction,
             "augment": self.augment,
+            **images,
             "sampler": dict(self.sampler),
             "pruner": dict(self.pruner),
             "search_space": {p.name: p.to_dict() for p in self.search_space},
@@ -160,7 +181,8 @@ def builtin_spec_names() -> list[str]:
 
 def builtin_spec_text(name: str) -> str:
     """The YAML text of the built-in spec of data set ``name``, comments included. A
-    registered data set without a spec of its own gets ``_default.yaml`` for it.
+    registered data set without a spec of its own gets ``_default.yaml`` for it;
+    ``own_images`` is the study of a folder of one's own images (``dataset: PATH``).
 
     Raises:
         ValueError: ``name`` is neither a built-in spec nor a registered data set; the
@@ -170,11 +192,14 @@ def builtin_spec_text(name: str) -> str:
 
     if name in builtin_spec_names():
         return resources.files(__package__).joinpath(f"{name}.yaml").read_text()
+    if name == OWN_IMAGES_SPEC.strip("_") and name not in list_datasets():
+        return resources.files(__package__).joinpath(f"{OWN_IMAGES_SPEC}.yaml").read_text()
     if name in list_datasets():
         text = resources.files(__package__).joinpath("_default.yaml").read_text()
         return text.replace("dataset: DATASET", f"dataset: {name}")
     choices = ", ".join(sorted(set(builtin_spec_names()) | set(list_datasets())))
-    raise ValueError(f"unknown dataset {name!r}; choose one of: {choices}")
+    raise ValueError(f"unknown dataset {name!r}; choose one of: {choices} (or own_images, "
+                     "the study of a folder of your own images)")
 
 
 def load_builtin_spec(name: str) -> StudySpec:
@@ -186,6 +211,20 @@ def load_builtin_spec(name: str) -> StudySpec:
     """
     source = name if name in builtin_spec_names() else "_default"
     return _parse(builtin_spec_text(name), f"built-in spec {source}.yaml")
+
+
+def own_images_spec(path: str | Path) -> StudySpec:
+    """The built-in study of a folder or manifest of one's own images
+    (``_own_images.yaml``) on ``path``.
+
+    Raises:
+        SpecError: ``path`` is neither a registered data set nor an existing path (key
+            ``dataset``; the message lists the registered names).
+    """
+    text = resources.files(__package__).joinpath(f"{OWN_IMAGES_SPEC}.yaml").read_text()
+    raw = yaml.load(text, Loader=SpecLoader)
+    raw["dataset"] = str(path)
+    return _validate(raw, f"built-in spec {OWN_IMAGES_SPEC}.yaml")
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -215,7 +254,7 @@ def load_spec(path: str | Path) -> StudySpec:
     except UnicodeDecodeError as exc:
         raise SpecError(source, "<file>", f"not UTF-8 text (byte {exc.start} is "
                                           f"{data[exc.start]:#04x})") from None
-    return _parse(text, source)
+    return _parse(text, source, base=path.absolute().parent)
 
 
 def _too_big(size: int | None) -> str:
@@ -231,7 +270,10 @@ def spec_schema() -> dict[str, Any]:
     schema = SpecFile.model_json_schema()
     schema["title"] = "hpsearch study spec"
     properties = schema["properties"]
-    properties["dataset"]["enum"] = list_datasets()
+    properties["dataset"] |= {"anyOf": [
+        {"enum": list_datasets()},
+        {"type": "string", "description": "a folder of images or a .csv/.jsonl manifest"}]}
+    properties["dataset"].pop("type", None)
     properties["metric"]["enum"] = list(METRICS)
     for kind, names in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
         properties[kind]["anyOf"] = [{"type": "string", "enum": list(names)},
@@ -239,7 +281,7 @@ def spec_schema() -> dict[str, Any]:
     return schema
 
 
-def _parse(text: str, source: str) -> StudySpec:
+def _parse(text: str, source: str, base: Path | None = None) -> StudySpec:
     try:
         raw = yaml.load(text, Loader=SpecLoader)
     except SpecTooLarge as exc:
@@ -253,10 +295,12 @@ def _parse(text: str, source: str) -> StudySpec:
                                           f"{str(exc).split(';')[0]}") from None
     if not isinstance(raw, dict):
         raise SpecError(source, "<file>", "must be a YAML mapping of settings")
-    return _validate(raw, source)
+    return _validate(raw, source, base)
 
 
-def _validate(raw: Mapping[str, Any], source: str) -> StudySpec:
+def _validate(raw: Mapping[str, Any], source: str, base: Path | None = None) -> StudySpec:
+    """A :class:`StudySpec` from a spec file's mapping; ``base``: the folder a relative
+    dataset path is read from (the spec file's; None: the working directory)."""
     try:
         file = SpecFile.model_validate(raw)
     except ValidationError as exc:
@@ -265,11 +309,17 @@ def _validate(raw: Mapping[str, Any], source: str) -> StudySpec:
         first = next((e for e in errors if e["type"] == "extra_forbidden" and len(e["loc"]) == 1),
                      errors[0])
         raise SpecError(source, *reason_of(first)) from None
-    from hpsearch.data_utils import list_datasets
-
-    if file.dataset not in list_datasets():
-        raise SpecError(source, "dataset",
-                        f"{file.dataset!r} is not one of {', '.join(list_datasets())}")
+    try:
+        dataset = resolve_dataset_key(file.dataset, base)
+        images = image_settings(file) if Path(dataset).is_absolute() else None
+    except ValueError as exc:  # (key, reason)
+        raise SpecError(source, *exc.args) from None
+    if images is None:
+        given = [key for key in IMAGE_KEYS if getattr(file, key) is not None]
+        if given:
+            raise SpecError(source, given[0], f"only for your own images (a folder or "
+                                              f"manifest as dataset); {dataset} is a "
+                                              "registered data set")
     if file.metric not in METRICS:
         raise SpecError(source, "metric", f"{file.metric!r} is not one of {', '.join(METRICS)}")
     direction = file.direction or METRICS[file.metric]
@@ -278,11 +328,12 @@ def _validate(raw: Mapping[str, Any], source: str) -> StudySpec:
                                              f"{METRICS[file.metric]}, not {direction!r}")
     space = _space(file, source)
     return StudySpec(
-        dataset=file.dataset, epochs=file.epochs, metric=file.metric, direction=direction,
+        dataset=dataset, epochs=file.epochs, metric=file.metric, direction=direction,
         val_fraction=float(file.val_fraction), augment=file.augment,
         sampler=_component("sampler", file.sampler.model_dump(), source),
         pruner=_component("pruner", file.pruner.model_dump(), source), search_space=space,
-        enqueue_trials=_enqueued(file.enqueue_trials, space, source), source=source)
+        enqueue_trials=_enqueued(file.enqueue_trials, space, source), source=source,
+        images=images)
 
 
 def _space(file: SpecFile, source: str) -> tuple[ParamSpec, ...]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from hpsearch.training import EpochResult
 
 __all__ = ["anytime_figure", "class_distribution_figure", "confusion_matrix_figure",
-           "image_grid_figure", "learning_curves_figure"]
+           "image_grid_figure", "learning_curves_figure", "originals_figure"]
 
 
 def confusion_matrix_figure(
@@ -164,4 +164,31 @@ def class_distribution_figure(counts: dict[str, list[int]], class_names: Sequenc
     ax.set_xticklabels(class_names, rotation=45, ha="right")
     ax.set(ylabel="images", title="images per class in each split")
     ax.legend(fontsize=8)
+    return fig
+
+
+def originals_figure(originals: dict) -> Figure:
+    """The original images' shorter sides (a histogram in size bins) and colour modes (a
+    bar per mode), side by side.
+
+    Args:
+        originals: ``hpsearch.data_utils.own_images.inspect_images``'s ``originals``:
+            ``shorter_side_histogram`` ({bin label: files}), ``modes`` ({mode: files}),
+            ``files``.
+    """
+    fig = Figure(figsize=(10, 3.8), dpi=100)
+    sides, modes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.22, top=0.86, wspace=0.25)
+    histogram = originals.get("shorter_side_histogram", {})
+    sides.bar(range(len(histogram)), list(histogram.values()), color=_PALETTE[0])
+    sides.set_xticks(range(len(histogram)))
+    sides.set_xticklabels(list(histogram), rotation=30, ha="right")
+    sides.set(xlabel="shorter side of the original, pixels", ylabel="images",
+              title="original sizes")
+    counts = originals.get("modes", {})
+    modes.bar(range(len(counts)), list(counts.values()), color=_PALETTE[1])
+    modes.set_xticks(range(len(counts)))
+    modes.set_xticklabels(list(counts))
+    modes.set(xlabel="PIL mode", title="colour modes")
+    fig.suptitle(f"the {originals.get('files', 0):,} readable original images")
     return fig

@@ -55,15 +55,17 @@ def _git_commit(directory: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def dataset_inputs(splits: Mapping[str, Any], name: str,
-                   source: str | None = None) -> list[DatasetInput]:
+def dataset_inputs(splits: Mapping[str, Any], name: str, source: str | None = None,
+                   digest: str | None = None) -> list[DatasetInput]:
     """MLflow dataset inputs (name, digest, size, source) for ``{context: ArraySplit}``.
 
     Args:
         splits: ``{"training": ArraySplit, ...}``.
         name: the data set's name; each input is called ``NAME-CONTEXT``.
-        source: the folder its files were read from (MLflow records a local source), or
-            None for MLflow's default (the code that logged it).
+        source: the folder (or manifest) its files were read from (MLflow records a local
+            source), or None for MLflow's default (the code that logged it).
+        digest: the inputs' digest (own images: the manifest's digest, its first 32 hex
+            digits: MLflow keeps 36 characters), or None for MLflow's digest of the arrays.
     """
     inputs = []
     for context, split in splits.items():
@@ -72,7 +74,8 @@ def dataset_inputs(splits: Mapping[str, Any], name: str,
             warnings.filterwarnings("ignore", message="The specified dataset source can be "
                                                       "interpreted in multiple ways")
             dataset = mlflow.data.from_numpy(features=split.images, targets=split.labels,
-                                             name=f"{name}-{context}", source=source)
+                                             name=f"{name}-{context}", source=source,
+                                             digest=digest[:32] if digest else None)
         inputs.append(DatasetInput(dataset._to_mlflow_entity(),
                                    tags=[InputTag("mlflow.data.context", context)]))
     return inputs

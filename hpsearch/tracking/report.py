@@ -3,8 +3,10 @@ image grids of predictions."""
 
 from __future__ import annotations
 
+import csv
+import io
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,11 +18,13 @@ from hpsearch.tracking.figures import (
     anytime_figure,
     class_distribution_figure,
     image_grid_figure,
+    originals_figure,
 )
 from hpsearch.tracking.runs import log_figure
 from hpsearch.tracking.tables import anytime, state_counts, trials_table
 
-__all__ = ["STUDY_PLOTS", "log_data_report", "log_prediction_grid", "log_study_report"]
+__all__ = ["STUDY_PLOTS", "log_data_report", "log_image_report", "log_prediction_grid",
+           "log_study_report"]
 
 GRID_SIZE = 24  # images per grid
 
@@ -95,8 +99,9 @@ def log_prediction_grid(client: MlflowClient, run_id: str, images: np.ndarray,
 
 def log_data_report(client: MlflowClient, run_id: str, splits: Mapping[str, Any],
                     class_names: Sequence[str], *, per_class: int = 8) -> None:
-    """What the data looks like, on the parent run: images per class in each split
-    (``data/class_distribution.json`` and ``.png``) and the first ``per_class`` training
+    """What the data looks like, on the parent run: images per class in each split and the
+    imbalance ratio, the largest over the smallest training class
+    (``data/class_distribution.json`` and ``.png``), and the first ``per_class`` training
     images of each class (``data/samples_per_class.png``, one row per class).
 
     Args:
@@ -106,8 +111,10 @@ def log_data_report(client: MlflowClient, run_id: str, splits: Mapping[str, Any]
     n = len(class_names)
     counts = {name: np.bincount(split.labels, minlength=n).tolist()
               for name, split in splits.items()}
-    client.log_dict(run_id, {"class_names": list(class_names), "images_per_class": counts},
-                    "data/class_distribution.json")
+    train = next(iter(counts.values()))
+    ratio = max(train) / min(train) if min(train) else None  # None: a class has no image
+    client.log_dict(run_id, {"class_names": list(class_names), "images_per_class": counts,
+                             "imbalance_ratio": ratio}, "data/class_distribution.json")
     log_figure(client, run_id, class_distribution_figure(counts, class_names),
                "data/class_distribution.png")
     train = next(iter(splits.values()))
@@ -123,3 +130,56 @@ def log_data_report(client: MlflowClient, run_id: str, splits: Mapping[str, Any]
                                                  title="training images per class",
                                                  columns=per_class),
                "data/samples_per_class.png")
+
+
+def log_image_report(client: MlflowClient, run_id: str, images: Any,
+                     inspected: Mapping[str, Any]) -> None:
+    """What a folder or manifest of one's own images became, on the parent run (besides
+    :func:`log_data_report`'s counts and samples):
+
+    - ``data/own_images.json``: the source, image size and channels, the cache, images per
+      split and class, the imbalance ratio, the skipped count and the leakage summary;
+    - ``data/originals.png``: the originals' shorter sides and colour modes;
+    - ``data/skipped.csv``: every file left out (``path,reason``);
+    - ``data/leakage.csv``: every image in two splits (``group,kind,split,path``), with
+      ``dropped`` saying which copies ``dedupe`` removed;
+    - ``data/splits.csv``: every file used (``split,path,class``), the list a resumed
+      study is checked against.
+
+    Args:
+        images: the :class:`~hpsearch.data_utils.own_images.ImageDataset`.
+        inspected: :func:`~hpsearch.data_utils.own_images.inspect_images`'s report of it
+            (for the originals' sizes and modes, known from the header pass).
+    """
+    ratio = images.imbalance_ratio
+    summary = {
+        "source": str(images.source), "kind": images.kind, "image_size": images.image_size,
+        "channels": images.channels, "cache": str(images.cache_dir),
+        "manifest_digest": images.manifest_digest, "split_digest": images.split_digest,
+        "split_origin": dict(images.split_origin),
+        "images_per_class": {split: dict(zip(images.class_names, counts))
+                             for split, counts in images.counts.items()},
+        "imbalance_ratio": None if ratio == float("inf") else round(ratio, 4),
+        "skipped": len(images.skipped), "leakage": images.leakage.summary(),
+        "originals": inspected.get("originals", {}),
+    }
+    client.log_dict(run_id, summary, "data/own_images.json")
+    log_figure(client, run_id, originals_figure(summary["originals"]), "data/originals.png")
+    client.log_text(run_id, _csv(("path", "reason"),
+                                 ((s.path, s.reason) for s in images.skipped)),
+                    "data/skipped.csv")
+    dropped = set(images.leakage.dropped)
+    client.log_text(run_id, _csv(("group", "kind", "split", "path", "dropped"), (
+        (i, group.kind, split, path, str((split, path) in dropped).lower())
+        for i, group in enumerate(images.leakage.groups, start=1)
+        for split, path in group.files)), "data/leakage.csv")
+    client.log_text(run_id, _csv(("split", "path", "class"), images.file_table()),
+                    "data/splits.csv")
+
+
+def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -24,10 +24,11 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 from hpsearch import defaults
+from hpsearch.data_utils.own_images import class_key_parts
 from hpsearch.errors import DiskFull, is_disk_full
 from hpsearch.tracking.figures import confusion_matrix_figure, learning_curves_figure
 from hpsearch.training.loop import EpochResult, EvalResult
-from hpsearch.training.metrics import per_class_report, safe_name
+from hpsearch.training.metrics import per_class_report
 
 __all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "StudyTracker", "TrialRun",
            "close_orphaned_trial_run", "log_confusion", "log_figure"]
@@ -292,13 +293,16 @@ class TrialRun:
         self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
 
     def _log_per_class(self, report: dict, epoch: int) -> None:
-        """Validation precision, recall and F1 per class: a JSON and metrics (step = epoch)."""
+        """Validation precision, recall and F1 per class: a JSON and metrics (step = epoch)
+        under keys ``val_f1/<class>`` whose class part is valid and distinct for any class
+        name (:func:`~hpsearch.data_utils.own_images.class_key_parts`). The macro F1 is an
+        epoch metric (:meth:`log_epoch`)."""
         self.client.log_dict(self.run_id, report, "per_class_report.json")
         now = int(time.time() * 1000)
-        metrics = [Metric(f"val_{kind}/{safe_name(name)}", scores[kind], now, epoch)
-                   for name, scores in report["classes"].items()
+        parts = class_key_parts(list(report["classes"]))
+        metrics = [Metric(f"val_{kind}/{part}", scores[kind], now, epoch)
+                   for part, scores in zip(parts, report["classes"].values())
                    for kind in ("precision", "recall", "f1")]
-        metrics.append(Metric("val_macro_f1", report["macro_f1"], now, epoch))
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def _log_bytes(self, data: bytes, artifact_path: str) -> None:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from hpsearch.errors import error_line
 from hpsearch.training.capturable import CapturableOptimizer, NotCapturable
 from hpsearch.training.optim import group_max_lrs, one_cycle, one_cycle_values
-from hpsearch.training.step import EagerStep, TrainStep, autocast, batch_outcome
+from hpsearch.training.step import EagerStep, TrainStep, autocast, batch_outcome, loss_of
 
 __all__ = ["WARMUP_STEPS", "CudaGraphStep", "build_train_step"]
 
@@ -48,7 +48,7 @@ Capture = Callable[[Callable[[], Outputs]], tuple[Callable[[], None], Outputs]]
 def build_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, max_lr: float,
                      total_steps: int, device: torch.device, amp_dtype: torch.dtype | None,
                      label_smoothing: float = 0.0, cuda_graphs: bool = False,
-                     compiled: bool = False) -> TrainStep:
+                     compiled: bool = False, class_weights: Tensor | None = None) -> TrainStep:
     """A trial's training step with hpsearch's one-cycle schedule over ``total_steps``.
 
     Args:
@@ -60,6 +60,8 @@ def build_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, max_
         amp_dtype: autocast dtype, or None.
         label_smoothing: cross-entropy label smoothing in [0, 1).
         cuda_graphs: capture the step in a CUDA graph where possible.
+        class_weights: float32 tensor (num_classes,) on ``device`` weighting each class's
+            loss, or None; every kind of step uses it (eager, compiled, CUDA graph).
         compiled: ``model`` is compiled (then ``torch.compile``'s mode decides about CUDA
             graphs, and this step stays eager).
 
@@ -70,7 +72,7 @@ def build_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, max_
         return EagerStep(model, optimizer, one_cycle(optimizer, max_lr=max_lr,
                                                      total_steps=total_steps),
                          label_smoothing=label_smoothing, amp_dtype=amp_dtype,
-                         device=device, mode=f"eager ({reason})")
+                         device=device, mode=f"eager ({reason})", class_weights=class_weights)
 
     if compiled:
         return eager("--compile: torch.compile's mode decides about CUDA graphs; "
@@ -82,7 +84,7 @@ def build_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, max_
     try:
         return CudaGraphStep(model, optimizer, max_lr=max_lr, total_steps=total_steps,
                              device=device, amp_dtype=amp_dtype,
-                             label_smoothing=label_smoothing)
+                             label_smoothing=label_smoothing, class_weights=class_weights)
     except NotCapturable as exc:
         return eager(f"no CUDA graph: {exc}")
 
@@ -108,6 +110,8 @@ class CudaGraphStep:
         amp_dtype: autocast dtype, or None.
         label_smoothing: cross-entropy label smoothing.
         capture: how to capture the step (default :func:`capture_cuda_graph`).
+        class_weights: float32 tensor (num_classes,) on ``device`` weighting each class's
+            loss, or None (a device tensor: the graph reads it, never a host copy).
 
     Raises:
         NotCapturable: the optimizer cannot be updated inside a graph.
@@ -115,9 +119,11 @@ class CudaGraphStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, max_lr: float,
                  total_steps: int, device: torch.device, amp_dtype: torch.dtype | None,
-                 label_smoothing: float = 0.0, capture: Capture = capture_cuda_graph) -> None:
+                 label_smoothing: float = 0.0, capture: Capture = capture_cuda_graph,
+                 class_weights: Tensor | None = None) -> None:
         self.model, self.device = model, device
         self.amp_dtype, self.label_smoothing = amp_dtype, label_smoothing
+        self.class_weights = class_weights
         # Each parameter group its own curve (a backbone's peak is a fraction of the head's);
         # the momentum's does not depend on the peak.
         lr_rows = [one_cycle_values(max_lr=peak, total_steps=total_steps)[0]
@@ -177,7 +183,8 @@ class CudaGraphStep:
         self._clear_grads()
         with autocast(self.device, self.amp_dtype, cache_enabled=False):
             logits = self.model(x)
-            loss = nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            loss = loss_of(logits, y, label_smoothing=self.label_smoothing,
+                           class_weights=self.class_weights)
         loss.backward()
         self.update.step()
         return batch_outcome(logits, loss, y)

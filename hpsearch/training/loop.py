@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from hpsearch.errors import check_interrupted
+from hpsearch.training.metrics import balanced_accuracy, macro_f1
 from hpsearch.training.step import EagerStep, TrainStep, autocast
 
 __all__ = ["EpochResult", "EvalResult", "TrainingDiverged", "evaluate", "fit"]
@@ -56,6 +57,16 @@ class EvalResult:
     predicted: np.ndarray | None = None
     confidence: np.ndarray | None = None
 
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean recall over the classes with images, in [0, 1] (from :attr:`confusion`)."""
+        return balanced_accuracy(self.confusion)
+
+    @property
+    def macro_f1(self) -> float:
+        """Mean F1 over the classes true or predicted, in [0, 1] (from :attr:`confusion`)."""
+        return macro_f1(self.confusion)
+
 
 @dataclass(frozen=True)
 class EpochResult:
@@ -63,7 +74,8 @@ class EpochResult:
 
     Attributes:
         epoch: 1-based epoch number (the step of every per-epoch metric).
-        train_loss: mean training cross-entropy per image over the epoch (nats).
+        train_loss: mean training cross-entropy per image over the epoch (nats; the
+            class-weighted mean where the trial weighs its classes).
         train_accuracy: training accuracy over the epoch, in [0, 1], on augmented images.
         val: validation loss, accuracy and confusion matrix after the epoch.
         lr: learning rate at the end of the epoch (the head's, for a pretrained backbone).
@@ -84,13 +96,16 @@ class EpochResult:
 
     def metrics(self) -> dict[str, float]:
         """The epoch's scalar metrics under the names logged to MLflow (``lr_backbone`` only
-        where there is one)."""
+        where there is one); ``val_balanced_accuracy`` and ``val_macro_f1`` come from the
+        validation confusion matrix."""
         backbone = {} if self.lr_backbone is None else {"lr_backbone": self.lr_backbone}
         return {
             "train_loss": self.train_loss,
             "train_accuracy": self.train_accuracy,
             "val_loss": self.val.loss,
             "val_accuracy": self.val.accuracy,
+            "val_balanced_accuracy": self.val.balanced_accuracy,
+            "val_macro_f1": self.val.macro_f1,
             "lr": self.lr,
             "epoch_seconds": self.epoch_seconds,
             "images_per_second": self.images_per_second,
@@ -147,6 +162,7 @@ def fit(
     device: torch.device,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
     amp_dtype: torch.dtype | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_batch: Callable[[int, int, int], None] | None = None,
@@ -165,6 +181,7 @@ def fit(
         device: where model and batches live.
         scheduler: stepped after every optimizer step (e.g. ``OneCycleLR``), or None.
         label_smoothing: cross-entropy label smoothing in [0, 1).
+        class_weights: float32 tensor (num_classes,) weighting each class's loss, or None.
         amp_dtype: autocast dtype (``torch.bfloat16`` on CUDA), or None for full precision;
             validation runs under it too.
         on_batch: called as ``on_batch(epoch, done, total)`` when an epoch starts
@@ -174,7 +191,8 @@ def fit(
             training and propagates.
         train_step: the training step to run per batch (for example the CUDA-graph step
             of ``build_train_step``); default: an :class:`~hpsearch.training.step.EagerStep`
-            over ``optimizer``, ``scheduler``, ``label_smoothing`` and ``amp_dtype``.
+            over ``optimizer``, ``scheduler``, ``label_smoothing``, ``class_weights`` and
+            ``amp_dtype``.
         start_epoch: the first epoch to train (1-based): a training continued after epoch
             ``start_epoch - 1``, its model, step and random states restored by the caller.
             Past ``epochs``, nothing is trained.
@@ -191,7 +209,7 @@ def fit(
         if optimizer is None:
             raise TypeError("fit() needs an optimizer or a train_step")
         train_step = EagerStep(model, optimizer, scheduler, label_smoothing=label_smoothing,
-                               amp_dtype=amp_dtype, device=device)
+                               amp_dtype=amp_dtype, device=device, class_weights=class_weights)
     history: list[EpochResult] = []
     if start_epoch < 1:
         raise ValueError(f"start_epoch must be >= 1, got {start_epoch}")

@@ -28,7 +28,8 @@ __all__ = [
     "FORMATS", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "MODE_RULES", "PREPROCESS_VERSION",
     "ImageDataError", "ImageDataset", "ImageFileError", "ImageOptions", "LeakGroup", "Leakage",
     "SkippedFile", "class_key_parts", "dataset_display_name", "default_cache_dir",
-    "default_image_size", "fits_on_device", "inspect_images", "is_path_dataset", "load_images",
+    "default_image_size", "fits_on_device", "inspect_images", "is_path_dataset",
+    "load_cached_split", "load_images",
     "preprocess_image", "resolve_dataset",
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from hpsearch.data_utils.own_images.splits import (
     imbalance_ratio,
 )
 
-__all__ = ["RESIDENT_SHARE", "fits_on_device", "inspect_images"]
+__all__ = ["RESIDENT_SHARE", "DeviceMemory", "device_memory", "fits_on_device",
+           "inspect_images"]
 
 RESIDENT_SHARE = 0.5
 """Share of a device's memory the cached images may take to stay resident: the rest is for
@@ -36,12 +38,65 @@ def fits_on_device(cache_bytes: int, device_memory_bytes: int, *, jobs: int = 1)
     return cache_bytes * jobs <= RESIDENT_SHARE * device_memory_bytes
 
 
+@dataclass(frozen=True)
+class DeviceMemory:
+    """The memory a run's images would live in.
+
+    Attributes:
+        bytes: free bytes now.
+        device: what it is, in words (``NVIDIA H100 80GB HBM3 (GPU 0)``, ``host memory``).
+        source: where the figure comes from (``NVML``, ``psutil``, ``--device-memory``).
+    """
+
+    bytes: int
+    device: str
+    source: str
+
+
+def device_memory() -> DeviceMemory:
+    """The free memory of the device a run would train on, without initialising CUDA (a
+    process that has, such as a training's, holds hundreds of MB of GPU memory and takes
+    seconds): the first NVIDIA GPU's through NVML (``nvidia-ml-py``), else the host's
+    available memory (``psutil``), where a CPU run keeps its images."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            if pynvml.nvmlDeviceGetCount() > 0:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+                name = pynvml.nvmlDeviceGetName(handle)
+                name = name.decode() if isinstance(name, bytes) else name
+                free = int(pynvml.nvmlDeviceGetMemoryInfo(handle).free)
+                return DeviceMemory(free, f"{name} (GPU 0)", "NVML, free now")
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no GPU, no library: the host keeps the images
+        pass
+    import psutil
+
+    return DeviceMemory(int(psutil.virtual_memory().available), "host memory",
+                        "psutil, available now")
+
+
 def inspect_images(path: str | os.PathLike[str], options: ImageOptions | None = None, *,
                    cache_dir: str | os.PathLike[str] | None = None, workers: int | None = None,
                    progress: IO[str] | None = None,
-                   device_memory_gb: float | None = None) -> dict[str, Any]:
+                   device_memory_gb: float | None = None, memory: DeviceMemory | None = None,
+                   jobs: int = 1) -> dict[str, Any]:
     """The facts of a folder or manifest, read from ``stat`` and image headers only (and
     from its cache, where one exists for these settings). JSON-able.
+
+    Args:
+        path: the folder or manifest.
+        options: the settings a run would use.
+        cache_dir: where caches live (default: :func:`default_cache_dir`).
+        workers: processes reading headers.
+        progress: stream for progress lines, or None.
+        device_memory_gb: say whether the images fit on a device of this many GiB.
+        memory: or on this device (:func:`device_memory`); ignored with
+            ``device_memory_gb``.
+        jobs: the run's ``--jobs``: each worker holds its own copy of the images.
 
     Returns:
         A dict: ``source``, ``kind``, ``name``; ``classes`` (name, metric key part, count per
@@ -50,7 +105,7 @@ def inspect_images(path: str | os.PathLike[str], options: ImageOptions | None = 
         ``image_size_rule``, ``channels``; ``skipped`` (path, reason) and ``ignored``;
         ``leakage``; ``cache`` (folder, exists, bytes); ``decode_checked`` (False until the
         cache exists: truncated pixel data shows only when decoding); ``device`` when
-        ``device_memory_gb`` is given.
+        ``device_memory_gb`` or ``memory`` is given.
 
     Raises:
         ImageDataError: the path cannot be used at all.
@@ -104,11 +159,13 @@ def inspect_images(path: str | os.PathLike[str], options: ImageOptions | None = 
         "decode_checked": entry is not None,
     }
     if device_memory_gb is not None:
-        device_bytes = int(device_memory_gb * 2**30)
-        report["device"] = {"memory_gb": device_memory_gb,
-                            "fits": fits_on_device(image_bytes, device_bytes),
-                            "rule": f"resident when the images take at most "
-                                    f"{RESIDENT_SHARE:.0%} of the device's memory"}
+        memory = DeviceMemory(int(device_memory_gb * 2**30), "a device", "--device-memory")
+    if memory is not None:
+        report["device"] = {"memory_gb": round(memory.bytes / 2**30, 3),
+                            "device": memory.device, "source": memory.source, "jobs": jobs,
+                            "fits": fits_on_device(image_bytes, memory.bytes, jobs=jobs),
+                            "rule": f"resident when the images of all {jobs} worker(s) take "
+                                    f"at most {RESIDENT_SHARE:.0%} of the device's memory"}
     return report
 
 
@@ -164,7 +221,7 @@ def report_lines(report: dict[str, Any], *, limit: int = 20) -> list[str]:
                  f"({'built' if cache['exists'] else 'not built yet'})")
     if "device" in report:
         d = report["device"]
-        lines.append(f"device of {d['memory_gb']:g} GB: "
+        lines.append(f"{d['device']}, {d['memory_gb']:g} GB free ({d['source']}): "
                      + ("fits, resident" if d["fits"] else "does not fit, streamed from host")
                      + f" ({d['rule']})")
     skipped = report["skipped"]
