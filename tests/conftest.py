@@ -91,14 +91,14 @@ def hpsearch(cwd: Path, *args: str, env: dict | None = None,
 
 def post_images(url: str, images=None, *, raw: str | None = None,
                 output: str | None = None) -> tuple[int, object]:
-    """POST ``{"inputs": images}`` (or the raw body) to /invocations; with ``output``, also
-    ``"params": {"output": output}`` (``label``, the default answer, ``class_index`` or
-    ``full``).
+    """POST ``{"inputs": {"images": images}}`` (or the raw body) to /invocations; with
+    ``output``, also ``"params": {"output": output}`` (``label``, the default answer,
+    ``class_index`` or ``full``).
 
     Returns:
         (HTTP status, parsed JSON body on success or the error body as text).
     """
-    payload = {"inputs": images} | ({"params": {"output": output}} if output else {})
+    payload = {"inputs": {"images": images}} | ({"params": {"output": output}} if output else {})
     body = raw if raw is not None else json.dumps(payload)
     request = urllib.request.Request(f"{url}/invocations", data=body.encode(),
                                      headers={"Content-Type": "application/json"})

@@ -32,8 +32,13 @@ from PIL import Image
 
 from hpsearch.cli import main
 from hpsearch.data_utils import DatasetInfo, get_dataset_info
-from hpsearch.data_utils.own_images import ImageOptions, load_images, preprocess_image
-from hpsearch.serving.image_files import MAX_IMAGE_BYTES, MAX_REQUEST_BYTES
+from hpsearch.data_utils.own_images import (
+    PREPROCESS_VERSION,
+    ImageOptions,
+    load_images,
+    preprocess_image,
+)
+from hpsearch.serving.image_files import MAX_IMAGE_BYTES, MAX_REQUEST_BYTES, MAX_SERVED_PIXELS
 from hpsearch.serving.images import MAX_BATCH
 from hpsearch.tracking.provenance import using_tracking_uri
 
@@ -97,7 +102,7 @@ def grey_model(grey_champion):
     return load(grey_champion)
 
 
-# --- the pixels: exactly the training cache's ---------------------------------------------------
+# --- the pixels: exactly the training cache's -------------------------------------------------
 
 def test_a_training_file_sent_to_its_champion_gets_the_cached_pixels_bit_for_bit(
         photos, rgb_model):
@@ -165,7 +170,7 @@ def test_base64_with_line_breaks_or_a_data_url_prefix_is_the_same_file(rgb_model
     assert all(np.array_equal(pixels[0], p) for p in pixels[1:])
 
 
-# --- limits and refusals -----------------------------------------------------------------------
+# --- limits and refusals ----------------------------------------------------------------------
 
 def random_bytes(n: int) -> bytes:
     return np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
@@ -197,10 +202,10 @@ REFUSED = {
         lambda: [small_png(), encoded(bomb_bytes(30_000, 30_000))],
         "image 1: decompression bomb: Image size (900000000 pixels) exceeds limit of "
         "178956970 pixels"),
-    "a file declaring more pixels than allowed": (
-        lambda: [encoded(bomb_bytes(10_000, 10_000))],
-        "image 0: decompression bomb: declares 10,000 x 10,000 pixels, more than the limit "
-        "of 89,478,485"),
+    "a file declaring more pixels than a server decodes": (
+        lambda: [encoded(bomb_bytes(6_000, 4_001))],
+        "image 0: decompression bomb: declares 6,000 x 4,001 pixels, more than the limit "
+        "of 24,000,000"),
     "not an image": (lambda: [small_png(), encoded(b"just some text")],
                      "image 1: not an image (Pillow cannot identify the file)"),
     "a truncated PNG": (
@@ -252,7 +257,7 @@ def model_folder(champion) -> Path:
         return Path(mlflow.artifacts.download_artifacts(champion.model_uri))
 
 
-# --- what registration logs ----------------------------------------------------------------------
+# --- what registration logs -------------------------------------------------------------------
 
 @pytest.mark.parametrize("which", ["rgb_champion", "grey_champion"])
 def test_the_logged_example_is_base64_test_images_and_the_model_validates_it(request, which):
@@ -264,8 +269,9 @@ def test_the_logged_example_is_base64_test_images_and_the_model_validates_it(req
     assert len(predictions) == 2 and set(predictions) <= set(champion.info.class_names)
     shape = champion.info.shape
     config = json.loads((local / "artifacts" / "config.json").read_text())
-    assert config["preprocessing"] | {"max_pixels": 0, "version": 0} == {
-        "image_size": shape.size, "channels": shape.channels, "max_pixels": 0, "version": 0}
+    assert config["preprocessing"] == {"image_size": shape.size, "channels": shape.channels,
+                                       "max_pixels": MAX_SERVED_PIXELS,
+                                       "version": PREPROCESS_VERSION}
     inputs = mlflow.models.Model.load(str(local / "MLmodel")).signature.inputs.inputs
     assert [(c.name, c.required) for c in inputs] == [("images", False), ("image", False)]
     assert inputs[1].type == DataType.string
@@ -284,7 +290,7 @@ def test_a_three_channel_champions_example_keeps_its_test_images_colours(photos,
         MAX_IMAGE_BYTES, MAX_REQUEST_BYTES)
 
 
-# --- hpsearch predict -----------------------------------------------------------------------------
+# --- hpsearch predict -------------------------------------------------------------------------
 
 def predict(champion, *args: str):
     return CliRunner().invoke(main, ["predict", *args, "--tracking-uri",

@@ -11,9 +11,8 @@ Limits per request (each refusal names the limit and the image, by its row from 
 - :data:`MAX_IMAGE_BYTES` per image file and :data:`MAX_REQUEST_BYTES` for all the files of
   one request, checked after base64 decoding, one file at a time, before any is decoded as
   an image;
-- :data:`~hpsearch.data_utils.own_images.MAX_IMAGE_PIXELS` per image as the file declares it,
-  checked before a pixel is decoded (a decompression bomb: a small PNG that declares
-  30,000 x 30,000 pixels).
+- :data:`MAX_SERVED_PIXELS` per image as the file declares it, checked before a pixel is
+  decoded (a decompression bomb: a small PNG that declares 30,000 x 30,000 pixels).
 
 So a request never holds more than its image files and one decoded image at a time.
 """
@@ -31,14 +30,14 @@ import numpy as np
 
 from hpsearch.data_utils import ImageShape
 from hpsearch.data_utils.own_images import (
-    MAX_IMAGE_PIXELS,
     PREPROCESS_VERSION,
     ImageFileError,
     preprocess_image,
 )
 from hpsearch.serving.images import MAX_BATCH, InvalidImages
 
-__all__ = ["IMAGE_COLUMN", "MAX_IMAGE_BYTES", "MAX_REQUEST_BYTES", "Preprocessing",
+__all__ = ["IMAGE_COLUMN", "MAX_IMAGE_BYTES", "MAX_REQUEST_BYTES", "MAX_SERVED_PIXELS",
+           "Preprocessing",
            "encode_image_file", "files_to_pixels", "files_to_unit_batch"]
 
 IMAGE_COLUMN = "image"
@@ -47,6 +46,13 @@ MIB = 2**20
 MAX_IMAGE_BYTES = 32 * MIB
 # About 86 MiB of JSON once base64-encoded: 12 large photos, or 1024 small files at once.
 MAX_REQUEST_BYTES = 64 * MIB
+MAX_SERVED_PIXELS = 24_000_000
+"""Most pixels (width x height) a served image file may declare: a 6,000 x 4,000 (24 MP)
+photo. Below the training cache's limit (MAX_IMAGE_PIXELS, 89 MP) because a server decodes
+whatever anyone sends. Measured growth of a process's peak memory in ``preprocess_image``:
+an 81 MP transparent PNG of 337 KB, 3.7 GB (the alpha path composites in 32-bit copies);
+at 24 MP, 1.1 GB transparent (105 KB), 0.44 GB 16-bit grey, 0.12 GB RGB, and 3 MB as a JPEG
+(decoded at 1/8 scale)."""
 _DATA_URL = "data:"  # "data:image/png;base64,...", as a browser's FileReader gives
 
 
@@ -58,14 +64,15 @@ class Preprocessing:
     Attributes:
         image_size: side S of the model's square images, pixels.
         channels: 1 (grey) or 3 (RGB).
-        max_pixels: most pixels (width x height) a file may declare.
+        max_pixels: most pixels (width x height) a file may declare
+            (:data:`MAX_SERVED_PIXELS`).
         version: :data:`~hpsearch.data_utils.own_images.PREPROCESS_VERSION` of the code that
             built the training cache (the served model ships the same code).
     """
 
     image_size: int
     channels: int
-    max_pixels: int = MAX_IMAGE_PIXELS
+    max_pixels: int = MAX_SERVED_PIXELS
     version: int = PREPROCESS_VERSION
 
     @classmethod
