@@ -330,12 +330,13 @@ def test_png_files_of_the_test_images_get_the_answers_of_their_pixels(
 def test_the_documented_curl_command_classifies_a_photo(served, tmp_path):
     photo = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.jpg")
-    # docs/guides/serving.md, as written there (with the server's port).
+    # As docs/guides/serving.md and the README write it (with the server's port).
     command = (f"printf '{{\"dataframe_records\": [{{\"image\": \"%s\"}}]}}' "
                f"\"$(base64 -w0 photo.jpg)\" | curl -s {served.url}/invocations "
                f"-H 'Content-Type: application/json' --data-binary @-")
-    docs = (Path(__file__).parents[1] / "docs" / "guides" / "serving.md").read_text()
-    assert command.replace(served.url, "http://127.0.0.1:5001") in docs
+    root = Path(__file__).parents[1]
+    for documented in (root / "docs" / "guides" / "serving.md", root / "README.md"):
+        assert command.replace(served.url, "http://127.0.0.1:5001") in documented.read_text()
     result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)
     answer = json.loads(result.stdout)
