@@ -193,6 +193,7 @@ class Served:
     url: str
     model_uri: str  # pinned to the version, so a later alias move does not matter
     version: str
+    pid: int = 0  # of `mlflow models serve`; the server (uvicorn) is a process below it
 
 
 @pytest.fixture(scope="session")
@@ -208,7 +209,8 @@ def served(study_dir, client, tracking_uri):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until_ready(port, server)
-        yield Served(f"http://127.0.0.1:{port}", f"models:/{MODEL}/{version}", version)
+        yield Served(f"http://127.0.0.1:{port}", f"models:/{MODEL}/{version}", version,
+                     server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)

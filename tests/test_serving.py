@@ -13,7 +13,6 @@ import json
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import mlflow
@@ -25,7 +24,6 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR, get_dataset_info, load_dataset
-from hpsearch.serving.image_files import MAX_IMAGE_BYTES
 from hpsearch.serving.images import MAX_BATCH
 from hpsearch.tracking.provenance import using_tracking_uri
 from hpsearch.training.device import autocast_dtype
@@ -342,48 +340,3 @@ def test_the_documented_curl_command_classifies_a_photo(served, tmp_path):
     answer = json.loads(result.stdout)
     assert len(answer["predictions"]) == 1
     assert answer["predictions"][0] in get_dataset_info("fashion_mnist").class_names
-
-
-def bomb_file() -> bytes:
-    """A PNG of a few hundred bytes that declares 30,000 x 30,000 grey pixels."""
-    header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 0, 0, 0, 0)
-    data = zlib.compress(b"\x00" * 4096)
-
-    def chunk(kind: bytes, content: bytes) -> bytes:
-        return (struct.pack(">I", len(content)) + kind + content
-                + struct.pack(">I", zlib.crc32(kind + content) & 0xFFFFFFFF))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
-            + chunk(b"IEND", b""))
-
-
-def _records(files: list[bytes]) -> str:
-    return json.dumps({"dataframe_records": [{"image": base64.b64encode(f).decode()}
-                                             for f in files]})
-
-
-FILE_REFUSALS = {
-    "a decompression bomb": (lambda png: [png, bomb_file()],
-                             "image 1: decompression bomb"),
-    "not an image": (lambda png: [png, b"just text"],
-                     "image 1: not an image (Pillow cannot identify the file)"),
-    "a file over the bytes per image": (
-        lambda png: [np.random.default_rng(1).bytes(MAX_IMAGE_BYTES + 1)],
-        f"image 0: a file of {MAX_IMAGE_BYTES + 1:,} bytes, more than the limit of "
-        f"{MAX_IMAGE_BYTES:,} bytes (32 MiB) per image file"),
-    "more images than allowed": (lambda png: [png] * (MAX_BATCH + 1),
-                                 f"exceeds the maximum of {MAX_BATCH} per request"),
-}
-
-
-@pytest.mark.parametrize("case", FILE_REFUSALS)
-def test_an_image_file_over_a_limit_or_not_an_image_gets_400_and_the_server_goes_on(
-        served, test_split, case):
-    png = io.BytesIO()
-    Image.fromarray(test_split.images[0, 0]).save(png, "PNG")
-    files, message = FILE_REFUSALS[case]
-    status, body = post_images(served.url, raw=_records(files(png.getvalue())))
-    assert status == 400, body[:2000]
-    assert message in body and len(body) < 2000
-    status, good = post_images(served.url, raw=_records([png.getvalue()]))
-    assert status == 200 and len(good["predictions"]) == 1

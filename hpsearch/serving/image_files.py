@@ -37,8 +37,7 @@ from hpsearch.data_utils.own_images import (
 from hpsearch.serving.images import MAX_BATCH, InvalidImages
 
 __all__ = ["IMAGE_COLUMN", "MAX_IMAGE_BYTES", "MAX_REQUEST_BYTES", "MAX_SERVED_PIXELS",
-           "Preprocessing",
-           "encode_image_file", "files_to_pixels", "files_to_unit_batch"]
+           "Preprocessing", "encode_image_file", "files_to_pixels", "files_to_unit_batch"]
 
 IMAGE_COLUMN = "image"
 MIB = 2**20

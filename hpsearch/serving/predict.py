@@ -22,13 +22,11 @@ from mlflow.exceptions import MlflowException
 from hpsearch.errors import HpsearchError
 from hpsearch.redact import redact_url
 from hpsearch.serving.image_files import IMAGE_COLUMN, MAX_IMAGE_BYTES, MAX_REQUEST_BYTES
-from hpsearch.serving.images import MAX_BATCH
+from hpsearch.serving.images import MAX_BATCH, PIXELS_COLUMN
 from hpsearch.tracking.provenance import resolve_tracking_uri, using_tracking_uri
 
-__all__ = ["Predictions", "Prediction", "Refusal", "describe_model", "load_serving_model",
+__all__ = ["Prediction", "Predictions", "Refusal", "describe_model", "load_serving_model",
            "predict_files"]
-
-PIXELS_COLUMN = "images"
 
 
 @dataclass(frozen=True)

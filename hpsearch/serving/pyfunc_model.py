@@ -69,9 +69,13 @@ from hpsearch.serving.image_files import (
     Preprocessing,
     files_to_unit_batch,
 )
-from hpsearch.serving.images import MAX_BATCH, InvalidImages, accepted_shapes, to_unit_batch
-
-INPUT_COLUMN = "images"
+from hpsearch.serving.images import (
+    MAX_BATCH,
+    PIXELS_COLUMN,
+    InvalidImages,
+    accepted_shapes,
+    to_unit_batch,
+)
 
 
 class BadRequest(MlflowException):
@@ -166,7 +170,7 @@ class ChampionModel(PythonModel):
     def expected(self) -> str:
         shapes = " or ".join(str(s) for s in accepted_shapes(self.info.shape))
         return (f"Expected: 1 to {MAX_BATCH} {self.info.name} images per request, either pixel "
-                f"arrays in column {INPUT_COLUMN!r} ({{\"inputs\": {{\"{INPUT_COLUMN}\": "
+                f"arrays in column {PIXELS_COLUMN!r} ({{\"inputs\": {{\"{PIXELS_COLUMN}\": "
                 f"[image, ...]}}}}), each {shapes}, integer pixels 0..255 or float pixels "
                 f"0..1; or image files of any size in column {IMAGE_COLUMN!r} "
                 f"({{\"dataframe_records\": [{{\"{IMAGE_COLUMN}\": \"<base64>\"}}, ...]}}), "
@@ -181,22 +185,22 @@ def _column_of(model_input: Any) -> tuple[str, Any]:
         BadRequest: neither column is there, or both hold images.
     """
     if not isinstance(model_input, (dict, pd.DataFrame)):
-        raise BadRequest(f"expected a DataFrame or a dict with a column {INPUT_COLUMN!r} "
+        raise BadRequest(f"expected a DataFrame or a dict with a column {PIXELS_COLUMN!r} "
                          f"(pixel arrays) or {IMAGE_COLUMN!r} (image files), got "
                          f"{type(model_input).__name__}")
-    filled = [c for c in (INPUT_COLUMN, IMAGE_COLUMN) if c in model_input]
+    filled = [c for c in (PIXELS_COLUMN, IMAGE_COLUMN) if c in model_input]
     if len(filled) == 2 and isinstance(model_input, pd.DataFrame):
         # Records of both kinds make a table with both columns, each row filling one.
         filled = [c for c in filled if not model_input[c].isna().all()] or filled
     if not filled:
         raise BadRequest(
-            f"no image in the request: send pixel arrays in column {INPUT_COLUMN!r} "
-            f"({{\"inputs\": {{\"{INPUT_COLUMN}\": [image, ...]}}}}; a bare {{\"inputs\": "
+            f"no image in the request: send pixel arrays in column {PIXELS_COLUMN!r} "
+            f"({{\"inputs\": {{\"{PIXELS_COLUMN}\": [image, ...]}}}}; a bare {{\"inputs\": "
             f"[image, ...]}} list is read by MLflow as a table and lost) or base64-encoded "
             f"image files in column {IMAGE_COLUMN!r} "
             f"({{\"dataframe_records\": [{{\"{IMAGE_COLUMN}\": \"<base64>\"}}, ...]}})")
     if len(filled) > 1:
-        raise BadRequest(f"send pixel arrays (column {INPUT_COLUMN!r}) and image files "
+        raise BadRequest(f"send pixel arrays (column {PIXELS_COLUMN!r}) and image files "
                          f"(column {IMAGE_COLUMN!r}) in separate requests, not both in one")
     column = filled[0]
     values = model_input[column]

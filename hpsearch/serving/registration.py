@@ -60,7 +60,7 @@ from hpsearch.serving.image_files import (
     Preprocessing,
     encode_image_file,
 )
-from hpsearch.serving.images import MAX_BATCH, accepted_shapes, to_unit_batch
+from hpsearch.serving.images import MAX_BATCH, PIXELS_COLUMN, accepted_shapes, to_unit_batch
 from hpsearch.serving.uris import CHAMPION_ALIAS
 from hpsearch.tracking.provenance import using_tracking_uri
 from hpsearch.tracking.report import log_prediction_grid
@@ -341,7 +341,7 @@ def serving_signature() -> ModelSignature:
     default one class name per image. The inference parameter ``output`` (``label``,
     ``class_index`` or ``full``; see ``pyfunc_model.py``) chooses the answer."""
     return ModelSignature(
-        inputs=Schema([ColSpec(AnyType(), "images", required=False),
+        inputs=Schema([ColSpec(AnyType(), PIXELS_COLUMN, required=False),
                        ColSpec(DataType.string, IMAGE_COLUMN, required=False)]),
         outputs=Schema([ColSpec(DataType.string)]),
         params=ParamSchema([ParamSpec("output", DataType.string, DEFAULT_OUTPUT)]),
