@@ -158,14 +158,14 @@ def cli(cwd: Path | str, *args: str, env: dict | None = None) -> subprocess.Comp
 
 def post_images(url: str, images=None, *, raw: str | None = None,
                 output: str | None = None) -> tuple[int, object]:
-    """POST ``{"inputs": images}`` (or the raw body) to /invocations; with ``output``, also
-    ``"params": {"output": output}`` (``label``, the default answer, ``class_index`` or
-    ``full``).
+    """POST ``{"inputs": {"images": images}}`` (or the raw body) to /invocations; with
+    ``output``, also ``"params": {"output": output}`` (``label``, the default answer,
+    ``class_index`` or ``full``).
 
     Returns:
         (HTTP status, parsed JSON body on success or the error body as text).
     """
-    payload = {"inputs": images} | ({"params": {"output": output}} if output else {})
+    payload = {"inputs": {"images": images}} | ({"params": {"output": output}} if output else {})
     body = raw if raw is not None else json.dumps(payload)
     request = urllib.request.Request(f"{url}/invocations", data=body.encode(),
                                      headers={"Content-Type": "application/json"})
@@ -261,6 +261,7 @@ class Served:
     url: str
     model_uri: str  # pinned to the version, so a later alias move does not matter
     version: str
+    pid: int = 0  # of `mlflow models serve`; the server (uvicorn) is a process below it
 
 
 @pytest.fixture(scope="session")
@@ -276,7 +277,8 @@ def served(study_dir, client, tracking_uri):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until_ready(port, server)
-        yield Served(f"http://127.0.0.1:{port}", f"models:/{MODEL}/{version}", version)
+        yield Served(f"http://127.0.0.1:{port}", f"models:/{MODEL}/{version}", version,
+                     server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)

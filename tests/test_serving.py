@@ -1,12 +1,14 @@
 """The serving contract: the champion takes raw images in every accepted layout and dtype,
-answers one class name per image (or, with the inference parameter ``output``, class indices,
-or class index, name and probabilities), works with ``mlflow.models.evaluate``'s classifier
-evaluator, and turns bad requests into HTTP 400 while it goes on serving. Also ``hpsearch
-predict`` and ``hpsearch serve``."""
+and base64-encoded image files, answers one class name per image (or, with the inference
+parameter ``output``, class indices, or class index, name and probabilities), works with
+``mlflow.models.evaluate``'s classifier evaluator, and turns bad requests into HTTP 400 while
+it goes on serving. Also ``hpsearch predict`` and ``hpsearch serve``."""
 
 from __future__ import annotations
 
+import base64
 import gzip
+import io
 import json
 import struct
 import subprocess
@@ -241,13 +243,20 @@ def test_predict_command_labels_png_and_npy_files(served, tracking_uri, test_spl
         assert f"  {label}  " in line
 
 
-def test_predict_command_rejects_a_wrong_size_image_with_exit_code_2(tracking_uri, served,
-                                                                     tmp_path):
+def test_predict_command_resizes_an_image_file_and_refuses_a_wrong_pixel_array(
+        tracking_uri, served, tmp_path):
+    # An image file of any size is preprocessed by the model; a pixel array is not.
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "small.png")
-    result = cli(tmp_path, "predict", "small.png", "--model", served.model_uri,
-                 "--tracking-uri", tracking_uri)
-    assert result.returncode == 2
-    assert "shape (20, 20)" in result.stderr and "Traceback" not in result.stderr
+    np.save(tmp_path / "small.npy", np.zeros((20, 20), np.uint8))
+    result = cli(tmp_path, "predict", "small.png", "small.npy", "--model",
+                 served.model_uri, "--tracking-uri", tracking_uri)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("small.png  ")
+    assert "hpsearch: error: small.npy: shape (20, 20) is not (28, 28)" in result.stderr
+    assert "Traceback" not in result.stderr
+    alone = cli(tmp_path, "predict", "small.npy", "--model", served.model_uri,
+                "--tracking-uri", tracking_uri)
+    assert alone.returncode == 2 and alone.stdout == ""
 
 
 def test_serve_command_starts_the_champion_on_loopback(study_dir, tracking_uri, test_split):
@@ -291,3 +300,44 @@ def test_predict_and_serve_default_to_the_champion_registered_last(study_dir, tr
     assert missing.returncode == 2
     assert "no registered model 'nope' with alias 'champion'" in missing.stderr
     assert f"registered models: {MODEL} (@champion)" in missing.stderr
+
+
+def file_request(images: np.ndarray, form: str = "records") -> str:
+    """A request of ``images`` (uint8 (N, 28, 28)) as base64-encoded PNG files."""
+    files = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "PNG")
+        files.append(buffer.getvalue())
+    if form == "split":  # MLflow's flower-classifier example: base64 with line breaks
+        return json.dumps({"dataframe_split": {"columns": ["image"], "data": [
+            [base64.encodebytes(f).decode()] for f in files]}})
+    encoded = [base64.b64encode(f).decode() for f in files]
+    if form == "inputs":
+        return json.dumps({"inputs": {"image": encoded}})
+    return json.dumps({"dataframe_records": [{"image": e} for e in encoded]})
+
+
+@pytest.mark.parametrize("form", ["records", "split", "inputs"])
+def test_png_files_of_the_test_images_get_the_answers_of_their_pixels(
+        served, test_split, expected, form):
+    status, body = post_images(served.url, raw=file_request(test_split.images[:N, 0], form))
+    assert status == 200, body
+    assert body["predictions"] == expected["label"].tolist()
+
+
+def test_the_documented_curl_command_classifies_a_photo(served, tmp_path):
+    photo = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg")
+    # As docs/guides/serving.md and the README write it (with the server's port).
+    command = (f"printf '{{\"dataframe_records\": [{{\"image\": \"%s\"}}]}}' "
+               f"\"$(base64 -w0 photo.jpg)\" | curl -s {served.url}/invocations "
+               f"-H 'Content-Type: application/json' --data-binary @-")
+    root = Path(__file__).parents[1]
+    for documented in (root / "docs" / "guides" / "serving.md", root / "README.md"):
+        assert command.replace(served.url, "http://127.0.0.1:5001") in documented.read_text()
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    answer = json.loads(result.stdout)
+    assert len(answer["predictions"]) == 1
+    assert answer["predictions"][0] in get_dataset_info("fashion_mnist").class_names

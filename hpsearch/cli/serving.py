@@ -33,26 +33,38 @@ model_option = click.option(
               help="Use the model logged in this MLflow run instead of a registered one.")
 @tracking_uri_option
 def predict(images, model, run_id, tracking_uri) -> None:
-    """Classify IMAGES (PNG/JPEG files or .npy arrays) with a registered or logged model."""
+    """Classify IMAGES (image files of any size: PNG, JPEG, WEBP, BMP, GIF, ...; or .npy
+    pixel arrays) with a registered or logged model.
+
+    Prints which model answered (on stderr), then one line per image: the file, the class
+    and its probability. A file that cannot be read or that the model refuses gets its own
+    line on stderr, naming it and why, and the others are still predicted. Exit code 0 when
+    at least one image was classified, 2 when none was.
+    """
     quiet_libraries()
     from hpsearch.search.preflight import check_tracking_store
-    from hpsearch.serving.predict import predict_files
+    from hpsearch.serving.predict import Prediction, predict_files
     from hpsearch.serving.uris import champion_model, model_uri
     from hpsearch.tracking.provenance import resolve_tracking_uri
 
     try:
-        missing = [p for p in images if not os.path.isfile(p)]
-        if missing:
-            raise HpsearchError(f"no such file: {', '.join(missing)}")
         tracking = resolve_tracking_uri(tracking_uri)
         check_tracking_store(tracking)
         uri = model_uri(model or (None if run_id else champion_model(tracking)), run_id)
         predictions = predict_files(list(images), uri, tracking)
     except HpsearchError as exc:
         fail(str(exc))
-    width = max(len(p.source) for p in predictions)
-    for p in predictions:
-        click.echo(f"{p.source:<{width}}  {p.label:<12}  {p.probability:.3f}")
+    click.echo(f"model: {predictions.model}", err=True)
+    answered = [r for r in predictions.results if isinstance(r, Prediction)]
+    width = max((len(p.source) for p in answered), default=0)
+    for result in predictions.results:
+        if isinstance(result, Prediction):
+            click.echo(f"{result.source:<{width}}  {result.label:<12}  "
+                       f"{result.probability:.3f}")
+        else:
+            click.echo(f"hpsearch: error: {result.source}: {result.reason}", err=True)
+    if not answered:
+        sys.exit(2)
 
 
 def listen_options(what: str, port: int, where: str):

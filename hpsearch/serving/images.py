@@ -17,7 +17,10 @@ import numpy as np
 
 from hpsearch.data_utils import ImageShape
 
-__all__ = ["MAX_BATCH", "InvalidImages", "accepted_shapes", "to_unit_batch"]
+__all__ = ["MAX_BATCH", "PIXELS_COLUMN", "InvalidImages", "accepted_shapes", "to_unit_batch"]
+
+# The served model's column of pixel arrays (the column of image files is image_files').
+PIXELS_COLUMN = "images"
 
 # Most images one request may carry: 1024 Fashion-MNIST images are ~3 MB of JSON integers;
 # larger batches gain no throughput on a CPU and risk the server's memory.

@@ -3,8 +3,10 @@ on the test set, logged as an MLflow model and registered under the alias ``cham
 
 Two models are logged on the parent run:
 
-- ``model`` (registered): a pyfunc "model from code" (``pyfunc_model.py``) that takes raw
-  images (integer 0..255 or float 0..1, several layouts) and answers each image's class name
+- ``model`` (registered): a pyfunc "model from code" (``pyfunc_model.py``) that takes pixel
+  arrays (integer 0..255 or float 0..1, several layouts) or base64-encoded image files of any
+  size (preprocessed as the training cache of a folder of images is) and answers each image's
+  class name
   (or, with the inference parameter ``output``, class indices, or class index, name and
   probabilities); its weights are a state dict read with ``weights_only=True``;
 - ``network``: the :class:`NormalizingClassifier` (normalisation + network), through
@@ -53,7 +55,14 @@ from hpsearch.serving.classifier import (
     NormalizingClassifier,
     class_probabilities,
 )
-from hpsearch.serving.images import MAX_BATCH, accepted_shapes, to_unit_batch
+from hpsearch.serving.image_files import (
+    IMAGE_COLUMN,
+    MAX_IMAGE_BYTES,
+    MAX_REQUEST_BYTES,
+    Preprocessing,
+    encode_image_file,
+)
+from hpsearch.serving.images import MAX_BATCH, PIXELS_COLUMN, accepted_shapes, to_unit_batch
 from hpsearch.serving.uris import CHAMPION_ALIAS
 from hpsearch.tracking.provenance import using_tracking_uri
 from hpsearch.tracking.report import log_prediction_grid
@@ -239,9 +248,13 @@ def _load_trial_classifier(trial: optuna.trial.FrozenTrial, info: DatasetInfo,
 
 
 def _requirements() -> list[str]:
-    # Pinned, so MLflow need not load the model in a subprocess to infer them.
+    # Pinned, so MLflow need not load the model in a subprocess to infer them. Pillow decodes
+    # the image files the model is sent.
+    import PIL
+
     return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
-            f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"]
+            f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}",
+            f"pillow=={PIL.__version__}"]
 
 
 def _log_network(classifier: NormalizingClassifier, test: ArraySplit) -> None:
@@ -264,6 +277,8 @@ def _log_serving_model(network: nn.Module, trial: optuna.trial.FrozenTrial, info
         config.write_text(json.dumps({
             "dataset": info.to_dict(),
             "hyperparameters": trial.user_attrs["hyperparameters"],
+            # What hpsearch.data_utils.own_images.preprocess_image needs for image files.
+            "preprocessing": Preprocessing.for_shape(info.shape).to_dict(),
         }, indent=2))
         model_info = mlflow.pyfunc.log_model(
             name="model",
@@ -272,10 +287,9 @@ def _log_serving_model(network: nn.Module, trial: optuna.trial.FrozenTrial, info
             # Ship hpsearch's code with the model, so it loads where hpsearch is not installed.
             code_paths=[str(Path(hpsearch.__file__).parent)],
             signature=serving_signature(),
-            # Two test images as nested integer lists: exactly what a client posts (grey
-            # images as (S, S), colour ones as they are stored, (3, S, S)).
-            input_example=pd.DataFrame({"images": [
-                (img[0] if len(img) == 1 else img).tolist() for img in test.images[:2]]}),
+            # Two test images as base64-encoded PNG files, as a client sends photos (MLflow
+            # writes serving_input_example.json from it and checks that the model takes it).
+            input_example=serving_input_example(test.images[:2]),
             metadata=serving_metadata(info),
             pip_requirements=_requirements(),
         )
@@ -318,12 +332,20 @@ def _incomplete_version(tracker: StudyTracker, name: str, study_name: str,
     return str(max(found)) if found else None
 
 
+def serving_input_example(images: np.ndarray) -> pd.DataFrame:
+    """The logged input example: ``images`` (uint8 (N, C, S, S), a data set's own) as
+    base64-encoded PNG files in column ``image``, one per row."""
+    return pd.DataFrame({IMAGE_COLUMN: [encode_image_file(img) for img in images]})
+
+
 def serving_signature() -> ModelSignature:
-    """One image per row in column ``images`` (any accepted layout, checked by the model);
-    by default one class name per image. The inference parameter ``output`` (``label``,
+    """One image per row, in one of two optional columns: ``images``, a pixel array (any
+    accepted layout, checked by the model), or ``image``, a base64-encoded image file; by
+    default one class name per image. The inference parameter ``output`` (``label``,
     ``class_index`` or ``full``; see ``pyfunc_model.py``) chooses the answer."""
     return ModelSignature(
-        inputs=Schema([ColSpec(AnyType(), "images")]),
+        inputs=Schema([ColSpec(AnyType(), PIXELS_COLUMN, required=False),
+                       ColSpec(DataType.string, IMAGE_COLUMN, required=False)]),
         outputs=Schema([ColSpec(DataType.string)]),
         params=ParamSchema([ParamSpec("output", DataType.string, DEFAULT_OUTPUT)]),
     )
@@ -339,6 +361,12 @@ def serving_metadata(info: DatasetInfo) -> dict:
         "accepted_image_shapes": [list(s) for s in accepted_shapes(info.shape)],
         "pixel_values": "integers 0..255 or floats 0..1",
         "max_batch": MAX_BATCH,
+        "image_column": IMAGE_COLUMN,
+        "image_files": "base64-encoded PNG, JPEG, WEBP, BMP, GIF (first frame), TIFF or "
+                       "PPM/PGM files of any size and colour mode",
+        "max_image_bytes": MAX_IMAGE_BYTES,
+        "max_request_bytes": MAX_REQUEST_BYTES,
+        "max_image_pixels": Preprocessing.for_shape(info.shape).max_pixels,
     }
 
 
@@ -368,12 +396,17 @@ def _describe_version(tracker: StudyTracker, name: str, version: str,
         name, version,
         description=(
             f"{info.name} classifier from trial {trial.number} of study {study_name}; test "
-            f"accuracy {test_accuracy:.4f} ({SERVED_PRECISION}). Input: "
-            f"{{\"inputs\": [image, ...]}}, 1 to {MAX_BATCH} images, each "
+            f"accuracy {test_accuracy:.4f} ({SERVED_PRECISION}). Input: 1 to {MAX_BATCH} "
+            f"images per request, either image files of any size (PNG, JPEG, WEBP, BMP, GIF), "
+            f"base64-encoded, in column image ({{\"dataframe_records\": [{{\"image\": "
+            f"\"<base64>\"}}, ...]}}; at most {MAX_IMAGE_BYTES // 2**20} MiB each and "
+            f"{MAX_REQUEST_BYTES // 2**20} MiB together), resized to "
+            f"{info.shape.size} px as the training images were; or pixel arrays in column "
+            f"images ({{\"inputs\": {{\"images\": [image, ...]}}}}), each "
             f"{' or '.join(str(s) for s in accepted_shapes(info.shape))}, integer pixels "
             f"0..255 or float pixels 0..1. From Python: mlflow.pyfunc.load_model(uri).predict("
             f"{{\"images\": batch}}) with an array batch (N, ...), or a DataFrame with a column "
-            f"images. Output: one class name per image (one of "
+            f"images or image. Output: one class name per image (one of "
             f"{', '.join(info.class_names)}), so mlflow.models.evaluate(uri, data=df, "
             f"targets=\"label\", model_type=\"classifier\") takes a column label of class "
             f"names. The inference parameter output chooses another answer: "
