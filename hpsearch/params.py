@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FAMILY_HYPERPARAMETERS", "FREEZE_WORDS", "HYPERPARAMETERS", "OPTIMIZERS",
-           "TrialParams"]
+__all__ = ["DATA_DEFAULT_HYPERPARAMETERS", "FAMILY_HYPERPARAMETERS", "FREEZE_WORDS",
+           "HYPERPARAMETERS", "OPTIMIZERS", "TrialParams"]
 
 OPTIMIZERS = ("adamw", "sgd")  # see hpsearch.training.optim.build_optimizer
 # `freeze` takes one of these words or a number of final stages left trainable (an int >= 0).
@@ -40,6 +40,9 @@ class TrialParams:
             family.
         backbone_lr_mult: a backbone's learning rate as a fraction of the head's, in (0, 1];
             None for a from-scratch family.
+        image_size: the side, in pixels, the trial's images are downsampled to on the
+            device (antialiased) before the network sees them, at most the data set's
+            size; None: the data set's size, as stored.
     """
 
     lr: float
@@ -54,6 +57,7 @@ class TrialParams:
     pretrained: bool | None = None
     freeze: str | int | None = None
     backbone_lr_mult: float | None = None
+    image_size: int | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialParams:
@@ -82,9 +86,10 @@ class TrialParams:
 
 # Each hyperparameter with the value a study fixes when its spec names it nowhere; None
 # marks the ones a spec must name (lr, batch_size, dropout and arch everywhere; depth wherever
-# an architecture that takes it can be drawn). The order is the order of a spec's resolved
-# search space: the hyperparameters added later come last, so that the definition a study
-# recorded before they existed stays the same.
+# an architecture that takes it can be drawn), except those of DATA_DEFAULT_HYPERPARAMETERS,
+# which the data set's value stands for. The order is the order of a spec's resolved search
+# space: the hyperparameters added later come last, so that the definition a study recorded
+# before they existed stays the same.
 HYPERPARAMETERS: dict[str, Any] = {
     "lr": None,
     "batch_size": None,
@@ -98,9 +103,15 @@ HYPERPARAMETERS: dict[str, Any] = {
     "pretrained": True,  # the point of a backbone; the weights must be cached or reachable
     "freeze": "none",  # fine-tune everything, as torchvision's reference recipes do
     "backbone_lr_mult": 1.0,  # one learning rate for the whole network unless searched
+    "image_size": None,  # the data set's own size unless searched (see below)
 }
 
 # The hyperparameters only some architectures take: each family declares which
 # (``register_model(name, hyperparameters=...)``); a spec may give one only to an
 # architecture that takes it, and its default is fixed only where one can be drawn.
 FAMILY_HYPERPARAMETERS = ("depth", "width", "pretrained", "freeze", "backbone_lr_mult")
+
+# The hyperparameters a spec may name but need not, and that are not fixed where it does not:
+# left out, the trial takes the data set's own value (``image_size``: the stored images'
+# side). So a study defined before one existed keeps its definition.
+DATA_DEFAULT_HYPERPARAMETERS = ("image_size",)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from hpsearch.models import model_hyperparameters
-from hpsearch.params import FAMILY_HYPERPARAMETERS
+from hpsearch.params import DATA_DEFAULT_HYPERPARAMETERS, FAMILY_HYPERPARAMETERS
 from hpsearch.studies import (
     HYPERPARAMETERS,
     ParamSpec,
@@ -62,9 +62,10 @@ def _top(**entries: Any) -> Callable[[dict[str, Any]], None]:
 
 
 def _applicable(arch: str) -> set[str]:
-    """The hyperparameters a trial of ``arch`` draws: the general ones and its family's."""
-    return {n for n in HYPERPARAMETERS if n not in FAMILY_HYPERPARAMETERS} | set(
-        model_hyperparameters(arch))
+    """The hyperparameters a trial of ``arch`` draws: the general ones (but those a spec
+    that names them nowhere leaves to the data set: image_size) and its family's."""
+    return {n for n in HYPERPARAMETERS if n not in FAMILY_HYPERPARAMETERS
+            and n not in DATA_DEFAULT_HYPERPARAMETERS} | set(model_hyperparameters(arch))
 
 
 class _UntouchableTrial:

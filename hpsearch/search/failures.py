@@ -40,9 +40,20 @@ def classify_failure(exc: BaseException, params: TrialParams | None) -> Failure:
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
     if _is_out_of_memory(exc) and params is not None:
         reason = (f"out of memory with batch_size {params.batch_size} and arch "
-                  f"{params.arch} (depth {params.depth}, width {params.width}): {first_line}")
+                  f"{params.arch} ({_size_of(params)}): {first_line}")
         return Failure("out_of_memory", reason, "FAILED")
     return Failure("error", f"{type(exc).__name__}: {first_line}", "FAILED")
+
+
+def _size_of(params: TrialParams) -> str:
+    """What sets the memory a trial's network needs, as its family has it: depth and width
+    (from-scratch families), or freeze (a backbone: frozen stages keep no activations for
+    the backward pass); and the image size where the trial downsamples."""
+    parts = [f"{name} {getattr(params, name)}" for name in ("depth", "width", "freeze")
+             if getattr(params, name) is not None]
+    if params.image_size is not None:
+        parts.append(f"image_size {params.image_size}")
+    return ", ".join(parts) or "no size hyperparameters"
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

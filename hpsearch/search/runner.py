@@ -8,6 +8,7 @@ Used by ``hpsearch run`` in one process, by each ``--jobs`` worker process, and 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import pickle
 import time
 from dataclasses import dataclass
@@ -28,7 +29,12 @@ from hpsearch.data_utils import (
 )
 from hpsearch.errors import DiskFull, HpsearchError, check_interrupted, is_disk_full
 from hpsearch.redact import redact_url
-from hpsearch.search.callbacks import AnytimeLogger, FailureGuard, ReportRefresher
+from hpsearch.search.callbacks import (
+    AnytimeLogger,
+    CheckpointSweeper,
+    FailureGuard,
+    ReportRefresher,
+)
 from hpsearch.search.checkpoints import CheckpointStore, default_checkpoint_root
 from hpsearch.search.config import RunConfig, StudySummary, cpu_budget_command
 from hpsearch.search.coordination import (
@@ -42,12 +48,14 @@ from hpsearch.search.diskspace import disk_full_error
 from hpsearch.search.gpu_sharing import default_jobs
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.preflight import preflight
+from hpsearch.search.pretrained import fetch_weights, fit_to_data, recorded_architectures
 from hpsearch.search.progress import RemainingTime, Reporter, StudyEstimate
 from hpsearch.search.storage import (
     close_runs_of_ended_processes,
     fail_stale_trials,
     load_existing_study,
     open_study,
+    recorded_definition,
     retry_interrupted,
 )
 from hpsearch.serving.registration import Registration, register_champion
@@ -95,20 +103,29 @@ class StudyRunner:
 
     @classmethod
     def open(cls, config: RunConfig, reporter: Reporter) -> StudyRunner:
-        """Open (create or resume) the study ``config`` names, its data and stores.
+        """Open (create or resume) the study ``config`` names, its data and stores, with
+        the pretrained weights its trials need in torchvision's cache. The runner's
+        ``config`` holds the spec as this study searches it
+        (:mod:`~hpsearch.search.pretrained`: backbones left out, image sizes that fit).
 
         Raises:
             HpsearchError: bad device, missing or corrupt data, unusable storage or
-                tracking store, or an unwritable directory; raised before anything is
-                written.
+                tracking store, an unwritable directory, or pretrained weights that are
+                neither cached nor downloadable (``WeightsUnavailable``); raised before
+                anything is written.
         """
         device = resolve_device(config.device, deterministic=config.deterministic)
         tracking_uri = resolve_tracking_uri(config.tracking_uri)
         preflight(config.storage, tracking_uri)  # in a second: before reading the data set
-        train, test, origin = load_data(config.spec.dataset, config.data_dir)
-        train, val = split_train_val(train, val_fraction=config.spec.val_fraction,
+        # Before the data set and before any trial or --jobs worker: the weights every
+        # trial reads from the cache (see hpsearch.search.pretrained).
+        spec = fetch_weights(config.spec, reporter, recorded=_recorded_architectures(config))
+        train, test, origin = load_data(spec.dataset, config.data_dir)
+        train, val = split_train_val(train, val_fraction=spec.val_fraction,
                                      seed=config.seed, train_subset=config.train_subset)
-        data = TrialData(info=get_dataset_info(config.spec.dataset), train=train, val=val)
+        data = TrialData(info=get_dataset_info(spec.dataset), train=train, val=val)
+        spec = fit_to_data(spec, data.info.shape.size, reporter)
+        config = dataclasses.replace(config, spec=spec)
         checkpoints = CheckpointStore(
             config.checkpoint_dir or default_checkpoint_root(config.storage), config.study_name)
         checkpoints.check_writable()
@@ -199,7 +216,8 @@ class StudyRunner:
                               cuda_graphs=config.cuda_graphs, checkpoints=self.checkpoints,
                               on_timed_epoch=estimate)
         callbacks = [self.reporter.trial_finished, AnytimeLogger(self.tracker),
-                     FailureGuard(config.max_consecutive_failures, summary)]
+                     FailureGuard(config.max_consecutive_failures, summary),
+                     CheckpointSweeper(self.tracker, self.reporter)]
         if refresh_reports:  # this is the study's only process
             callbacks += [ReportRefresher(self.tracker, study, self.reporter),
                           RemainingTime(target=config.trials, jobs=1, reporter=self.reporter,
@@ -332,6 +350,15 @@ class StudyRunner:
             "hpsearch_version": __version__,
             "torch_version": torch.__version__,
         }
+
+
+def _recorded_architectures(config: RunConfig) -> list[str] | None:
+    """The architectures the study was created with, where its spec leaves out backbones
+    whose weights cannot be had (a resumed study searches those again); else None."""
+    if config.spec.missing_weights != "skip":
+        return None
+    with schema_lock(config.storage):
+        return recorded_architectures(recorded_definition(config.storage, config.study_name))
 
 
 def _trials(numbers: list[int], verb: str, plural_verb: str) -> str:
