@@ -74,8 +74,8 @@ def _check_array(array: np.ndarray, shape: ImageShape, what: str, *,
     if array.dtype == bool or array.dtype.kind not in "iuf":
         raise InvalidImages(f"{what}: pixel values must be numbers (integers 0..255 or floats "
                             f"0..1), got {_kind_name(array)}")
-    shape = array.shape[1:] if batch else array.shape
-    if shape not in expected:
+    layout = array.shape[1:] if batch else array.shape
+    if layout not in expected:
         listed = ", ".join(str(s) for s in expected)
         prefix = "(N, ...) with ... one of " if batch else ""
         raise InvalidImages(f"{what}: shape {array.shape} is not {prefix}{listed}")
