@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from pretrained_files import counting_downloads, offline_cache, save_weights
@@ -200,3 +201,211 @@ def test_leaving_out_every_architecture_is_a_spec_error(tmp_path: Path) -> None:
 
     with pytest.raises(SpecError, match=r"search_space\.arch: no architecture left"):
         spec.without_archs(spec.architectures())
+
+
+# ---------------------------------------------------------------------------------------------
+# A backbone's failures are told in its own terms
+# ---------------------------------------------------------------------------------------------
+
+
+def test_out_of_memory_names_what_sizes_the_family_depth_and_width_or_freeze() -> None:
+    from hpsearch.params import TrialParams
+    from hpsearch.search.failures import classify_failure
+
+    oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    backbone = TrialParams(lr=0.01, batch_size=256, dropout=0.1, arch="vgg16",
+                           pretrained=True, freeze=2, backbone_lr_mult=0.1, image_size=160)
+    scratch = TrialParams(lr=0.01, batch_size=512, dropout=0.1, arch="cnn", depth=4, width=64)
+
+    assert classify_failure(oom, backbone).reason == (
+        "out of memory with batch_size 256 and arch vgg16 (freeze 2, image_size 160): CUDA "
+        "out of memory. Tried to allocate 2.00 GiB")
+    assert classify_failure(oom, scratch).reason == (
+        "out of memory with batch_size 512 and arch cnn (depth 4, width 64): CUDA out of "
+        "memory. Tried to allocate 2.00 GiB")
+
+
+# ---------------------------------------------------------------------------------------------
+# A backbone study end to end (in-process): weights fetched once, both learning rates in
+# MLflow, the cost in the trials table, one checkpoint kept, a champion served offline
+# ---------------------------------------------------------------------------------------------
+
+BACKBONE_SPEC = """
+dataset: fashion_mnist
+epochs: 2
+val_fraction: 0.02
+pruner: none
+search_space:
+  lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+  batch_size: 64
+  dropout: 0.0
+  image_size: 20
+  arch:
+    mobilenet_v3_small: {pretrained: true, freeze: [none, 10], backbone_lr_mult: 0.5}
+  optimizer: adamw
+enqueue_trials:
+  - {arch: mobilenet_v3_small, freeze: none, lr: 1.0e-4}
+  - {arch: mobilenet_v3_small, freeze: none, lr: 3.0e-3}
+  - {arch: mobilenet_v3_small, freeze: 10, lr: 2.0e-3}
+"""
+
+
+@pytest.fixture(scope="module")
+def backbone_study(tmp_path_factory: pytest.TempPathFactory):
+    """A finished 3-trial study of a pretrained MobileNetV3-small at 20 px (Fashion-MNIST's
+    28 px images downsampled), its champion registered; the weights downloaded (created)
+    by a counting stand-in for torch.hub."""
+    from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR
+
+    if not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    import torch
+
+    import hpsearch
+
+    root = tmp_path_factory.mktemp("backbone")
+    threads = torch.get_num_threads()
+    # One thread: on a CPU shared with other jobs, OpenMP's threads wait for each other
+    # (a MobileNet step took 30x longer with 2 threads on 2 busy cores than with one).
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        offline_cache(patch, root / "torch")
+        downloaded = counting_downloads(patch)
+        (root / "spec.yaml").write_text(BACKBONE_SPEC)
+        stream = io.StringIO()
+        summary = hpsearch.run(spec="spec.yaml", trials=3, train_subset=512, device="cpu",
+                               study_name="bb", storage=f"sqlite:///{root / 'optuna.db'}",
+                               tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+                               reporter=Reporter("val_accuracy", stream=stream, live=False))
+    torch.set_num_threads(threads)
+    return root, summary, downloaded, stream.getvalue()
+
+
+@pytest.mark.slow
+def test_the_weights_are_fetched_once_before_the_first_trial(backbone_study) -> None:
+    _, summary, downloaded, output = backbone_study
+
+    assert summary.n_complete == 3 and summary.registration is not None
+    assert downloaded == ["mobilenet_v3_small-047dcff4.pth"]  # once for three trials
+    lines = output.splitlines()
+    fetched = next(i for i, line in enumerate(lines)
+                   if line.startswith("downloading the pretrained weights of "
+                                      "mobilenet_v3_small (10 MB) into "))
+    first_trial = next(i for i, line in enumerate(lines) if "trial    0" in line)
+    assert fetched < first_trial
+
+
+@pytest.mark.slow
+def test_the_heads_and_the_backbones_learning_rates_reach_mlflow(backbone_study) -> None:
+    from mlflow.tracking import MlflowClient
+
+    root = backbone_study[0]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    study = optuna.load_study(study_name="bb", storage=f"sqlite:///{root / 'optuna.db'}")
+
+    for trial in study.trials:
+        run_id = trial.user_attrs["mlflow_run_id"]
+        head = [m.value for m in client.get_metric_history(run_id, "lr")]
+        backbone = [m.value for m in client.get_metric_history(run_id, "lr_backbone")]
+        assert len(head) == len(backbone) == 2  # one per epoch
+        assert backbone == pytest.approx([0.5 * lr for lr in head], rel=1e-6)
+        assert client.get_run(run_id).data.params["backbone_lr_mult"] == "0.5"
+
+
+@pytest.mark.slow
+def test_the_trials_table_and_show_give_a_backbones_parameters_and_macs(
+        backbone_study) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from hpsearch.cli import main
+    from hpsearch.data_utils import get_dataset_info
+    from hpsearch.models import build_network
+    from hpsearch.params import TrialParams
+    from hpsearch.training.cost import count_parameters, macs_per_image
+
+    root = backbone_study[0]
+    result = CliRunner().invoke(main, ["show", "bb", "--storage",
+                                       f"sqlite:///{root / 'optuna.db'}", "--format", "json"])
+    rows = {row["number"]: row for row in json.loads(result.output)}
+
+    info = get_dataset_info("fashion_mnist")
+    for row in rows.values():
+        params = TrialParams.from_dict(row)
+        assert row["arch"] == "mobilenet_v3_small" and row["image_size"] == 20
+        assert row["params"] == count_parameters(build_network(params, info))
+        assert row["macs"] == macs_per_image(params, info)
+    frozen, whole = rows[2], rows[1]  # freeze 10: the first 4 stages do not train
+    assert frozen["params"] < whole["params"]
+    assert whole["macs"] == frozen["macs"] > 0
+
+
+@pytest.mark.slow
+def test_only_the_best_trials_weights_are_kept(backbone_study) -> None:
+    from mlflow.tracking import MlflowClient
+
+    root, summary, _, _ = backbone_study
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    study = optuna.load_study(study_name="bb", storage=f"sqlite:///{root / 'optuna.db'}")
+
+    kept = {t.number for t in study.trials
+            if client.list_artifacts(t.user_attrs["mlflow_run_id"], "checkpoint")}
+    logged = {t.number for t in study.trials if t.user_attrs.get("checkpoint")}
+    best = [t.number for t in study.trials if t.value == study.best_value]
+
+    assert kept == set(best) and summary.best_trial in kept
+    assert logged >= kept  # the earlier best trials logged theirs, deleted since
+
+
+@pytest.mark.slow
+def test_the_registered_backbone_loads_and_answers_offline_as_it_trained(
+        backbone_study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    import numpy as np
+    import torch
+
+    from hpsearch.data_utils import get_dataset_info, load_dataset
+    from hpsearch.models import build_network, input_stats
+    from hpsearch.params import TrialParams
+    from hpsearch.search.session import TrialData
+    from hpsearch.training.loader import make_loader
+
+    root = backbone_study[0]
+    offline_cache(monkeypatch, tmp_path / "empty-torch-home")  # no weights, no network
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _never)
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    _, test = load_dataset("fashion_mnist")
+    images = test.images[:100]
+
+    model = mlflow.pyfunc.load_model("models:/hpsearch-bb@champion")
+    served = model.predict({"images": images[:, 0]}, params={"output": "full"})
+
+    # The trained network's probabilities, as its trial validated: the best trial's own
+    # weights, its 20 px images downsampled on the device.
+    study = optuna.load_study(study_name="bb", storage=f"sqlite:///{root / 'optuna.db'}")
+    best = study.best_trial
+    weights = mlflow.artifacts.download_artifacts(
+        run_id=best.user_attrs["mlflow_run_id"], artifact_path="checkpoint/state_dict.pt",
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    params = TrialParams.from_dict(best.user_attrs["hyperparameters"])
+    info = get_dataset_info("fashion_mnist")
+    network = build_network(params, info)
+    network.load_state_dict(torch.load(weights, weights_only=True))
+    data = TrialData(info=info, train=test, val=type(test)(images, test.labels[:100]))
+    (x, _), = make_loader(data.on_device(torch.device("cpu"), 20)[1], torch.device("cpu"),
+                          normalization=input_stats(params, info))
+    with torch.no_grad():
+        trained = torch.softmax(network.eval()(x), dim=1).numpy()
+
+    probabilities = np.array(served["probabilities"].tolist())
+    np.testing.assert_allclose(probabilities, trained, rtol=1e-4, atol=1e-5)
+    assert list(served["class_index"]) == trained.argmax(1).tolist()
+    assert not any((tmp_path / "empty-torch-home").rglob("*.pth"))  # nothing was fetched
+
+
+def _never(*args: object, **kwargs: object) -> None:
+    raise AssertionError("loading a registered model must not download anything")
