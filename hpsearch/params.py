@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CLASS_WEIGHTS", "FAMILY_HYPERPARAMETERS", "FREEZE_WORDS", "HYPERPARAMETERS",
-           "OPT_IN_HYPERPARAMETERS", "OPTIMIZERS", "TrialParams"]
+__all__ = ["CLASS_WEIGHTS", "DATA_DEFAULT_HYPERPARAMETERS", "FAMILY_HYPERPARAMETERS",
+           "FREEZE_WORDS", "HYPERPARAMETERS", "OPT_IN_HYPERPARAMETERS", "OPTIMIZERS",
+           "TrialParams"]
 
 OPTIMIZERS = ("adamw", "sgd")  # see hpsearch.training.optim.build_optimizer
 # How the loss weighs the classes: "none" (every image alike) or "balanced" (inverse class
@@ -46,6 +47,9 @@ class TrialParams:
         class_weights: ``"balanced"``: the cross-entropy weighs each class by the inverse of
             its frequency in the training split; ``"none"``: every image alike. None where
             the spec names it nowhere (the same as ``"none"``, and not logged).
+        image_size: the side, in pixels, the trial's images are downsampled to on the
+            device (antialiased) before the network sees them, at most the data set's
+            size; None: the data set's size, as stored.
     """
 
     lr: float
@@ -61,6 +65,7 @@ class TrialParams:
     freeze: str | int | None = None
     backbone_lr_mult: float | None = None
     class_weights: str | None = None
+    image_size: int | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialParams:
@@ -89,9 +94,10 @@ class TrialParams:
 
 # Each hyperparameter with the value a study fixes when its spec names it nowhere; None
 # marks the ones a spec must name (lr, batch_size, dropout and arch everywhere; depth wherever
-# an architecture that takes it can be drawn). The order is the order of a spec's resolved
-# search space: the hyperparameters added later come last, so that the definition a study
-# recorded before they existed stays the same.
+# an architecture that takes it can be drawn), except those of DATA_DEFAULT_HYPERPARAMETERS,
+# which the data set's value stands for. The order is the order of a spec's resolved search
+# space: the hyperparameters added later come last, so that the definition a study recorded
+# before they existed stays the same.
 HYPERPARAMETERS: dict[str, Any] = {
     "lr": None,
     "batch_size": None,
@@ -106,6 +112,7 @@ HYPERPARAMETERS: dict[str, Any] = {
     "freeze": "none",  # fine-tune everything, as torchvision's reference recipes do
     "backbone_lr_mult": 1.0,  # one learning rate for the whole network unless searched
     "class_weights": "none",  # every image alike unless the spec asks for balanced weights
+    "image_size": None,  # the data set's own size unless searched (see below)
 }
 
 # The hyperparameters a spec opts into: where it names them nowhere, they are not fixed in
@@ -117,3 +124,8 @@ OPT_IN_HYPERPARAMETERS = ("class_weights",)
 # (``register_model(name, hyperparameters=...)``); a spec may give one only to an
 # architecture that takes it, and its default is fixed only where one can be drawn.
 FAMILY_HYPERPARAMETERS = ("depth", "width", "pretrained", "freeze", "backbone_lr_mult")
+
+# The hyperparameters a spec may name but need not, and that are not fixed where it does not:
+# left out, the trial takes the data set's own value (``image_size``: the stored images'
+# side). So a study defined before one existed keeps its definition.
+DATA_DEFAULT_HYPERPARAMETERS = ("image_size",)

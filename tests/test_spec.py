@@ -12,7 +12,11 @@ import pytest
 import yaml
 
 from hpsearch.models import model_hyperparameters
-from hpsearch.params import FAMILY_HYPERPARAMETERS, OPT_IN_HYPERPARAMETERS
+from hpsearch.params import (
+    DATA_DEFAULT_HYPERPARAMETERS,
+    FAMILY_HYPERPARAMETERS,
+    OPT_IN_HYPERPARAMETERS,
+)
 from hpsearch.studies import (
     HYPERPARAMETERS,
     ParamSpec,
@@ -62,10 +66,12 @@ def _top(**entries: Any) -> Callable[[dict[str, Any]], None]:
 
 
 def _applicable(arch: str) -> set[str]:
-    """The hyperparameters a trial of ``arch`` draws: the general ones and its family's
-    (not the opt-in ones, class_weights, which a spec that names them nowhere leaves out)."""
+    """The hyperparameters a trial of ``arch`` draws: the general ones (but not those a
+    spec that names them nowhere leaves out: class_weights, opt-in, and image_size, the data
+    set's) and its family's."""
     return {n for n in HYPERPARAMETERS if n not in FAMILY_HYPERPARAMETERS
-            and n not in OPT_IN_HYPERPARAMETERS} | set(model_hyperparameters(arch))
+            and n not in OPT_IN_HYPERPARAMETERS and n not in DATA_DEFAULT_HYPERPARAMETERS
+            } | set(model_hyperparameters(arch))
 
 
 class _UntouchableTrial:

@@ -153,7 +153,8 @@ def build_model(name: str, **config: Any) -> nn.Module:
 
 def build_network(params: TrialParams, info: DatasetInfo, *,
                   pretrained_weights: bool = False) -> nn.Module:
-    """The architecture a trial's ``params`` describe, shaped for data set ``info``.
+    """The architecture a trial's ``params`` describe, shaped for data set ``info`` (its
+    images at ``params.image_size`` where the trial downsamples them).
 
     Args:
         params: the trial's hyperparameters.
@@ -173,8 +174,8 @@ def build_network(params: TrialParams, info: DatasetInfo, *,
     if not pretrained_weights:
         hyperparameters["pretrained"] = False if params.pretrained is not None else None
     return build_model(params.arch, in_channels=info.shape.channels,
-                       image_size=info.shape.size, num_classes=info.num_classes,
-                       dropout=params.dropout, **hyperparameters)
+                       image_size=params.image_size or info.shape.size,
+                       num_classes=info.num_classes, dropout=params.dropout, **hyperparameters)
 
 
 def input_stats(params: TrialParams, info: DatasetInfo) -> Normalization:

@@ -40,10 +40,20 @@ def classify_failure(exc: BaseException, params: TrialParams | None) -> Failure:
         return Failure("interrupted", f"interrupted by {signal.Signals(signum).name}", "KILLED")
     if _is_out_of_memory(exc) and params is not None:
         reason = (f"out of memory with batch_size {params.batch_size} and arch "
-                  f"{params.arch} (depth {params.depth}, width {params.width}): "
-                  f"{first_line(exc, limit=300)}")
+                  f"{params.arch} ({_size_of(params)}): {first_line(exc, limit=300)}")
         return Failure("out_of_memory", reason, "FAILED")
     return Failure("error", error_line(exc, limit=300), "FAILED")
+
+
+def _size_of(params: TrialParams) -> str:
+    """What sets the memory a trial's network needs, as its family has it: depth and width
+    (from-scratch families), or freeze (a backbone: frozen stages keep no activations for
+    the backward pass); and the image size where the trial downsamples."""
+    parts = [f"{name} {getattr(params, name)}" for name in ("depth", "width", "freeze")
+             if getattr(params, name) is not None]
+    if params.image_size is not None:
+        parts.append(f"image_size {params.image_size}")
+    return ", ".join(parts) or "no size hyperparameters"
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

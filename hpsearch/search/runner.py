@@ -14,6 +14,7 @@ and the MLflow tracker, so that bad input is refused before anything is written.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -24,7 +25,12 @@ from optuna.trial import TrialState
 from hpsearch import __version__
 from hpsearch.errors import HpsearchError, check_interrupted, is_disk_full
 from hpsearch.redact import redact_url
-from hpsearch.search.callbacks import AnytimeLogger, FailureGuard, ReportRefresher
+from hpsearch.search.callbacks import (
+    AnytimeLogger,
+    CheckpointSweeper,
+    FailureGuard,
+    ReportRefresher,
+)
 from hpsearch.search.checkpoints import CheckpointStore, default_checkpoint_root
 from hpsearch.search.config import RunConfig, StudySummary, cpu_budget_command
 from hpsearch.search.coordination import (
@@ -46,12 +52,14 @@ from hpsearch.search.data import (
 from hpsearch.search.gpu_sharing import default_jobs
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.preflight import preflight
+from hpsearch.search.pretrained import fetch_weights, fit_to_data, recorded_architectures
 from hpsearch.search.progress import RemainingTime, Reporter, StudyEstimate
 from hpsearch.search.residency import Residency, plan_residency
 from hpsearch.search.sessions import RegisterSession, StudySession, close_dead_runs
 from hpsearch.search.storage import (
     fail_stale_trials,
     open_study,
+    recorded_definition,
     retry_interrupted,
 )
 from hpsearch.studies.components import build_sampler
@@ -83,7 +91,10 @@ class RunSession(StudySession):
 
     @classmethod
     def open(cls, config: RunConfig, reporter: Reporter, *, train: bool = True) -> RunSession:
-        """Open (create or resume) the study ``config`` names, its data and stores.
+        """Open (create or resume) the study ``config`` names, its data and stores, with
+        the pretrained weights its trials need in torchvision's cache. The session's
+        ``config`` holds the spec as this study searches it
+        (:mod:`~hpsearch.search.pretrained`: backbones left out, image sizes that fit).
 
         Args:
             config: the run's settings.
@@ -95,18 +106,25 @@ class RunSession(StudySession):
         Raises:
             HpsearchError: bad device, missing or corrupt data, a folder or manifest of
                 images that cannot be used at all, unusable storage or tracking store, an
-                unwritable directory, or a resumed study whose settings or images changed;
-                raised before anything is written.
+                unwritable directory, a resumed study whose settings or images changed, or
+                pretrained weights that are neither cached nor downloadable
+                (``WeightsUnavailable``); raised before anything is written.
         """
         device = resolve_device(config.device, deterministic=config.deterministic)
         tracking_uri = resolve_tracking_uri(config.tracking_uri)
         preflight(config.storage, tracking_uri)  # in a second: before reading the data set
+        # Before the data set and before any trial or --jobs worker: the weights every
+        # trial reads from the cache (see hpsearch.search.pretrained).
+        spec = fetch_weights(config.spec, reporter, recorded=_recorded_architectures(config))
+        config = dataclasses.replace(config, spec=spec)
         checkpoints = CheckpointStore(
             config.checkpoint_dir or default_checkpoint_root(config.storage), config.study_name)
         checkpoints.check_writable()
         data = load_study_data(config, reporter) if train else None
         tested = data.tested if data is not None else load_test_data(config, reporter)
         _check_splits(tested, data)
+        spec = fit_to_data(config.spec, tested.info.shape.size, reporter)
+        config = dataclasses.replace(config, spec=spec)
         record = _data_record(config, tested)
         with schema_lock(config.storage, tracking_uri):
             study = open_study(config, tracking_uri, data_record=record)
@@ -195,7 +213,8 @@ class RunSession(StudySession):
                               cuda_graphs=config.cuda_graphs, checkpoints=self.checkpoints,
                               on_timed_epoch=estimate)
         callbacks = [self.reporter.trial_finished, AnytimeLogger(self.tracker),
-                     FailureGuard(config.max_consecutive_failures, summary)]
+                     FailureGuard(config.max_consecutive_failures, summary),
+                     CheckpointSweeper(self.tracker, self.reporter)]
         if refresh_reports:  # this is the study's only process
             callbacks += [ReportRefresher(self.tracker, study, self.reporter),
                           RemainingTime(target=config.trials, jobs=1, reporter=self.reporter,
@@ -362,6 +381,13 @@ def _params(values: dict[str, object]) -> list:
     from mlflow.entities import Param
 
     return [Param(k, str(v)) for k, v in values.items()]
+def _recorded_architectures(config: RunConfig) -> list[str] | None:
+    """The architectures the study was created with, where its spec leaves out backbones
+    whose weights cannot be had (a resumed study searches those again); else None."""
+    if config.spec.missing_weights != "skip":
+        return None
+    with schema_lock(config.storage):
+        return recorded_architectures(recorded_definition(config.storage, config.study_name))
 
 
 def _trials(numbers: list[int], verb: str, plural_verb: str) -> str:

@@ -6,6 +6,7 @@ objective (:mod:`~hpsearch.search.objective`) drives a session and reports what 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpsearch.data_utils import ArraySplit, DatasetInfo
+from hpsearch.data_utils import ArraySplit, Augmentation, DatasetInfo
 from hpsearch.errors import first_line
 from hpsearch.models import build_network, input_stats
 from hpsearch.params import TrialParams
@@ -26,6 +27,7 @@ from hpsearch.training.cuda_graphs import build_train_step
 from hpsearch.training.loader import DeviceLoader, DeviceSplit, make_loader
 from hpsearch.training.loop import EpochResult, fit
 from hpsearch.training.optim import build_optimizer
+from hpsearch.training.resize import downsample
 from hpsearch.training.step import TrainStep, class_weight_tensor
 
 __all__ = ["TrainingSession", "TrialCost", "TrialData"]
@@ -57,13 +59,38 @@ class TrialData:
         counts = np.bincount(self.train.labels, minlength=self.info.num_classes)
         return tuple(int(n) for n in counts)
 
-    def on_device(self, device: torch.device) -> tuple[DeviceSplit, DeviceSplit]:
-        """The (train, val) splits on ``device``, copied there on the first call only."""
+    def on_device(self, device: torch.device,
+                  image_size: int | None = None) -> tuple[DeviceSplit, DeviceSplit]:
+        """The (train, val) splits on ``device``, copied there on the first call only; with
+        ``image_size`` below the stored size, downsampled there
+        (:func:`~hpsearch.training.resize.downsample`) on the first call for that size, and
+        kept for the next trials of that size.
+
+        Raises:
+            ValueError: ``image_size`` is larger than the stored images.
+        """
         key = str(torch.device(device))
         if key not in self._resident:
             self._resident[key] = (DeviceSplit.of(self.train, device),
                                    DeviceSplit.of(self.val, device))
-        return self._resident[key]
+        if image_size is None or image_size == self.info.shape.size:
+            return self._resident[key]
+        sized = (key, image_size)
+        if sized not in self._resident:
+            self._resident[sized] = tuple(DeviceSplit(downsample(split.images, image_size),
+                                                      split.labels)
+                                          for split in self._resident[key])
+        return self._resident[sized]
+
+
+def _scaled(augmentation: Augmentation, stored: int, size: int | None) -> Augmentation:
+    """``augmentation`` for images downsampled from ``stored`` to ``size`` pixels: the
+    random crop's padding in proportion, so a translation moves the same share of the
+    image."""
+    if size is None or size == stored or augmentation.crop_padding == 0:
+        return augmentation
+    padding = max(1, round(augmentation.crop_padding * size / stored))
+    return dataclasses.replace(augmentation, crop_padding=padding)
 
 
 class TrialCost:
@@ -179,10 +206,12 @@ class TrainingSession:
                          macs_per_image=macs_per_image(params, info))
         # A pretrained backbone expects its weights' statistics, others the data set's.
         normalization = input_stats(params, info)
-        train_split, val_split = data.on_device(device)
+        train_split, val_split = data.on_device(device, params.image_size)
         train = make_loader(train_split, device, normalization=normalization,
-                            augmentation=info.augmentation, batch_size=params.batch_size,
-                            train=True, augment=augment, seed=seed)
+                            augmentation=_scaled(info.augmentation, info.shape.size,
+                                                 params.image_size),
+                            batch_size=params.batch_size, train=True, augment=augment,
+                            seed=seed)
         val = make_loader(val_split, device, normalization=normalization)
         optimizer = build_optimizer(model, name=params.optimizer, lr=params.lr,
                                     weight_decay=params.weight_decay)

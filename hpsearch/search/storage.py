@@ -19,8 +19,8 @@ from hpsearch.search.config import RunConfig
 from hpsearch.studies.components import build_pruner, build_sampler
 
 __all__ = ["RetriesFirstStudy", "RetryStaleTrial", "close_runs_of_ended_processes",
-           "fail_stale_trials", "load_existing_study", "open_study", "retry_interrupted",
-           "storage_error", "study_definition"]
+           "fail_stale_trials", "load_existing_study", "open_study", "recorded_definition",
+           "retry_interrupted", "storage_error", "study_definition"]
 
 DEFINITION_ATTR = "hpsearch.definition"
 
@@ -144,6 +144,31 @@ def study_definition(config: RunConfig) -> dict[str, Any]:
     if spec.images is not None:  # own images only: a built-in study's stays as it was
         definition["images"] = spec.images.to_dict()
     return definition
+
+
+def recorded_definition(storage: str, study_name: str) -> dict[str, Any] | None:
+    """The definition study ``study_name`` recorded when it was created, or None when there
+    is no such study (or it is older than definitions). Reads only: a sqlite file that does
+    not exist is not created. Call under :func:`~hpsearch.search.coordination.schema_lock`
+    (another storage's schema is created on first use).
+
+    Raises:
+        HpsearchError: the storage cannot be opened.
+    """
+    from hpsearch.search.preflight import sqlite_file
+
+    path = sqlite_file(storage)
+    if path is not None and not path.exists():
+        return None
+    try:
+        rdb = optuna.storages.RDBStorage(storage)
+        try:
+            study_id = rdb.get_study_id_from_name(study_name)
+        except KeyError:
+            return None
+        return rdb.get_study_user_attrs(study_id).get(DEFINITION_ATTR)
+    except Exception as exc:  # SQLAlchemy's errors vary by driver; say which URL failed
+        raise storage_error(storage, exc) from None
 
 
 def _check_definition(study: optuna.Study, config: RunConfig) -> None:

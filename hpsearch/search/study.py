@@ -70,8 +70,8 @@ def run_study(config: RunConfig, reporter: Reporter) -> StudySummary:
     with quiet_optuna(), quiet_mlflow():
         with _disk_full_as_one_error(config.storage, config.tracking_uri):
             runner = RunSession.open(config, reporter, train=config.jobs == 1)
-        try:
-            return _run(runner, config, reporter, start)
+        try:  # the session's config: the spec as this study searches it (weights, data)
+            return _run(runner, runner.config, reporter, start)
         finally:
             runner.close()
 

@@ -68,8 +68,9 @@ from hpsearch.tracking.provenance import using_tracking_uri
 from hpsearch.tracking.report import log_prediction_grid
 from hpsearch.tracking.runs import CHECKPOINT_PATH, StudyTracker
 from hpsearch.training.device import autocast_dtype
-from hpsearch.training.loader import make_loader
+from hpsearch.training.loader import DeviceSplit, make_loader
 from hpsearch.training.loop import EvalResult, evaluate
+from hpsearch.training.resize import downsample
 
 __all__ = ["Registration", "register_champion"]
 # The pyfunc model from code; MLflow runs this file when the model is loaded.
@@ -168,9 +169,12 @@ def _test_evaluation(classifier: NormalizingClassifier, test: ArraySplit, info: 
     amp_dtype = autocast_dtype(device)
     autocast_accuracy = None
     if amp_dtype is not None:
+        split = DeviceSplit.of(test, device)
+        if classifier.input_size is not None:  # as the trial's images were
+            split = DeviceSplit(downsample(split.images, classifier.input_size), split.labels)
         autocast_accuracy = evaluate(
             classifier.network.to(device),
-            make_loader(test, device, normalization=classifier.normalization),
+            make_loader(split, device, normalization=classifier.normalization),
             num_classes=info.num_classes, device=device, amp_dtype=amp_dtype).accuracy
     return _evaluate_as_served(classifier.cpu().eval(), test, info), autocast_accuracy
 

@@ -185,6 +185,16 @@ class SpecFile(_Strict):
     enqueue_trials: list[dict[str, Any]] = Field(
         default_factory=list, description="list of parameter sets to try first "
                                           "(Study.enqueue_trial)")
+    missing_weights: Literal["stop", "skip"] = Field(
+        "stop", description="a pretrained backbone whose weights are neither cached nor "
+                            "downloadable: stop before the first trial (exit 2, naming the "
+                            "file and the folder to put it in), or skip: leave it out of a "
+                            "new study with one line saying so (a resumed study keeps the "
+                            "architectures it was created with)")
+    scratch_max_image_size: int | None = Field(
+        None, ge=1, description="leave the from-scratch families (those without pretrained "
+                                "weights) out where the data set's images are larger than "
+                                "this many pixels, unless no backbone is left; null: never")
 
 
 def build_space(entries: Mapping[str, Any], key: str = "search_space") -> tuple[ParamSpec, ...]:

@@ -11,15 +11,21 @@ use the plain names.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import hpsearch.params as hp
-from hpsearch.params import FAMILY_HYPERPARAMETERS, FREEZE_WORDS, HYPERPARAMETERS, OPTIMIZERS
+from hpsearch.params import (
+    DATA_DEFAULT_HYPERPARAMETERS,
+    FAMILY_HYPERPARAMETERS,
+    FREEZE_WORDS,
+    HYPERPARAMETERS,
+    OPTIMIZERS,
+)
 
-__all__ = ["ParamSpec", "active_params", "check_space", "default_params", "enqueue_names",
-           "pretrained_archs", "sample"]
+__all__ = ["ParamSpec", "active_params", "architectures", "check_space", "default_params",
+           "enqueue_names", "pretrained_archs", "sample", "taken_by"]
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,7 @@ _RULES: dict[str, tuple] = {
     "freeze": ("freeze",),
     "backbone_lr_mult": ("real", 0.0, 1.0, False, True),
     "class_weights": ("names", hp.CLASS_WEIGHTS),
+    "image_size": ("count",),  # at most the data set's size: checked against the data
 }
 
 
@@ -246,6 +253,17 @@ def _all_params(space: tuple[ParamSpec, ...]) -> Iterator[ParamSpec]:
             yield from _all_params(branch)
 
 
+def architectures(space: tuple[ParamSpec, ...]) -> list[str]:
+    """Every architecture ``space`` can draw, in the order it names them."""
+    return _drawable_archs(space)
+
+
+def taken_by(archs: Iterable[str]) -> frozenset[str]:
+    """The family hyperparameters (:data:`~hpsearch.params.FAMILY_HYPERPARAMETERS`) that at
+    least one of ``archs`` takes."""
+    return frozenset().union(*(_takes(arch) for arch in archs))
+
+
 def _drawable_archs(space: tuple[ParamSpec, ...]) -> list[str]:
     archs = [c for p in _all_params(space) if p.name == "arch" for c in p.candidates()]
     return list(dict.fromkeys(archs))
@@ -301,8 +319,8 @@ def _covers(params: tuple[ParamSpec, ...], name: str, arch: str | None = None) -
 def _check_required(space: tuple[ParamSpec, ...], key: str) -> tuple[str, str] | None:
     """Every path must draw the hyperparameters that have no default: the general ones
     always, a family's (``depth``) wherever an architecture that takes it is drawn."""
-    general = [n for n, default in HYPERPARAMETERS.items()
-               if default is None and n not in FAMILY_HYPERPARAMETERS]
+    general = [n for n, default in HYPERPARAMETERS.items() if default is None
+               and n not in FAMILY_HYPERPARAMETERS and n not in DATA_DEFAULT_HYPERPARAMETERS]
     missing = [n for n in general if not _covers(space, n)]
     for name in missing:  # drawn in some branches of a parameter: name a branch without it
         for param in space:

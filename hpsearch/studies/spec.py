@@ -25,7 +25,7 @@ Example (``hpsearch/studies/fashion_mnist.yaml`` is the full built-in one)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from hpsearch.params import HYPERPARAMETERS
+from hpsearch.params import FAMILY_HYPERPARAMETERS, HYPERPARAMETERS
 from hpsearch.studies.components import (
     PRUNERS,
     SAMPLERS,
@@ -47,11 +47,13 @@ from hpsearch.studies.images import ImageSettings, image_settings, resolve_datas
 from hpsearch.studies.limits import MAX_SPEC_BYTES, SpecLoader, SpecTooLarge
 from hpsearch.studies.space import (
     ParamSpec,
+    architectures,
     check_space,
     default_params,
     enqueue_names,
     pretrained_archs,
     sample,
+    taken_by,
 )
 
 __all__ = ["OWN_IMAGES_SPEC", "ImageSettings", "SpecError", "StudySpec", "builtin_spec_names",
@@ -100,6 +102,12 @@ class StudySpec:
         pruner: ``{"name": ..., **kwargs}`` for the Optuna pruner.
         search_space: one :class:`ParamSpec` per hyperparameter, defaults filled in.
         enqueue_trials: parameter sets (plain names) tried before the sampler takes over.
+        missing_weights: ``stop`` (a backbone whose weights cannot be had stops the run) or
+            ``skip`` (it is left out of a new study; see
+            :mod:`hpsearch.search.pretrained`).
+        scratch_max_image_size: the from-scratch families are left out where the data
+            set's images are larger than this (pixels), unless no backbone is left; None:
+            never.
         source: the file the spec came from (for messages).
         images: how own images are read (a path as ``dataset``); None for a registered
             data set.
@@ -115,6 +123,8 @@ class StudySpec:
     pruner: Mapping[str, Any] = field(default_factory=lambda: {"name": "hyperband"})
     search_space: tuple[ParamSpec, ...] = ()
     enqueue_trials: tuple[Mapping[str, Any], ...] = ()
+    missing_weights: str = "stop"
+    scratch_max_image_size: int | None = None
     source: str = "<spec>"
     images: ImageSettings | None = None
 
@@ -146,6 +156,61 @@ class StudySpec:
         (``hpsearch.models.weights.ensure_weights``)."""
         return pretrained_archs(self.search_space)
 
+    def architectures(self) -> list[str]:
+        """The architectures this spec can draw, in the order it names them."""
+        return architectures(self.search_space)
+
+    def without_archs(self, archs: Iterable[str]) -> StudySpec:
+        """A copy that cannot draw ``archs``: their choices (and branches) and the enqueued
+        trials naming them are left out.
+
+        Raises:
+            SpecError: no architecture would be left.
+        """
+        drop = set(archs) & set(self.architectures())
+        if not drop:
+            return self
+        if drop == set(self.architectures()):
+            raise SpecError(self.source, "search_space.arch",
+                            f"no architecture left without {', '.join(sorted(drop))}")
+        data = self.to_dict()
+        entries = _without_choices(data["search_space"], "arch", drop)
+        # A family's hyperparameter drawn for all architectures (or fixed at its default)
+        # goes with the last architecture that takes it.
+        taken = taken_by(a for a in self.architectures() if a not in drop)
+        data["search_space"] = {name: entry for name, entry in entries.items()
+                                if name not in FAMILY_HYPERPARAMETERS or name in taken}
+        data["enqueue_trials"] = [
+            {name: value for name, value in trial.items()
+             if name not in FAMILY_HYPERPARAMETERS or name in taken}
+            for trial in data["enqueue_trials"] if trial.get("arch") not in drop]
+        return _validate(data, self.source)
+
+    def image_sizes_up_to(self, size: int) -> tuple[StudySpec, list[str]]:
+        """A copy whose searched ``image_size`` takes no value above ``size`` (the data
+        set's images, pixels: a trial downsamples, never enlarges), and the values left out.
+        Where none would be left, ``image_size`` is not searched (the data set's size);
+        an enqueued trial's size above ``size`` becomes the largest size left."""
+        data = self.to_dict()
+        entry = data["search_space"].get("image_size")
+        if entry is None:
+            return self, []
+        kept, dropped = _sizes_up_to(entry, size)
+        if not dropped:
+            return self, []
+        if kept is None:
+            del data["search_space"]["image_size"]
+        else:
+            data["search_space"]["image_size"] = kept
+        largest = max(kept) if isinstance(kept, list) else (
+            kept["high"] if isinstance(kept, dict) else kept)
+        for trial in data["enqueue_trials"]:
+            if "image_size" in trial and kept is None:
+                del trial["image_size"]
+            elif trial.get("image_size", 0) > size:
+                trial["image_size"] = largest
+        return _validate(data, self.source), dropped
+
     def replace(self, **changes: Any) -> StudySpec:
         """A copy with ``changes`` applied and validated again (e.g. ``epochs`` from the CLI)."""
         return _validate(self.to_dict() | changes, self.source)
@@ -166,6 +231,8 @@ class StudySpec:
             "pruner": dict(self.pruner),
             "search_space": {p.name: p.to_dict() for p in self.search_space},
             "enqueue_trials": [dict(t) for t in self.enqueue_trials],
+            "missing_weights": self.missing_weights,
+            "scratch_max_image_size": self.scratch_max_image_size,
         }
 
     def to_yaml(self) -> str:
@@ -332,8 +399,9 @@ def _validate(raw: Mapping[str, Any], source: str, base: Path | None = None) -> 
         val_fraction=float(file.val_fraction), augment=file.augment,
         sampler=_component("sampler", file.sampler.model_dump(), source),
         pruner=_component("pruner", file.pruner.model_dump(), source), search_space=space,
-        enqueue_trials=_enqueued(file.enqueue_trials, space, source), source=source,
-        images=images)
+        enqueue_trials=_enqueued(file.enqueue_trials, space, source),
+        missing_weights=file.missing_weights,
+        scratch_max_image_size=file.scratch_max_image_size, source=source, images=images)
 
 
 def _space(file: SpecFile, source: str) -> tuple[ParamSpec, ...]:
@@ -382,3 +450,32 @@ def _enqueued(raw: list[dict[str, Any]], space: tuple[ParamSpec, ...],
             raise SpecError(source, f"enqueue_trials[{i}]", str(exc)) from None
     return tuple(dict(t) for t in raw)
 
+
+
+def _without_choices(entries: Mapping[str, Any], name: str, drop: set[Any]) -> dict[str, Any]:
+    """Spec-file entries (:meth:`StudySpec.to_dict`'s ``search_space``) whose parameter
+    ``name`` no longer offers the choices ``drop``, wherever it is drawn."""
+    out = {}
+    for key, entry in entries.items():
+        if key == name and isinstance(entry, list):
+            entry = [choice for choice in entry if choice not in drop]
+        elif key == name and isinstance(entry, dict) and "type" not in entry:
+            entry = {choice: sub for choice, sub in entry.items() if choice not in drop}
+        if isinstance(entry, dict) and "type" not in entry:  # choices with branches
+            entry = {choice: _without_choices(sub, name, drop) for choice, sub in entry.items()}
+        out[key] = entry
+    return out
+
+
+def _sizes_up_to(entry: Any, size: int) -> tuple[Any, list[str]]:
+    """(the entry without the image sizes above ``size`` or None if none is left, the sizes
+    left out); a range's values above are left out as its upper bound."""
+    if isinstance(entry, list):
+        kept = [v for v in entry if v <= size]
+        return (kept or None), [str(v) for v in entry if v > size]
+    if isinstance(entry, dict):  # an int range
+        if entry["high"] <= size:
+            return entry, []
+        dropped = [f"{max(entry['low'], size + 1)}..{entry['high']}"]
+        return (None if entry["low"] > size else entry | {"high": size}), dropped
+    return (entry, []) if entry <= size else (None, [str(entry)])

@@ -30,11 +30,13 @@ from hpsearch.tracking.figures import confusion_matrix_figure, learning_curves_f
 from hpsearch.training.loop import EpochResult, EvalResult
 from hpsearch.training.metrics import per_class_report
 
-__all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "StudyTracker", "TrialRun",
-           "close_orphaned_trial_run", "log_confusion", "log_figure"]
+__all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "WEIGHTS_TAG", "StudyTracker", "TrialRun",
+           "close_orphaned_trial_run", "delete_checkpoint", "log_confusion", "log_figure"]
 
 # Where a trial's weights (a state dict, loadable with weights_only=True) are logged.
 CHECKPOINT_PATH = "checkpoint/state_dict.pt"
+# The tag of a trial run whose logged weights were deleted, saying why.
+WEIGHTS_TAG = "hpsearch.weights"
 # Seconds between samples of the system metrics (CPU, memory, GPU) of a trial's run and of
 # the parent run: a trial of a few seconds still gets samples; the parent run spans hours.
 TRIAL_SAMPLING_S = 2.0
@@ -350,6 +352,26 @@ def close_orphaned_trial_run(client: MlflowClient, run_id: str, *, reason: str,
     if parent.info.status == "RUNNING" and same_process:
         client.set_tag(parent_id, "hpsearch.reason", "worker died; see its KILLED trial runs")
         client.set_terminated(parent_id, "KILLED")
+
+
+def delete_checkpoint(client: MlflowClient, run_id: str, *, tracking_uri: str,
+                      reason: str) -> None:
+    """Delete a trial run's logged weights (the folder of :data:`CHECKPOINT_PATH`) from its
+    artifact store, through MLflow's artifact repository for the run's artifact URI (a
+    local folder, ``mlflow-artifacts:`` through the tracking server, S3, GCS, Azure, ...),
+    and tag the run :data:`WEIGHTS_TAG` = ``deleted: REASON``. Deleting weights already
+    gone does nothing.
+
+    Raises:
+        MlflowException, OSError: the store refuses (a server without artifact deletion,
+            no permission); nothing is tagged then.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+    repository.delete_artifacts(os.path.dirname(CHECKPOINT_PATH))
+    client.set_tag(run_id, WEIGHTS_TAG, f"deleted: {reason}")
 
 
 def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,

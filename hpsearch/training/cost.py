@@ -21,14 +21,15 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def macs_per_image(params: TrialParams, info: DatasetInfo) -> int:
-    """Multiply-accumulates of one forward pass of one image (N = 1, eval mode): half the
-    FLOPs ``FlopCounterMode`` counts for matrix products and convolutions, which dominate
-    these networks (normalisation, activations and pooling are not counted). A training
-    step costs about three times this per image (forward, and backward to inputs and
-    weights)."""
+    """Multiply-accumulates of one forward pass of one image (N = 1, eval mode, at the
+    trial's ``image_size``): half the FLOPs ``FlopCounterMode`` counts for matrix products
+    and convolutions, which dominate these networks (normalisation, activations, pooling
+    and the downsampling to ``image_size`` are not counted). A training step costs about
+    three times this per image (forward, and backward to inputs and weights)."""
+    size = params.image_size or info.shape.size  # the size the network sees
     with torch.device("meta"):
         network = build_network(params, info).eval()
-        image = torch.empty(1, *info.shape.as_tuple())
+        image = torch.empty(1, info.shape.channels, size, size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         network(image)
     return counter.get_total_flops() // 2
