@@ -43,9 +43,9 @@ from hpsearch.search.config import RunConfig
 from hpsearch.search.progress import Reporter, ReporterStream
 from hpsearch.studies import StudySpec
 
-__all__ = ["DATA_ATTR", "DataRecord", "EvaluationData", "StudyData", "image_options",
-           "listed", "load_data", "load_recorded_test_data", "load_study_data",
-           "load_test_data", "own_images_info"]
+__all__ = ["DATA_ATTR", "DataRecord", "EvaluationData", "StudyData", "check_splits",
+           "image_options", "listed", "load_data", "load_recorded_test_data",
+           "load_study_data", "load_test_data", "own_images_info", "summary_line"]
 
 DATA_ATTR = "hpsearch.data"
 """The study's user attribute holding its :class:`DataRecord` (own images only)."""
@@ -354,3 +354,37 @@ def _file_change(split: str, name: str, before: Mapping[str, Any],
 
 def _names_digest(paths: list[str]) -> str:
     return hashlib.sha256(json.dumps(sorted(paths)).encode()).hexdigest()[:16]
+
+
+def check_splits(tested: EvaluationData, data: StudyData | None) -> None:
+    """Own images: a validation split to rank trials on and a test split for the champion.
+
+    Raises:
+        HpsearchError: either is empty (the message names the folder and what to change).
+    """
+    images = tested.images
+    if images is None:
+        return
+    if not len(images.val):
+        raise HpsearchError(f"{images.source}: no validation image (too few training files "
+                            "for val_fraction, and no val/ folder or split column): add "
+                            "images, a val/ folder, or raise val_fraction")
+    if not len(tested.test):
+        raise HpsearchError(f"{images.source}: no test image (test_fraction 0, and no test/ "
+                            "folder or split column): the champion is tested on it; give "
+                            "test_fraction > 0 or a test/ folder")
+
+
+def summary_line(tested: EvaluationData) -> str:
+    """Own images in one line: images, classes, skipped, leakage, imbalance."""
+    images = tested.images
+    n = sum(len(getattr(images, s)) for s in ("train", "val", "test"))
+    ratio = images.imbalance_ratio
+    leaks = len(images.leakage.groups)
+    return (f"{images.name}: {n:,} images, {images.num_classes} classes, "
+            f"{len(images.skipped):,} skipped (data/skipped.csv), leakage "
+            f"{leaks:,} image{'s' if leaks != 1 else ''} in two splits"
+            f"{' (dropped from val/test)' if images.leakage.dropped else ''}, imbalance ratio "
+            f"{ratio:.3g} (largest / smallest training class); {images.image_size} px, "
+            f"{images.channels} channel{'s' if images.channels > 1 else ''}, cache "
+            f"{images.cache_dir}")

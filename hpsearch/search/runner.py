@@ -23,7 +23,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch import __version__
-from hpsearch.errors import HpsearchError, check_interrupted, is_disk_full
+from hpsearch.errors import check_interrupted, is_disk_full
 from hpsearch.redact import redact_url
 from hpsearch.search.callbacks import (
     AnytimeLogger,
@@ -44,10 +44,12 @@ from hpsearch.search.data import (
     DataRecord,
     EvaluationData,
     StudyData,
+    check_splits,
     image_options,
     load_data,
     load_study_data,
     load_test_data,
+    summary_line,
 )
 from hpsearch.search.gpu_sharing import default_jobs
 from hpsearch.search.objective import Objective, TrialData
@@ -122,7 +124,7 @@ class RunSession(StudySession):
         checkpoints.check_writable()
         data = load_study_data(config, reporter) if train else None
         tested = data.tested if data is not None else load_test_data(config, reporter)
-        _check_splits(tested, data)
+        check_splits(tested, data)
         spec = fit_to_data(config.spec, tested.info.shape.size, reporter)
         config = dataclasses.replace(config, spec=spec)
         record = _data_record(config, tested)
@@ -162,7 +164,7 @@ class RunSession(StudySession):
                                   role="study", run_tags=self._run_tags(config.seed),
                                   inputs=self._inputs())
         if self.tested.images is not None:
-            self.reporter.say(_summary_line(self.tested))
+            self.reporter.say(summary_line(self.tested))
         if self.trials is not None:
             self._log_data()
 
@@ -336,45 +338,11 @@ class RunSession(StudySession):
         }
 
 
-def _check_splits(tested: EvaluationData, data: StudyData | None) -> None:
-    """Own images: a validation split to rank trials on and a test split for the champion.
-
-    Raises:
-        HpsearchError: either is empty (the message names the folder and what to change).
-    """
-    images = tested.images
-    if images is None:
-        return
-    if not len(images.val):
-        raise HpsearchError(f"{images.source}: no validation image (too few training files "
-                            "for val_fraction, and no val/ folder or split column): add "
-                            "images, a val/ folder, or raise val_fraction")
-    if not len(tested.test):
-        raise HpsearchError(f"{images.source}: no test image (test_fraction 0, and no test/ "
-                            "folder or split column): the champion is tested on it; give "
-                            "test_fraction > 0 or a test/ folder")
-
-
 def _data_record(config: RunConfig, tested: EvaluationData) -> DataRecord | None:
     """The record a new study keeps of its own images (None for a registered data set)."""
     if tested.images is None:
         return None
     return DataRecord.of(tested.images, image_options(config.spec, config.seed), tested.info)
-
-
-def _summary_line(tested: EvaluationData) -> str:
-    """Own images in one line: images, classes, skipped, leakage, imbalance."""
-    images = tested.images
-    n = sum(len(getattr(images, s)) for s in ("train", "val", "test"))
-    ratio = images.imbalance_ratio
-    leaks = len(images.leakage.groups)
-    return (f"{images.name}: {n:,} images, {images.num_classes} classes, "
-            f"{len(images.skipped):,} skipped (data/skipped.csv), leakage "
-            f"{leaks:,} image{'s' if leaks != 1 else ''} in two splits"
-            f"{' (dropped from val/test)' if images.leakage.dropped else ''}, imbalance ratio "
-            f"{ratio:.3g} (largest / smallest training class); {images.image_size} px, "
-            f"{images.channels} channel{'s' if images.channels > 1 else ''}, cache "
-            f"{images.cache_dir}")
 
 
 def _params(values: dict[str, object]) -> list:

@@ -38,10 +38,8 @@ import optuna
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, infer_signature
+from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
-from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-from mlflow.types.schema import AnyType
 from torch import nn
 
 import hpsearch
@@ -51,18 +49,16 @@ from hpsearch.data_utils import ArraySplit, DatasetInfo
 from hpsearch.errors import HpsearchError
 from hpsearch.params import TrialParams
 from hpsearch.serving.classifier import (
-    DEFAULT_OUTPUT,
     NormalizingClassifier,
     class_probabilities,
 )
 from hpsearch.serving.image_files import (
-    IMAGE_COLUMN,
     MAX_IMAGE_BYTES,
     MAX_REQUEST_BYTES,
     Preprocessing,
-    encode_image_file,
 )
-from hpsearch.serving.images import MAX_BATCH, PIXELS_COLUMN, accepted_shapes, to_unit_batch
+from hpsearch.serving.images import MAX_BATCH, accepted_shapes, to_unit_batch
+from hpsearch.serving.signature import serving_input_example, serving_metadata, serving_signature
 from hpsearch.serving.uris import CHAMPION_ALIAS
 from hpsearch.tracking.provenance import using_tracking_uri
 from hpsearch.tracking.report import log_prediction_grid
@@ -334,44 +330,6 @@ def _incomplete_version(tracker: StudyTracker, name: str, study_name: str,
              and v.tags.get("trial") == str(trial_number)
              and v.tags.get(REGISTRATION_TAG) == "incomplete"]
     return str(max(found)) if found else None
-
-
-def serving_input_example(images: np.ndarray) -> pd.DataFrame:
-    """The logged input example: ``images`` (uint8 (N, C, S, S), a data set's own) as
-    base64-encoded PNG files in column ``image``, one per row."""
-    return pd.DataFrame({IMAGE_COLUMN: [encode_image_file(img) for img in images]})
-
-
-def serving_signature() -> ModelSignature:
-    """One image per row, in one of two optional columns: ``images``, a pixel array (any
-    accepted layout, checked by the model), or ``image``, a base64-encoded image file; by
-    default one class name per image. The inference parameter ``output`` (``label``,
-    ``class_index`` or ``full``; see ``pyfunc_model.py``) chooses the answer."""
-    return ModelSignature(
-        inputs=Schema([ColSpec(AnyType(), PIXELS_COLUMN, required=False),
-                       ColSpec(DataType.string, IMAGE_COLUMN, required=False)]),
-        outputs=Schema([ColSpec(DataType.string)]),
-        params=ParamSchema([ParamSpec("output", DataType.string, DEFAULT_OUTPUT)]),
-    )
-
-
-def serving_metadata(info: DatasetInfo) -> dict:
-    """What the logged model's MLmodel file says of its inputs."""
-    return {
-        "dataset": info.name,
-        "class_names": list(info.class_names),
-        "in_channels": info.shape.channels,
-        "image_size": info.shape.size,
-        "accepted_image_shapes": [list(s) for s in accepted_shapes(info.shape)],
-        "pixel_values": "integers 0..255 or floats 0..1",
-        "max_batch": MAX_BATCH,
-        "image_column": IMAGE_COLUMN,
-        "image_files": "base64-encoded PNG, JPEG, WEBP, BMP, GIF (first frame), TIFF or "
-                       "PPM/PGM files of any size and colour mode",
-        "max_image_bytes": MAX_IMAGE_BYTES,
-        "max_request_bytes": MAX_REQUEST_BYTES,
-        "max_image_pixels": Preprocessing.for_shape(info.shape).max_pixels,
-    }
 
 
 def _describe_version(tracker: StudyTracker, name: str, version: str,

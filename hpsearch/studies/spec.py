@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from hpsearch.studies.components import (
 from hpsearch.studies.file import IMAGE_KEYS, METRICS, SpecFile, build_space, reason_of
 from hpsearch.studies.images import ImageSettings, image_settings, resolve_dataset_key
 from hpsearch.studies.limits import MAX_SPEC_BYTES, SpecLoader, SpecTooLarge
+from hpsearch.studies.narrowing import sizes_up_to, without_choices
 from hpsearch.studies.space import (
     ParamSpec,
     architectures,
@@ -56,9 +56,8 @@ from hpsearch.studies.space import (
     taken_by,
 )
 
-__all__ = ["OWN_IMAGES_SPEC", "ImageSettings", "SpecError", "StudySpec", "builtin_spec_names",
-           "builtin_spec_text", "load_builtin_spec", "load_spec", "own_images_spec",
-           "spec_schema"]
+__all__ = ["OWN_IMAGES_SPEC", "ImageSettings", "SpecError", "StudySpec", "load_spec",
+           "parse_spec", "spec_schema", "validate_spec"]
 
 OWN_IMAGES_SPEC = "_own_images"
 """The built-in study of a folder or manifest of one's own images (``_own_images.yaml``)."""
@@ -174,7 +173,7 @@ class StudySpec:
             raise SpecError(self.source, "search_space.arch",
                             f"no architecture left without {', '.join(sorted(drop))}")
         data = self.to_dict()
-        entries = _without_choices(data["search_space"], "arch", drop)
+        entries = without_choices(data["search_space"], "arch", drop)
         # A family's hyperparameter drawn for all architectures (or fixed at its default)
         # goes with the last architecture that takes it.
         taken = taken_by(a for a in self.architectures() if a not in drop)
@@ -184,7 +183,7 @@ class StudySpec:
             {name: value for name, value in trial.items()
              if name not in FAMILY_HYPERPARAMETERS or name in taken}
             for trial in data["enqueue_trials"] if trial.get("arch") not in drop]
-        return _validate(data, self.source)
+        return validate_spec(data, self.source)
 
     def image_sizes_up_to(self, size: int) -> tuple[StudySpec, list[str]]:
         """A copy whose searched ``image_size`` takes no value above ``size`` (the data
@@ -195,7 +194,7 @@ class StudySpec:
         entry = data["search_space"].get("image_size")
         if entry is None:
             return self, []
-        kept, dropped = _sizes_up_to(entry, size)
+        kept, dropped = sizes_up_to(entry, size)
         if not dropped:
             return self, []
         if kept is None:
@@ -209,11 +208,11 @@ class StudySpec:
                 del trial["image_size"]
             elif trial.get("image_size", 0) > size:
                 trial["image_size"] = largest
-        return _validate(data, self.source), dropped
+        return validate_spec(data, self.source), dropped
 
     def replace(self, **changes: Any) -> StudySpec:
         """A copy with ``changes`` applied and validated again (e.g. ``epochs`` from the CLI)."""
-        return _validate(self.to_dict() | changes, self.source)
+        return validate_spec(self.to_dict() | changes, self.source)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (what is logged to MLflow); the own-images keys
@@ -237,61 +236,6 @@ class StudySpec:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-def builtin_spec_names() -> list[str]:
-    """Names of the specs shipped in ``hpsearch/studies/`` (one per built-in data set)."""
-    files = resources.files(__package__).iterdir()
-    return sorted(f.name[: -len(".yaml")] for f in files
-                  if f.name.endswith(".yaml") and not f.name.startswith("_"))
-
-
-def builtin_spec_text(name: str) -> str:
-    """The YAML text of the built-in spec of data set ``name``, comments included. A
-    registered data set without a spec of its own gets ``_default.yaml`` for it;
-    ``own_images`` is the study of a folder of one's own images (``dataset: PATH``).
-
-    Raises:
-        ValueError: ``name`` is neither a built-in spec nor a registered data set; the
-            message lists the choices.
-    """
-    from hpsearch.data_utils import list_datasets
-
-    if name in builtin_spec_names():
-        return resources.files(__package__).joinpath(f"{name}.yaml").read_text()
-    if name == OWN_IMAGES_SPEC.strip("_") and name not in list_datasets():
-        return resources.files(__package__).joinpath(f"{OWN_IMAGES_SPEC}.yaml").read_text()
-    if name in list_datasets():
-        text = resources.files(__package__).joinpath("_default.yaml").read_text()
-        return text.replace("dataset: DATASET", f"dataset: {name}")
-    choices = ", ".join(sorted(set(builtin_spec_names()) | set(list_datasets())))
-    raise ValueError(f"unknown dataset {name!r}; choose one of: {choices} (or own_images, "
-                     "the study of a folder of your own images)")
-
-
-def load_builtin_spec(name: str) -> StudySpec:
-    """The built-in spec for data set ``name`` (see :func:`builtin_spec_text`).
-
-    Raises:
-        ValueError: no built-in spec or registered data set has that name; the message
-            lists the choices.
-    """
-    source = name if name in builtin_spec_names() else "_default"
-    return _parse(builtin_spec_text(name), f"built-in spec {source}.yaml")
-
-
-def own_images_spec(path: str | Path) -> StudySpec:
-    """The built-in study of a folder or manifest of one's own images
-    (``_own_images.yaml``) on ``path``.
-
-    Raises:
-        SpecError: ``path`` is neither a registered data set nor an existing path (key
-            ``dataset``; the message lists the registered names).
-    """
-    text = resources.files(__package__).joinpath(f"{OWN_IMAGES_SPEC}.yaml").read_text()
-    raw = yaml.load(text, Loader=SpecLoader)
-    raw["dataset"] = str(path)
-    return _validate(raw, f"built-in spec {OWN_IMAGES_SPEC}.yaml")
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -321,7 +265,7 @@ def load_spec(path: str | Path) -> StudySpec:
     except UnicodeDecodeError as exc:
         raise SpecError(source, "<file>", f"not UTF-8 text (byte {exc.start} is "
                                           f"{data[exc.start]:#04x})") from None
-    return _parse(text, source, base=path.absolute().parent)
+    return parse_spec(text, source, base=path.absolute().parent)
 
 
 def _too_big(size: int | None) -> str:
@@ -348,7 +292,7 @@ def spec_schema() -> dict[str, Any]:
     return schema
 
 
-def _parse(text: str, source: str, base: Path | None = None) -> StudySpec:
+def parse_spec(text: str, source: str, base: Path | None = None) -> StudySpec:
     try:
         raw = yaml.load(text, Loader=SpecLoader)
     except SpecTooLarge as exc:
@@ -362,10 +306,10 @@ def _parse(text: str, source: str, base: Path | None = None) -> StudySpec:
                                           f"{str(exc).split(';')[0]}") from None
     if not isinstance(raw, dict):
         raise SpecError(source, "<file>", "must be a YAML mapping of settings")
-    return _validate(raw, source, base)
+    return validate_spec(raw, source, base)
 
 
-def _validate(raw: Mapping[str, Any], source: str, base: Path | None = None) -> StudySpec:
+def validate_spec(raw: Mapping[str, Any], source: str, base: Path | None = None) -> StudySpec:
     """A :class:`StudySpec` from a spec file's mapping; ``base``: the folder a relative
     dataset path is read from (the spec file's; None: the working directory)."""
     try:
@@ -449,33 +393,3 @@ def _enqueued(raw: list[dict[str, Any]], space: tuple[ParamSpec, ...],
         except ValueError as exc:
             raise SpecError(source, f"enqueue_trials[{i}]", str(exc)) from None
     return tuple(dict(t) for t in raw)
-
-
-
-def _without_choices(entries: Mapping[str, Any], name: str, drop: set[Any]) -> dict[str, Any]:
-    """Spec-file entries (:meth:`StudySpec.to_dict`'s ``search_space``) whose parameter
-    ``name`` no longer offers the choices ``drop``, wherever it is drawn."""
-    out = {}
-    for key, entry in entries.items():
-        if key == name and isinstance(entry, list):
-            entry = [choice for choice in entry if choice not in drop]
-        elif key == name and isinstance(entry, dict) and "type" not in entry:
-            entry = {choice: sub for choice, sub in entry.items() if choice not in drop}
-        if isinstance(entry, dict) and "type" not in entry:  # choices with branches
-            entry = {choice: _without_choices(sub, name, drop) for choice, sub in entry.items()}
-        out[key] = entry
-    return out
-
-
-def _sizes_up_to(entry: Any, size: int) -> tuple[Any, list[str]]:
-    """(the entry without the image sizes above ``size`` or None if none is left, the sizes
-    left out); a range's values above are left out as its upper bound."""
-    if isinstance(entry, list):
-        kept = [v for v in entry if v <= size]
-        return (kept or None), [str(v) for v in entry if v > size]
-    if isinstance(entry, dict):  # an int range
-        if entry["high"] <= size:
-            return entry, []
-        dropped = [f"{max(entry['low'], size + 1)}..{entry['high']}"]
-        return (None if entry["low"] > size else entry | {"high": size}), dropped
-    return (entry, []) if entry <= size else (None, [str(entry)])
