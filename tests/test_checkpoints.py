@@ -94,9 +94,9 @@ def _stop_at_epoch_end(monkeypatch, epoch: int, exc: BaseException) -> None:
     """Raise ``exc`` at the ``epoch.end`` pause of ``epoch`` (where a test's signal lands)."""
     ends = []
 
-    def pause(point: str) -> None:
-        ends.append(point)
-        if point == "epoch.end" and len(ends) == epoch:
+    def pause(*points: str) -> None:  # one pause's names, widest first
+        ends.append(points[0])
+        if points[0] == "epoch.end" and len(ends) == epoch:
             raise exc
 
     monkeypatch.setattr(objective_module, "pause", pause)
@@ -124,7 +124,7 @@ def test_a_trial_interrupted_and_continued_ends_bit_for_bit_as_one_never_stopped
     saved = load_state(store.path(0))  # kept for the retry; loads with weights_only
     assert [entry["epoch"] for entry in saved["training"]["history"]] == [1]
 
-    monkeypatch.setattr(objective_module, "pause", lambda point: None)
+    monkeypatch.setattr(objective_module, "pause", lambda *points: None)
     assert retry_interrupted(study) == [0]
     retry = _run_trial(study, objective)
 
@@ -156,7 +156,7 @@ def test_a_retry_without_its_predecessors_state_starts_over_and_says_so(tmp_path
     _stop_at_epoch_end(monkeypatch, 2, Interrupted(signal.SIGTERM))
     _run_trial(study, objective)
     store.remove([0])  # as on another machine
-    monkeypatch.setattr(objective_module, "pause", lambda point: None)
+    monkeypatch.setattr(objective_module, "pause", lambda *points: None)
     retry_interrupted(study)
 
     retry = _run_trial(study, objective)
@@ -270,7 +270,7 @@ def test_checkpoints_go_beside_a_sqlite_storage_else_in_the_working_directory(
 
 def test_a_checkpoint_dir_that_cannot_be_written_is_refused(tmp_path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(Exception, match=r"--checkpoint-dir .*file is not a directory"):
+    with pytest.raises(Exception, match=r"^checkpoint_dir .*file is not a directory"):
         CheckpointStore(tmp_path / "file" / "deeper", "s").check_writable()
     CheckpointStore(tmp_path / "new" / "deeper", "s").check_writable()  # creatable: fine
     assert not (tmp_path / "new").exists()  # checked without writing

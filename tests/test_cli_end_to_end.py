@@ -366,9 +366,10 @@ def test_studies_and_show_answer_in_json(study_dir):
 def test_the_command_list_is_whole_and_every_option_has_help():
     help_text = cli(Path.cwd(), "--help").stdout
     commands = help_text.split("Commands:")[1].strip().splitlines()
-    assert len(commands) == 8 and not any(line.rstrip().endswith("...") for line in commands)
-    for command in ("run", "serve", "ui", "predict", "studies", "show", "register"):
-        text = cli(Path.cwd(), command, "--help").stdout
+    assert len(commands) == 9 and not any(line.rstrip().endswith("...") for line in commands)
+    for command in ("run", "serve", "ui", "predict", "studies", "show", "register",
+                    "data inspect", "data cache"):
+        text = cli(Path.cwd(), *command.split(), "--help").stdout
         options = [line for line in text.split("Options:")[1].splitlines()
                    if line.strip().startswith("--") and "--help" not in line]
         assert all(len(line.split("  ")) > 1 and line.split("  ")[-1].strip()

@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Import name -> distribution name, where they differ.
 DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "pydantic_core": "pydantic-core",
-                 "typing_extensions": "typing-extensions", "sqlalchemy": "sqlalchemy"}
+                 "typing_extensions": "typing-extensions", "sqlalchemy": "sqlalchemy",
+                 "pynvml": "nvidia-ml-py"}
 
 
 def _requirements(section: str = "install_requires") -> dict[str, str]:

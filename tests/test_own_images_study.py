@@ -120,12 +120,11 @@ def test_image_options_override_the_spec_and_are_refused_for_a_registered_data_s
 
     assert (config.spec.images.image_size, config.spec.images.dedupe) == (24, True)
     assert config.cache_dir == str(tmp_path / "c")
-    for option, value, flag in (("image_size", 24, "--image-size"),
-                                ("dedupe", True, "--dedupe"),
-                                ("cache_dir", "c", "--cache-dir")):
-        with pytest.raises(HpsearchError, match=f"{flag}.* fashion_mnist is a registered"):
+    # The Python API names its arguments (the command line spells them as options).
+    for option, value in (("image_size", 24), ("dedupe", True), ("cache_dir", "c")):
+        with pytest.raises(HpsearchError, match=f"^{option}.* fashion_mnist is a registered"):
             _config({"dataset": "fashion_mnist", option: value})
-    with pytest.raises(HpsearchError, match=r"--image-size must be in 8\.\.1024 pixels, got 4"):
+    with pytest.raises(HpsearchError, match=r"^image_size must be in 8\.\.1024 pixels, got 4"):
         _config({"dataset": "photos", "image_size": 4})
 
 
@@ -137,7 +136,7 @@ def test_a_dataset_option_disagreeing_with_the_specs_path_is_refused(tmp_path, m
 
     assert _config({"dataset": "./photos", "spec": spec}).spec.dataset == str(
         tmp_path / "photos")
-    with pytest.raises(HpsearchError, match="--dataset other disagrees with"):
+    with pytest.raises(HpsearchError, match="^dataset other disagrees with"):
         _config({"dataset": "other", "spec": spec})
 
 

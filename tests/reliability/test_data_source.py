@@ -53,7 +53,7 @@ def test_the_run_header_and_the_parent_run_name_the_folder_the_data_came_from(tm
     result = hpsearch(work, "run", "--spec", "spec.yaml", "--trials", "1", "--train-subset",
                       "300", "--device", "cpu", "--data-dir", str(tmp_path / "data"))
     assert result.returncode == 0, result.stderr[-3000:]
-    header = result.stderr.splitlines()[0]
+    header = next(line for line in result.stderr.splitlines() if " images from " in line)
     assert header.endswith(f"300 training / 6000 validation images from {data}"), header
 
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
