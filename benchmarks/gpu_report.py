@@ -268,8 +268,9 @@ def part_environment(report: Report) -> dict[str, Any]:
 def part_tests(report: Report) -> dict[str, Any]:
     marker, cap = report.plan.tests
     junit = report.out / "tests.xml"
+    # -o addopts: one process on the one GPU, and no pytest-xdist needed (setup.cfg's -n 2).
     result = report.run("tests", [sys.executable, "-m", "pytest", "-m", marker, "tests/gpu",
-                                  "-q", "-rfEs", "-p", "no:cacheprovider",
+                                  "-o", "addopts=", "-q", "-rfEs", "-p", "no:cacheprovider",
                                   f"--junitxml={junit}"], cap)
     if junit.exists():
         suite = ElementTree.parse(junit).getroot()
