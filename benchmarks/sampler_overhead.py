@@ -30,8 +30,8 @@ import optuna
 import torch
 from _common import emit, machine_info, markdown_table, render_section, write_section
 
-from hpsearch.studies.components import build_pruner, build_sampler
 from hpsearch.studies import load_builtin_spec, load_spec
+from hpsearch.studies.components import build_pruner, build_sampler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARCH_QUALITY = {"lenet": 0.89, "vgg": 0.90, "cnn": 0.86, "mlp": 0.86, "resnet": 0.88}

@@ -13,8 +13,13 @@ Environment variables:
   ``pt2`` format (the ``network`` model beside the served one, a ``torch.export`` that takes
   seconds on a CPU); on by default. The served model does not need it.
 
-The last two are for runs whose extras nobody looks at (the test suite turns both off);
-the numbers a study reports are the same either way.
+- ``HPSEARCH_DOWNLOAD_WEIGHTS``: ``0`` never downloads pretrained weights: only files
+  already in torchvision's cache (``$TORCH_HOME/hub/checkpoints``) are used, as on a machine
+  without internet (:mod:`hpsearch.models.weights`); on by default.
+
+The metrics and network switches are for runs whose extras nobody looks at (the test suite
+turns both off); the numbers a study reports are the same either way. The test suite turns
+downloads off too, so that no test needs (or uses) the network.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ import os
 
 from hpsearch.errors import HpsearchError
 
-__all__ = ["DATA_DIR_ENV", "DEFAULT_STORAGE", "DEVICES", "EXPORT_NETWORK_ENV", "STORAGE_ENV",
-           "SYSTEM_METRICS_ENV", "check_environment", "export_network", "storage_url",
-           "system_metrics"]
+__all__ = ["DATA_DIR_ENV", "DEFAULT_STORAGE", "DEVICES", "DOWNLOAD_WEIGHTS_ENV",
+           "EXPORT_NETWORK_ENV", "STORAGE_ENV", "SYSTEM_METRICS_ENV", "check_environment",
+           "download_weights", "export_network", "storage_url", "system_metrics"]
 
 # The Optuna storage: a sqlite file in the working directory, beside MLflow's own default
 # tracking store (sqlite:///mlflow.db).
@@ -34,6 +39,7 @@ STORAGE_ENV = "HPSEARCH_STORAGE"
 DATA_DIR_ENV = "HPSEARCH_DATA_DIR"
 SYSTEM_METRICS_ENV = "HPSEARCH_SYSTEM_METRICS"
 EXPORT_NETWORK_ENV = "HPSEARCH_EXPORT_NETWORK"
+DOWNLOAD_WEIGHTS_ENV = "HPSEARCH_DOWNLOAD_WEIGHTS"
 # Training devices: ``auto`` picks CUDA when present (hpsearch.training.device).
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -66,6 +72,16 @@ def export_network() -> bool:
     return _switch(EXPORT_NETWORK_ENV)
 
 
+def download_weights() -> bool:
+    """Whether missing pretrained weights may be downloaded (``$HPSEARCH_DOWNLOAD_WEIGHTS``,
+    default on).
+
+    Raises:
+        HpsearchError: as :func:`system_metrics`.
+    """
+    return _switch(DOWNLOAD_WEIGHTS_ENV)
+
+
 def check_environment() -> None:
     """Read every switch once, so a misspelt value stops a run before it starts.
 
@@ -74,6 +90,7 @@ def check_environment() -> None:
     """
     system_metrics()
     export_network()
+    download_weights()
 
 
 def _switch(name: str) -> bool:

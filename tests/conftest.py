@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,12 +34,16 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR
-from hpsearch.defaults import EXPORT_NETWORK_ENV, SYSTEM_METRICS_ENV
+from hpsearch.defaults import DOWNLOAD_WEIGHTS_ENV, EXPORT_NETWORK_ENV, SYSTEM_METRICS_ENV
 
 # Off in every test and every process a test starts (clean_env copies this environment),
 # except where a test turns them on to assert them: see the module's docstring.
 os.environ[SYSTEM_METRICS_ENV] = "0"
 os.environ[EXPORT_NETWORK_ENV] = "0"
+# No test uses the network, nor a developer's own torchvision cache: pretrained weights come
+# from files the tests write (tests/pretrained_files.py), in a TORCH_HOME of their own.
+os.environ[DOWNLOAD_WEIGHTS_ENV] = "0"
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="hpsearch-tests-torch-home-")
 EVERYTHING_ON = {SYSTEM_METRICS_ENV: "1", EXPORT_NETWORK_ENV: "1"}
 
 STUDY = "e2e"

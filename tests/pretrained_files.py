@@ -11,14 +11,18 @@ import pytest
 import torch
 import torchvision
 
+from hpsearch.defaults import DOWNLOAD_WEIGHTS_ENV
 from hpsearch.models.weights import list_backbones, weights_file
 
 OFFLINE = "[Errno -3] Temporary failure in name resolution"
 
 
 def offline_cache(monkeypatch: pytest.MonkeyPatch, home: Path) -> Path:
-    """TORCH_HOME at ``home`` (empty), and every download failing as without internet."""
+    """TORCH_HOME at ``home`` (empty), and every download failing as without internet
+    (downloads on, against the suite's ``HPSEARCH_DOWNLOAD_WEIGHTS=0``, so that they are
+    tried)."""
     monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv(DOWNLOAD_WEIGHTS_ENV, "1")
 
     def offline(url: str, dst: str, hash_prefix: str | None = None,
                 progress: bool = True) -> None:
@@ -31,6 +35,7 @@ def offline_cache(monkeypatch: pytest.MonkeyPatch, home: Path) -> Path:
 def counting_downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Downloads that succeed, writing random weights of the right architecture where
     torchvision would; returns the list of file names downloaded, in order."""
+    monkeypatch.setenv(DOWNLOAD_WEIGHTS_ENV, "1")
     downloaded: list[str] = []
 
     def download(url: str, dst: str, hash_prefix: str | None = None,

@@ -6,12 +6,12 @@ one-cycle schedule, the CUDA-graph update and the logged learning rates."""
 from __future__ import annotations
 
 import dataclasses
-import urllib.error
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from pretrained_files import OFFLINE, offline_cache
 from torch import nn
 
 from hpsearch.data_utils import ImageShape, Normalization, get_dataset_info
@@ -48,21 +48,13 @@ def build(name: str, **config: object) -> nn.Module:
 
 CPU = torch.device("cpu")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-OFFLINE = "[Errno -3] Temporary failure in name resolution"
 
 
 @pytest.fixture(autouse=True)
 def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty torchvision cache, and a network that is never reached: every download
     attempt fails as it does on a machine without internet."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def offline(url: str, dst: str, hash_prefix: str | None = None,
-                progress: bool = True) -> None:
-        raise urllib.error.URLError(OFFLINE)
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return tmp_path / "torch"
+    return offline_cache(monkeypatch, tmp_path / "torch")
 
 
 def _save_weights(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:

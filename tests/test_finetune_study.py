@@ -13,7 +13,8 @@ import pytest
 import yaml
 from pretrained_files import counting_downloads, offline_cache, save_weights
 
-from hpsearch.models.weights import WeightsUnavailable, weights_file
+from hpsearch.errors import HpsearchError
+from hpsearch.models.weights import WeightsUnavailable, ensure_weights, weights_file
 from hpsearch.search.config import RunConfig
 from hpsearch.search.pretrained import fetch_weights, fit_to_data, recorded_architectures
 from hpsearch.search.progress import Reporter
@@ -409,3 +410,18 @@ def test_the_registered_backbone_loads_and_answers_offline_as_it_trained(
 
 def _never(*args: object, **kwargs: object) -> None:
     raise AssertionError("loading a registered model must not download anything")
+
+
+def test_with_downloads_turned_off_a_missing_file_is_never_fetched(
+        tmp_path: Path, torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    downloaded = counting_downloads(monkeypatch)
+    monkeypatch.setenv("HPSEARCH_DOWNLOAD_WEIGHTS", "0")
+    save_weights("mobilenet_v3_small")
+
+    with pytest.raises(WeightsUnavailable, match=r"resnet18-f37072fd\.pth not in .*"
+                       r"\$HPSEARCH_DOWNLOAD_WEIGHTS=0: downloads are off"):
+        ensure_weights(["mobilenet_v3_small", "resnet18", "cnn"])
+    assert downloaded == []
+    monkeypatch.setenv("HPSEARCH_DOWNLOAD_WEIGHTS", "maybe")
+    with pytest.raises(HpsearchError, match=r"HPSEARCH_DOWNLOAD_WEIGHTS='maybe': use 1"):
+        ensure_weights(["resnet18"])

@@ -136,7 +136,7 @@ def test_a_dataset_option_disagreeing_with_the_specs_path_is_refused(tmp_path, m
 
     assert _config({"dataset": "./photos", "spec": spec}).spec.dataset == str(
         tmp_path / "photos")
-    with pytest.raises(HpsearchError, match="^dataset other disagrees with"):
+    with pytest.raises(HpsearchError, match=r"^dataset other disagrees with"):
         _config({"dataset": "other", "spec": spec})
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from hpsearch import defaults
 from hpsearch.errors import HpsearchError, error_line
 from hpsearch.models.registry import list_models, model_hyperparameters
 
@@ -105,8 +106,10 @@ def ensure_weights(archs: Iterable[str], *, progress: bool = True) -> dict[str, 
 
     Raises:
         WeightsUnavailable: files are missing and their download failed (no network, a
-            refused connection, a file whose SHA-256 does not match its name); the message
-            names every such file, after trying them all.
+            refused connection, a file whose SHA-256 does not match its name) or is turned
+            off (``$HPSEARCH_DOWNLOAD_WEIGHTS=0``); the message names every such file, after
+            trying them all.
+        HpsearchError: ``$HPSEARCH_DOWNLOAD_WEIGHTS`` is neither on nor off.
     """
     paths, failed, reasons = {}, {}, []
     for arch in dict.fromkeys(archs):
@@ -143,7 +146,10 @@ def load_pretrained_state_dict(arch: str, *, progress: bool = True) -> dict[str,
 
 
 def _download(arch: str, path: Path, *, progress: bool) -> str | None:
-    """Download the weights of ``arch`` to ``path``; None, or why it failed."""
+    """Download the weights of ``arch`` to ``path``; None, or why it failed (downloads
+    turned off by ``$HPSEARCH_DOWNLOAD_WEIGHTS=0`` among the reasons)."""
+    if not defaults.download_weights():
+        return f"${defaults.DOWNLOAD_WEIGHTS_ENV}=0: downloads are off"
     url = weights_of(arch).url
     # torchvision's names carry the first hex digits of the file's SHA-256 after the last
     # "-" (``resnet18-f37072fd.pth``): torch.hub checks the download against them.
