@@ -19,7 +19,7 @@ from hpsearch.search.config import RunConfig
 from hpsearch.search.pretrained import fetch_weights, fit_to_data, recorded_architectures
 from hpsearch.search.progress import Reporter
 from hpsearch.search.storage import open_study, recorded_definition
-from hpsearch.studies import SpecError, load_spec
+from hpsearch.studies import SpecError, load_spec, own_images_spec
 
 SKIP_SPEC = {
     "dataset": "fashion_mnist",
@@ -425,3 +425,25 @@ def test_with_downloads_turned_off_a_missing_file_is_never_fetched(
     monkeypatch.setenv("HPSEARCH_DOWNLOAD_WEIGHTS", "maybe")
     with pytest.raises(HpsearchError, match=r"HPSEARCH_DOWNLOAD_WEIGHTS='maybe': use 1"):
         ensure_weights(["resnet18"])
+
+
+def test_the_builtin_own_images_study_fine_tunes_backbones_and_adds_scratch_for_small_images(
+        tmp_path: Path) -> None:
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    spec = own_images_spec(tmp_path / "photos")
+    reporter, stream = _reporter()
+
+    small, large = fit_to_data(spec, 28, reporter), fit_to_data(spec, 224, reporter)
+
+    backbones = ["mobilenet_v3_small", "resnet18", "efficientnet_b0"]
+    assert spec.missing_weights == "skip" and spec.pretrained_archs() == backbones
+    assert small.architectures() == [*backbones, "lenet", "cnn", "vgg", "mlp"]
+    assert large.architectures() == backbones  # scratch families only up to 64 px
+    assert [t["arch"] for t in large.enqueue_trials] == backbones  # each with its recipe
+    assert "image_size" not in small.to_dict()["search_space"]  # 28 px: the cache's size
+    assert large.param("image_size").choices == (64, 128, 224)
+    assert stream.getvalue().splitlines() == [
+        "image_size 64, 128, 224 left out: the images are 28 px (a trial downsamples, never "
+        "enlarges)",
+        "from-scratch families lenet, cnn, vgg, mlp left out: the images are 224 px, above "
+        "the spec's scratch_max_image_size 64"]

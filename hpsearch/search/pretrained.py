@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hpsearch import defaults
 from hpsearch.models.weights import (
     WeightsUnavailable,
     ensure_weights,
@@ -112,8 +113,9 @@ def _as_recorded(spec: StudySpec, recorded: list[str], reporter: Reporter) -> St
 
 
 def _ensure(archs: list[str], reporter: Reporter) -> None:
-    """:func:`ensure_weights` for ``archs``, with a line before each download."""
-    for arch, path in missing_weights(archs).items():
+    """:func:`ensure_weights` for ``archs``, with a line before each download (none where
+    ``$HPSEARCH_DOWNLOAD_WEIGHTS`` turns downloads off)."""
+    for arch, path in (missing_weights(archs) if defaults.download_weights() else {}).items():
         size = weights_of(arch).meta.get("_file_size")
         reporter.say(f"downloading the pretrained weights of {arch}"
                      f"{f' ({size:.0f} MB)' if size else ''} into {path.parent}")
