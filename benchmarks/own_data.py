@@ -369,16 +369,20 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     pngs, jpegs = write_trees(args.work_dir, args.workers)
     trees = {"png": pngs, "jpeg96": jpegs}
+    load_before = os.getloadavg()[0]
     rows = [row for part in parts for row in PARTS[part](trees, args.work_dir, args.workers)]
+    load_after = os.getloadavg()[0]
     if args.write_docs:
         machine = machine_info(resolve_device(args.device))
         section = render_section(
             "own_data", title="Own images: inspect, first cache build, cache found again",
             machine=machine, body=docs_body(rows, args.workers),
-            notes="The machine was shared with other agents (load average 7 to 10 on its 2 "
-                  "cores): repeated runs differ by up to a third. A 28 px PNG decodes in about "
-                  "50 us, so the build's own work per image (reading the bytes, the EXIF "
-                  "check, the resize, two digests, writing the row, and the folder scan) is "
+            notes=f"Load average (1 min) {load_before:.1f} before the parts, "
+                  f"{load_after:.1f} after, on {os.cpu_count()} cores: on a busy machine "
+                  "(load 7 to 10, an earlier run) the figures were up to three times lower. "
+                  "A 28 px PNG decodes in about 25 us, so the build's own work per image "
+                  "(reading the bytes, the EXIF check, the resize, two digests, writing the "
+                  "row, and the folder scan) is "
                   "as large as the decoding; the ratio grows with the images' size (the "
                   "96 px JPEGs).")
         write_section(args.docs, "own_data", section)

@@ -23,7 +23,10 @@ resident loader copies them to the device once, before the timed epochs, as a tr
 Only training is timed (wall seconds per epoch, device synchronised); the first epoch is a
 warm-up, reported separately; the others give the images per second. Then each loader
 alone runs one more epoch without a network (shuffle, gather, copy, augment, normalise):
-what the data path costs by itself. ``--rounds N`` runs
+what the data path costs by itself. And the copy of the training and validation splits to
+the device (``DeviceSplit.of``, best of 3): what every trial paid before the splits were kept
+resident across a process's trials (``TrialData.on_device``), and what each trial after the
+first now saves. ``--rounds N`` runs
 resident, streamed, resident, ... N times each and keeps each loader's best round (the
 least disturbed, on a shared machine). Prints one JSON line per configuration.
 """
@@ -55,6 +58,7 @@ from hpsearch.data_utils import ArraySplit, get_dataset_info, load_dataset, spli
 from hpsearch.models import build_network, list_models, model_hyperparameters
 from hpsearch.params import TrialParams
 from hpsearch.training import autocast_dtype, build_optimizer, fit, make_loader
+from hpsearch.training.loader import DeviceSplit
 
 LR, WEIGHT_DECAY = 1e-3, 5e-4  # the values do not change what a step costs
 UPSCALED_VAL_IMAGES = 256  # validation is untimed; at 224 px it would cost more than it tells
@@ -113,6 +117,22 @@ def loader_epoch_s(info, train: ArraySplit, *, device: torch.device, batch_size:
         pass
     synchronize(device)
     return time.perf_counter() - start
+
+
+def copy_to_device_s(train: ArraySplit, val: ArraySplit, device: torch.device) -> float:
+    """Seconds to copy both splits to ``device`` as a trial did before they stayed resident
+    across trials (best of 3; nothing to copy on a CPU, where the arrays are used as they
+    are)."""
+    times = []
+    for _ in range(3):
+        synchronize(device)
+        start = time.perf_counter()
+        copies = (DeviceSplit.of(train, device), DeviceSplit.of(val, device))
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        del copies
+        _reset(device)
+    return min(times)
 
 
 def _trial_params(args: argparse.Namespace, arch: str) -> TrialParams:
@@ -193,6 +213,7 @@ def measure(args: argparse.Namespace, arch: str, train: ArraySplit, val: ArraySp
                                          for r in runs[True]],
         "resident_loader_epoch_s": round(min(alone[False]), 4),
         "streamed_loader_epoch_s": round(min(alone[True]), 4),
+        "per_trial_copy_s": round(copy_to_device_s(train, val, device), 4),
         "resident_final_loss": round(best[False]["loss"], 5),
         "streamed_final_loss": round(best[True]["loss"], 5),
         "resident_peak_gpu_mb": best[False]["peak_gpu_mb"],
@@ -208,7 +229,8 @@ COLUMNS = {"arch": "model", "image_size": "px", "batch_size": "batch",
            "ratio": "streamed / resident", "resident_epoch_s": "resident epoch (s)",
            "streamed_epoch_s": "streamed epoch (s)",
            "resident_loader_epoch_s": "resident loader alone (s/epoch)",
-           "streamed_loader_epoch_s": "streamed loader alone (s/epoch)"}
+           "streamed_loader_epoch_s": "streamed loader alone (s/epoch)",
+           "per_trial_copy_s": "copy per trial saved (s)"}
 GPU_COLUMNS = {"resident_peak_gpu_mb": "resident peak GPU (MiB)",
                "streamed_peak_gpu_mb": "streamed peak GPU (MiB)"}
 
@@ -223,7 +245,9 @@ def docs_section(args: argparse.Namespace, records: list[dict], device: torch.de
              "streamed = the split left in host memory (read through a "
              f"{first['source']}), each batch gathered on the host and copied over. Both "
              "loaders draw the same batches; on a CPU there is no copy, so streaming costs "
-             "only the host gather of each batch.")
+             "only the host gather of each batch. 'Copy per trial saved': copying both "
+             "splits to the device, which every trial did before they stayed resident "
+             "across a process's trials (each trial after the first now skips it).")
     if device.type == "cpu":
         notes += (" On a CPU shared with other jobs the training figures move by 10-15% "
                   "from round to round; the loader-alone columns show what the data path "
