@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from pretrained_files import OFFLINE, offline_cache
+from pretrained_files import OFFLINE, offline_cache, save_weights
 from torch import nn
 
 from hpsearch.data_utils import ImageShape, Normalization, get_dataset_info
@@ -57,16 +57,6 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return offline_cache(monkeypatch, tmp_path / "torch")
 
 
-def _save_weights(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random "pretrained" weights of ``arch`` where torchvision keeps them; returns them."""
-    torch.manual_seed(seed)
-    state = torchvision.models.get_model(arch, weights=None).state_dict()
-    path = weights_file(arch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return state
-
-
 def _params(arch: str, **changes: object) -> TrialParams:
     return TrialParams(lr=0.01, batch_size=8, dropout=0.0, arch=arch, **changes)
 
@@ -88,7 +78,7 @@ def test_weights_live_in_torchvisions_cache_under_its_file_names(torch_home: Pat
                                             ("mobilenet_v3_small", 1)])
 def test_a_pretrained_backbone_holds_the_weights_file_bit_for_bit(arch: str,
                                                                   channels: int) -> None:
-    saved = _save_weights(arch)
+    saved = save_weights(arch)
     model = build(arch, in_channels=channels, image_size=32, pretrained=True)
     ours = model.state_dict()
 
@@ -144,7 +134,7 @@ def test_a_missing_file_is_downloaded_once_with_a_progress_bar_and_its_hash_chec
 
 
 def test_which_architectures_train_offline_and_which_files_are_missing() -> None:
-    _save_weights("mobilenet_v3_small")
+    save_weights("mobilenet_v3_small")
     archs = ["cnn", "resnet18", "mobilenet_v3_small", "cnn", "vgg16"]
 
     assert weights_available(archs) == ["cnn", "mobilenet_v3_small"]
@@ -221,7 +211,7 @@ def test_a_grey_image_gets_the_rgb_networks_answer_for_that_image_in_three_chann
     # Why the channel-averaged statistics: with the kernels summed over RGB, the one-channel
     # network normalised with them computes what the RGB network computes on the grey image
     # replicated into three channels and normalised with the same numbers.
-    _save_weights("mobilenet_v3_small")
+    save_weights("mobilenet_v3_small")
     rgb = build("mobilenet_v3_small", in_channels=3, image_size=32, pretrained=True)
     grey = build("mobilenet_v3_small", in_channels=1, image_size=32, pretrained=True)
     grey.network.classifier[3].load_state_dict(rgb.network.classifier[3].state_dict())
@@ -310,7 +300,7 @@ def _snapshot(modules) -> list[torch.Tensor]:
 @pytest.mark.parametrize("arch, freeze", [("resnet18", 1), ("mobilenet_v3_small", "backbone")])
 def test_frozen_stages_and_their_batch_norm_statistics_do_not_change_in_an_epoch(
         arch: str, freeze: str | int) -> None:
-    _save_weights(arch)
+    save_weights(arch)
     torch.manual_seed(0)
     model = build(arch, image_size=32, pretrained=True, freeze=freeze, dropout=0.2)
     trainable = [m for m in model.network.modules()
@@ -378,7 +368,7 @@ def _tiny_batches(n: int, seed: int = 0):
 
 
 def test_head_and_backbone_groups_reach_the_optimizer_with_their_learning_rates() -> None:
-    _save_weights("resnet18")
+    save_weights("resnet18")
     model = build("resnet18", image_size=32, pretrained=True, freeze=2,
                         backbone_lr_mult=0.1)
 
