@@ -38,7 +38,8 @@ from conftest import (
     wait_until_ready,
 )
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs this module's tests: its module fixtures start once (setup.cfg).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cli_end_to_end")]
 
 
 def runs(client: MlflowClient, role: str):
