@@ -17,9 +17,6 @@ from hpsearch.search.callbacks import CheckpointSweeper
 from hpsearch.search.progress import Reporter
 from hpsearch.tracking.runs import WEIGHTS_TAG, StudyTracker
 
-# One xdist worker runs this module's tests: its module fixtures start once (setup.cfg).
-pytestmark = pytest.mark.xdist_group("checkpoint_sweep")
-
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

@@ -38,8 +38,7 @@ from conftest import (
     wait_until_ready,
 )
 
-# One xdist worker runs this module's tests: its module fixtures start once (setup.cfg).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cli_end_to_end")]
+pytestmark = pytest.mark.slow
 
 
 def runs(client: MlflowClient, role: str):

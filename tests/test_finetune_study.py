@@ -21,9 +21,6 @@ from hpsearch.search.progress import Reporter
 from hpsearch.search.storage import open_study, recorded_definition
 from hpsearch.studies import SpecError, load_spec, own_images_spec
 
-# One xdist worker runs this module's tests: its module fixtures start once (setup.cfg).
-pytestmark = pytest.mark.xdist_group("finetune_study")
-
 SKIP_SPEC = {
     "dataset": "fashion_mnist",
     "epochs": 2,

@@ -40,8 +40,7 @@ from conftest import (
     wait_until_ready,
 )
 
-# One xdist worker runs this module's tests: its module fixtures start once (setup.cfg).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
+pytestmark = pytest.mark.slow
 
 N = 64
 

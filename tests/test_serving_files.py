@@ -42,9 +42,6 @@ from hpsearch.serving.image_files import MAX_IMAGE_BYTES, MAX_REQUEST_BYTES, MAX
 from hpsearch.serving.images import MAX_BATCH
 from hpsearch.tracking.provenance import using_tracking_uri
 
-# One xdist worker runs this module's tests: its module fixtures start once (setup.cfg).
-pytestmark = pytest.mark.xdist_group("serving_files")
-
 SIZE = 16  # the photos' image size
 
 

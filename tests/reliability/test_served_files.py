@@ -22,8 +22,7 @@ from hpsearch.serving.images import MAX_BATCH
 from conftest import needs_fashion_mnist, post_images
 from observations import record
 
-# One xdist worker runs this module's tests: its module fixtures start once (setup.cfg).
-pytestmark = [pytest.mark.slow, needs_fashion_mnist, pytest.mark.xdist_group("served_files")]
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 
 def png(value: int = 0) -> bytes:

@@ -14,8 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import hpsearch, needs_fashion_mnist, tiny_mlp_spec
 
-# One xdist worker runs this module's tests: its module fixtures start once (setup.cfg).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scaleout_servers")]
+pytestmark = pytest.mark.slow
 
 STUDY, TRIALS = "so1", 2
 SPEC = tiny_mlp_spec(epochs=1)

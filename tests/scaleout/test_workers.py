@@ -21,8 +21,7 @@ from optuna.trial import TrialState
 
 from conftest import clean_env, hpsearch, needs_fashion_mnist, tiny_mlp_spec
 
-# One xdist worker runs this module's tests: its module fixtures start once (setup.cfg).
-pytestmark = [pytest.mark.slow, needs_fashion_mnist, pytest.mark.xdist_group("scaleout_workers")]
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 STUDY, TRIALS, WORKERS = "three", 12, 3
 SPEC = tiny_mlp_spec(epochs=3)
