@@ -17,6 +17,8 @@ from datetime import date
 def main(path: str) -> None:
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    # In the order of the faults' names: the suite's xdist workers write in any order.
+    rows.sort(key=lambda row: row["fault"].lower())
     print("# Reliability: faults tried and what was kept\n")
     print(f"Generated on {date.today()} by `tools/reliability_table.py` from the log of one run "
           "of `tests/reliability/` (each row is written by a test after its assertions "
