@@ -71,3 +71,27 @@ def test_bad_arguments_raise_hpsearch_error_before_anything_is_written(tmp_path,
     with pytest.raises(HpsearchError, match="unknown dataset 'imagenet'"):
         hpsearch.run(dataset="imagenet")
     assert not list(tmp_path.iterdir())
+
+
+@needs_fashion_mnist
+def test_data_that_do_not_fit_on_the_device_are_streamed_and_the_run_says_so(tmp_path,
+                                                                           monkeypatch):
+    # 1 MB free on the device: the 500 training images (0.4 MB with headroom) are streamed.
+    monkeypatch.setattr("hpsearch.training.residency.device_memory",
+                        lambda device: (1_000_000, 8_000_000_000))
+    (tmp_path / "spec.yaml").write_text(tiny_mlp_spec(epochs=1))
+    stream = io.StringIO()
+    try:
+        summary = hpsearch.run(spec=tmp_path / "spec.yaml", trials=1, train_subset=500,
+                               device="cpu", study_name="streamed",
+                               tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                               storage=f"sqlite:///{tmp_path / 'o.db'}",
+                               checkpoint_dir=tmp_path / "c",
+                               reporter=Reporter("val_accuracy", stream=stream))
+    finally:
+        mlflow.set_tracking_uri(None)
+    said = stream.getvalue()
+    assert ("data: 500 training / 6,000 validation images, streamed from host memory: "
+            "5.1 MB does not fit in 1.0 MB free on cpu with headroom for the model") in said
+    assert (summary.n_complete, summary.exit_code) == (1, 0)
+    assert summary.registration is not None and summary.registration.test_accuracy > 0.1

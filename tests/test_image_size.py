@@ -112,3 +112,26 @@ def test_the_served_model_downsamples_as_training_did_and_answers_the_same(
     assert served.input_size == 20
     np.testing.assert_allclose(answered, trained, rtol=1e-4, atol=1e-6)
     assert (answered.argmax(1) == trained.argmax(1)).all()
+
+
+@pytest.mark.parametrize("image_size", [None, 16])
+def test_a_trial_on_streamed_data_trains_exactly_as_on_resident_data(image_size) -> None:
+    # Data that do not fit on the device (TrialData.resident False, plan_residency's call)
+    # are streamed from host memory: the same batches, so on a CPU the same training.
+    params = TrialParams(lr=0.01, batch_size=16, dropout=0.0, arch="cnn", depth=2, width=8,
+                         image_size=image_size)
+    trained = {}
+    for resident in (True, False):
+        data = dataclasses.replace(_data(), resident=resident)
+        session = TrainingSession.build(params, data=data, device=CPU, seed=0, epochs=2,
+                                        augment=True, amp_dtype=None)
+        session.fit(epochs=2, on_epoch=lambda result: None)
+        trained[resident] = (session, data)
+
+    (resident, _), (streamed, host_data) = trained[True], trained[False]
+    assert type(streamed.train).__name__ == "StreamedLoader"
+    assert type(resident.train).__name__ == "DeviceLoader"
+    # Nothing was copied to the device; only a smaller size is kept, on the host.
+    assert list(host_data._resident) == ([] if image_size is None else [("host", image_size)])
+    for name, value in resident.model.state_dict().items():
+        assert torch.equal(value, streamed.model.state_dict()[name]), name

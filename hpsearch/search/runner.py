@@ -56,7 +56,6 @@ from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.preflight import preflight
 from hpsearch.search.pretrained import fetch_weights, fit_to_data, recorded_architectures
 from hpsearch.search.progress import RemainingTime, Reporter, StudyEstimate
-from hpsearch.search.residency import Residency, plan_residency
 from hpsearch.search.sessions import RegisterSession, StudySession, close_dead_runs
 from hpsearch.search.storage import (
     fail_stale_trials,
@@ -69,6 +68,7 @@ from hpsearch.tracking.provenance import dataset_inputs, resolve_tracking_uri
 from hpsearch.tracking.report import log_data_report, log_image_report
 from hpsearch.tracking.runs import StudyTracker
 from hpsearch.training.device import autocast_dtype, device_name, resolve_device
+from hpsearch.training.residency import Residency, plan_residency
 
 __all__ = ["RegisterSession", "RunSession", "StudySession", "default_jobs", "load_data"]
 

@@ -20,11 +20,12 @@ from hpsearch.data_utils import ArraySplit, Augmentation, DatasetInfo
 from hpsearch.errors import first_line
 from hpsearch.models import build_network, input_stats
 from hpsearch.params import TrialParams
+from hpsearch.training.batches import SplitLoader
 from hpsearch.training.checkpoint import restore_training_state, training_state
 from hpsearch.training.compiled import compile_network
 from hpsearch.training.cost import count_parameters, macs_per_image
 from hpsearch.training.cuda_graphs import build_train_step
-from hpsearch.training.loader import DeviceLoader, DeviceSplit, make_loader
+from hpsearch.training.loader import DeviceSplit, make_loader
 from hpsearch.training.loop import EpochResult, fit
 from hpsearch.training.optim import build_optimizer
 from hpsearch.training.resize import downsample
@@ -37,14 +38,16 @@ __all__ = ["TrainingSession", "TrialCost", "TrialData"]
 class TrialData:
     """The splits every trial of a study trains and validates on (uint8, (N, C, H, W)).
 
-    The host arrays are copied to a device once per process (:meth:`on_device`) and every
-    trial's loaders share those copies: a trial does not copy the data set again.
+    Resident, the host arrays are copied to a device once per process (:meth:`on_device`)
+    and every trial's loaders share those copies: a trial does not copy the data set again.
+    Streamed (``resident`` False: they do not fit there), every trial's loaders gather each
+    batch from the host arrays (:meth:`on_host`).
 
     Attributes:
         info: the data set.
         train, val: the splits, in host memory (for own images, memory maps of the cache).
-        resident: whether the splits live on the device (see
-            :mod:`~hpsearch.search.residency`).
+        resident: whether the splits live on the device
+            (:func:`~hpsearch.training.residency.plan_residency` decides).
     """
 
     info: DatasetInfo
@@ -80,6 +83,24 @@ class TrialData:
             self._resident[sized] = tuple(DeviceSplit(downsample(split.images, image_size),
                                                       split.labels)
                                           for split in self._resident[key])
+        return self._resident[sized]
+
+    def on_host(self, image_size: int | None = None) -> tuple[ArraySplit, ArraySplit]:
+        """The (train, val) splits in host memory, for streamed loaders; with ``image_size``
+        below the stored size, downsampled on the host (as :meth:`on_device` does on the
+        device) on the first call for that size, and kept for the next trials of that size.
+
+        Raises:
+            ValueError: ``image_size`` is larger than the stored images.
+        """
+        if image_size is None or image_size == self.info.shape.size:
+            return self.train, self.val
+        sized = ("host", image_size)
+        if sized not in self._resident:
+            self._resident[sized] = tuple(
+                ArraySplit(downsample(torch.from_numpy(np.asarray(split.images)), image_size)
+                           .numpy(), split.labels)
+                for split in (self.train, self.val))
         return self._resident[sized]
 
 
@@ -165,7 +186,7 @@ class TrainingSession:
         info: the data set.
         model: the network; checkpoints and logged weights use it.
         network: what trains: ``model`` or its ``torch.compile`` wrapper (same parameters).
-        train, val: the device-resident training and validation loaders.
+        train, val: the training and validation loaders (resident or streamed).
         step: the training step.
         cost: what the trial has cost so far.
         total_steps: optimizer steps the one-cycle schedule spans (all epochs).
@@ -173,7 +194,7 @@ class TrainingSession:
     """
 
     def __init__(self, *, params: TrialParams, info: DatasetInfo, model: torch.nn.Module,
-                 network: torch.nn.Module, train: DeviceLoader, val: DeviceLoader,
+                 network: torch.nn.Module, train: SplitLoader, val: SplitLoader,
                  step: TrainStep, cost: TrialCost, total_steps: int, device: torch.device,
                  amp_dtype: torch.dtype | None) -> None:
         self.params, self.info, self.model, self.network = params, info, model, network
@@ -206,13 +227,15 @@ class TrainingSession:
                          macs_per_image=macs_per_image(params, info))
         # A pretrained backbone expects its weights' statistics, others the data set's.
         normalization = input_stats(params, info)
-        train_split, val_split = data.on_device(device, params.image_size)
+        stream = not data.resident
+        train_split, val_split = (data.on_host(params.image_size) if stream
+                                  else data.on_device(device, params.image_size))
         train = make_loader(train_split, device, normalization=normalization,
                             augmentation=_scaled(info.augmentation, info.shape.size,
                                                  params.image_size),
                             batch_size=params.batch_size, train=True, augment=augment,
-                            seed=seed)
-        val = make_loader(val_split, device, normalization=normalization)
+                            seed=seed, stream=stream)
+        val = make_loader(val_split, device, normalization=normalization, stream=stream)
         optimizer = build_optimizer(model, name=params.optimizer, lr=params.lr,
                                     weight_decay=params.weight_decay)
         # Inverse class frequency of the split trained on (--train-subset's, if any).

@@ -93,7 +93,7 @@ def plan_residency(nbytes: int, device: torch.device | str, *, jobs: int = 1,
 
 
 def _size(nbytes: float) -> str:
-    """Decimal units, as issue 20 sizes a data set (50,000 RGB images at 224 px: 7.5 GB)."""
+    """Decimal units, as data sets are sized (50,000 RGB images at 224 px: 7.5 GB)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if nbytes >= scale:
             value = nbytes / scale
