@@ -20,6 +20,7 @@ from hpsearch.search.pretrained import fetch_weights, fit_to_data, recorded_arch
 from hpsearch.search.progress import Reporter
 from hpsearch.search.storage import open_study, recorded_definition
 from hpsearch.studies import SpecError, load_spec, own_images_spec
+from hpsearch.tracking.provenance import using_tracking_uri
 
 SKIP_SPEC = {
     "dataset": "fashion_mnist",
@@ -377,12 +378,12 @@ def test_the_registered_backbone_loads_and_answers_offline_as_it_trained(
     root = backbone_study[0]
     offline_cache(monkeypatch, tmp_path / "empty-torch-home")  # no weights, no network
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _never)
-    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: f"sqlite:///{root / 'mlflow.db'}")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     _, test = load_dataset("fashion_mnist")
     images = test.images[:100]
 
-    model = mlflow.pyfunc.load_model("models:/hpsearch-bb@champion")
+    # The study's store for the load only (whatever tracking URI an earlier test left set).
+    with using_tracking_uri(f"sqlite:///{root / 'mlflow.db'}"):
+        model = mlflow.pyfunc.load_model("models:/hpsearch-bb@champion")
     served = model.predict({"images": images[:, 0]}, params={"output": "full"})
 
     # The trained network's probabilities, as its trial validated: the best trial's own

@@ -52,9 +52,10 @@ def test_split():
 
 @pytest.fixture(scope="module")
 def local_model(served, tracking_uri):
-    """The same registered version, loaded in-process through the same pyfunc code."""
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(served.model_uri)
+    """The same registered version, loaded in-process through the same pyfunc code (MLflow's
+    tracking URI set for the load only: a global one would reach other modules' tests)."""
+    with using_tracking_uri(tracking_uri):
+        return mlflow.pyfunc.load_model(served.model_uri)
 
 
 @pytest.fixture(scope="module")
