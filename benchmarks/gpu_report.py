@@ -298,20 +298,28 @@ def part_throughput(report: Report) -> dict[str, Any]:
     return _benchmark(report, "throughput", "throughput.py", *report.plan.throughput)
 
 
-def part_step_modes(report: Report) -> dict[str, Any]:
+def _runs(report: Report, part: str, script: str,
+          runs: list[tuple[str, list[str], float]]) -> dict[str, Any]:
+    """``script`` once per ``(label, arguments, cap)``, the part's result saved after each
+    run: ``ok``, ``partial`` (some runs failed) or ``failed``."""
     records, problems = [], []
     result: dict[str, Any] = {"status": "skipped", "records": [], "reason": "no run planned"}
-    for batch, mode, cap in report.plan.step_runs:
-        one = _benchmark(report, f"step_modes-{mode}-b{batch}", "step_modes.py",
-                         ["--mode", mode, "--batch-size", str(batch), *report.plan.step_args],
-                         cap)
+    for label, arguments, cap in runs:
+        one = _benchmark(report, f"{part}-{label}", script, arguments, cap)
         records += one["records"]
         if one["status"] != "ok":
-            problems.append(f"{mode} batch {batch}: {one['status']} ({one.get('reason', '')})")
+            problems.append(f"{label}: {one['status']} ({one.get('reason', '')})")
         status = "ok" if not problems else "partial" if records else "failed"
         result = {"status": status, "records": records, "reason": "; ".join(problems) or None}
-        report.save("step_modes", result)
+        report.save(part, result)
     return result
+
+
+def part_step_modes(report: Report) -> dict[str, Any]:
+    return _runs(report, "step_modes", "step_modes.py", [
+        (f"{mode}-b{batch}", ["--mode", mode, "--batch-size", str(batch),
+                              *report.plan.step_args], cap)
+        for batch, mode, cap in report.plan.step_runs])
 
 
 def part_mlflow(report: Report) -> dict[str, Any]:
@@ -319,18 +327,9 @@ def part_mlflow(report: Report) -> dict[str, Any]:
 
 
 def part_streaming(report: Report) -> dict[str, Any]:
-    records, problems = [], []
-    result: dict[str, Any] = {"status": "skipped", "records": [], "reason": "no run planned"}
-    for arguments, cap in report.plan.streaming:
-        arch = arguments[arguments.index("--arch") + 1]
-        one = _benchmark(report, f"streaming-{arch}", "streaming.py", arguments, cap)
-        records += one["records"]
-        if one["status"] != "ok":
-            problems.append(f"{arch}: {one['status']} ({one.get('reason', '')})")
-        status = "ok" if not problems else "partial" if records else "failed"
-        result = {"status": status, "records": records, "reason": "; ".join(problems) or None}
-        report.save("streaming", result)
-    return result
+    return _runs(report, "streaming", "streaming.py", [
+        (arguments[arguments.index("--arch") + 1], arguments, cap)
+        for arguments, cap in report.plan.streaming])
 
 
 def part_search_jobs1(report: Report) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -111,6 +112,26 @@ def hpsearch(cwd: Path, *args: str, env: dict | None = None,
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hpsearch.cli"]
     return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True,
                           env=env or clean_env(), timeout=timeout)
+
+
+def signal_at_pause(proc: subprocess.Popen, point: str, signum: int, *,
+                    times: int = 1) -> str:
+    """Read ``proc``'s stderr until it has paused at ``point`` ``times`` times
+    (``$HPSEARCH_TEST_PAUSE``: ``hpsearch-test: paused at POINT``), then send it ``signum``;
+    returns the stderr read so far. ``proc`` is killed if that takes over 300 s."""
+    watchdog = threading.Timer(300, proc.kill)
+    watchdog.start()
+    seen, pauses = [], 0
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            pauses += line.strip() == f"hpsearch-test: paused at {point}"
+            if pauses == times:
+                os.kill(proc.pid, signum)
+                break
+    finally:
+        watchdog.cancel()
+    return "".join(seen)
 
 
 def cli(cwd: Path | str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

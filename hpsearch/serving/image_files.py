@@ -34,7 +34,7 @@ from hpsearch.data_utils.own_images import (
     ImageFileError,
     preprocess_image,
 )
-from hpsearch.serving.images import MAX_BATCH, InvalidImages
+from hpsearch.serving.images import MAX_BATCH, InvalidImages, check_batch_size
 
 __all__ = ["IMAGE_COLUMN", "MAX_IMAGE_BYTES", "MAX_REQUEST_BYTES", "MAX_SERVED_PIXELS",
            "Preprocessing", "encode_image_file", "files_to_pixels", "files_to_unit_batch"]
@@ -119,12 +119,7 @@ def files_to_pixels(files: Sequence[Any], preprocessing: Preprocessing, *,
             image, truncated, a decompression bomb); the message names the image by its row
             and the limit or the reason.
     """
-    n = len(files)
-    if n == 0:
-        raise InvalidImages("empty batch: send at least one image")
-    if n > max_batch:
-        raise InvalidImages(f"batch of {n} images exceeds the maximum of {max_batch} per "
-                            "request; split it")
+    check_batch_size(len(files), max_batch)
     contents, total = [], 0
     for i, value in enumerate(files):
         content = _file_bytes(value, i)
@@ -137,7 +132,7 @@ def files_to_pixels(files: Sequence[Any], preprocessing: Preprocessing, *,
                                 f"bytes, more than the limit of {_size(max_request_bytes)} "
                                 "per request; send fewer images per request")
         contents.append(content)
-    pixels = np.empty((n, preprocessing.channels, preprocessing.image_size,
+    pixels = np.empty((len(files), preprocessing.channels, preprocessing.image_size,
                        preprocessing.image_size), dtype=np.uint8)
     for i, content in enumerate(contents):
         try:

@@ -17,7 +17,8 @@ import numpy as np
 
 from hpsearch.data_utils import ImageShape
 
-__all__ = ["MAX_BATCH", "PIXELS_COLUMN", "InvalidImages", "accepted_shapes", "to_unit_batch"]
+__all__ = ["MAX_BATCH", "PIXELS_COLUMN", "InvalidImages", "accepted_shapes",
+           "check_batch_size", "to_unit_batch"]
 
 # The served model's column of pixel arrays (the column of image files is image_files').
 PIXELS_COLUMN = "images"
@@ -37,6 +38,19 @@ def accepted_shapes(shape: ImageShape) -> list[tuple[int, ...]]:
     return [(s, s), (1, s, s), (s, s, 1)] if c == 1 else [(s, s, c), (c, s, s)]
 
 
+def check_batch_size(n: int, max_batch: int = MAX_BATCH) -> None:
+    """A request's number of images, pixel arrays or files alike.
+
+    Raises:
+        InvalidImages: none, or more than ``max_batch``.
+    """
+    if n == 0:
+        raise InvalidImages("empty batch: send at least one image")
+    if n > max_batch:
+        raise InvalidImages(f"batch of {n} images exceeds the maximum of {max_batch} per "
+                            "request; split it")
+
+
 def to_unit_batch(images: np.ndarray | Sequence[Any], shape: ImageShape,
                   *, max_batch: int = MAX_BATCH) -> np.ndarray:
     """Validate a batch of images and return float32 (N, C, S, S) pixel values in [0, 1].
@@ -51,12 +65,7 @@ def to_unit_batch(images: np.ndarray | Sequence[Any], shape: ImageShape,
         InvalidImages: empty batch, too many images, non-numeric values, a wrong shape,
             NaN or infinite values, or values out of range; the message names the image.
     """
-    n = len(images)
-    if n == 0:
-        raise InvalidImages("empty batch: send at least one image")
-    if n > max_batch:
-        raise InvalidImages(f"batch of {n} images exceeds the maximum of {max_batch} per "
-                            "request; split it")
+    check_batch_size(len(images), max_batch)
     if isinstance(images, np.ndarray) and images.dtype != object:
         return _check_array(images, shape, "images", batch=True)
     return np.stack([_check_array(_as_array(img, i), shape, f"image {i}", batch=False)

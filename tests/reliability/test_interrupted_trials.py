@@ -6,11 +6,9 @@ checkpoint folder is gone when it ends."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import clean_env, hpsearch
+from conftest import clean_env, hpsearch, signal_at_pause
 from observations import record
 
 pytestmark = pytest.mark.slow
@@ -52,20 +50,9 @@ def stop_after_epoch_2_of_trial_0(cwd: Path, signum: int) -> tuple[int, str]:
     proc = subprocess.Popen([str(exe), *ARGS], cwd=cwd, text=True,
                             env=clean_env(HPSEARCH_TEST_PAUSE="epoch.end=1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    watchdog = threading.Timer(300, proc.kill)
-    watchdog.start()
-    seen, pauses = [], 0
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            pauses += line.startswith("hpsearch-test: paused at epoch.end")
-            if pauses == 2:
-                os.kill(proc.pid, signum)
-                break
-        _, err = proc.communicate(timeout=120)
-    finally:
-        watchdog.cancel()
-    return proc.returncode, "".join(seen) + err
+    seen = signal_at_pause(proc, "epoch.end", signum, times=2)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, seen + err
 
 
 def val_accuracy(client: MlflowClient, runs, number: int) -> dict[int, float]:

@@ -4,11 +4,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import mlflow
@@ -19,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from hpsearch.data_utils import load_dataset
 from hpsearch.tracking.provenance import using_tracking_uri
 
-from conftest import clean_env, hpsearch, needs_fashion_mnist, tiny_mlp_spec
+from conftest import clean_env, hpsearch, needs_fashion_mnist, signal_at_pause, tiny_mlp_spec
 from observations import record
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
@@ -36,20 +34,10 @@ def kill_at(cwd: Path, point: str) -> str:
     proc = subprocess.Popen([str(exe), *ARGS], cwd=cwd, text=True,
                             env=clean_env(HPSEARCH_TEST_PAUSE=f"{point}=120"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    watchdog = threading.Timer(300, proc.kill)
-    watchdog.start()
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.strip() == f"hpsearch-test: paused at {point}":
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    finally:
-        watchdog.cancel()
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)
-    return "".join(seen)
+    seen = signal_at_pause(proc, point, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, seen
+    return seen
 
 
 def stores(cwd: Path):

@@ -4,11 +4,9 @@ finished trials are kept, nothing stays RUNNING, and the study completes its tar
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import clean_env, cli, hpsearch, tiny_mlp_spec
+from conftest import clean_env, cli, hpsearch, signal_at_pause, tiny_mlp_spec
 from observations import record
 
 pytestmark = pytest.mark.slow
@@ -28,33 +26,23 @@ TRIALS = 3
 SPEC = tiny_mlp_spec(epochs=2)
 ARGS = ("run", "--spec", "spec.yaml", "--study-name", "signals", "--trials", str(TRIALS),
         "--train-subset", "1000", "--device", "cpu", "--heartbeat-interval", "1")
-PAUSED = "hpsearch-test: paused at epoch.end.trial1"
+PAUSE_POINT = "epoch.end.trial1"  # after each epoch of trial 1 (hpsearch/_testhooks.py)
 
 
 def start(cwd: Path) -> subprocess.Popen:
     (cwd / "spec.yaml").write_text(SPEC)
     exe = Path(sys.executable).with_name("hpsearch")
     return subprocess.Popen([str(exe), *ARGS], cwd=cwd, text=True,
-                            env=clean_env(HPSEARCH_TEST_PAUSE="epoch.end.trial1=120"),
+                            env=clean_env(HPSEARCH_TEST_PAUSE=f"{PAUSE_POINT}=120"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def signal_inside_trial_1(proc: subprocess.Popen, signum: int) -> tuple[str, str]:
     """Wait until trial 1 has trained one epoch and paused, send ``signum``, return
     (stdout, stderr)."""
-    watchdog = threading.Timer(300, proc.kill)
-    watchdog.start()
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.strip() == PAUSED:
-                os.kill(proc.pid, signum)
-                break
-        out, err = proc.communicate(timeout=120)
-    finally:
-        watchdog.cancel()
-    return out, "".join(seen) + err
+    seen = signal_at_pause(proc, PAUSE_POINT, signum)
+    out, err = proc.communicate(timeout=120)
+    return out, seen + err
 
 
 def stores(cwd: Path):
