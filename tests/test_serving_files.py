@@ -212,6 +212,7 @@ REFUSED = {
         lambda: [encoded(image_bytes(noise("RGB", (64, 64)))[:300])],
         "image 0: PNG truncated or corrupt"),
     "not base64": (lambda: ["abcde"], "image 0: not base64-encoded"),
+    "characters outside base64": (lambda: ["!!!!"], "image 0: not base64-encoded"),
     "an empty string": (lambda: [small_png(), ""], "image 1: no base64 data"),
     "a number": (lambda: [small_png(), 7], "image 1: expected an image file as a base64 "
                                            "string, got int"),
