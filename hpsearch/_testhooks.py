@@ -7,6 +7,9 @@ many seconds at each named point. A point can have a narrower name too: after ea
 ``epoch.end`` and ``epoch.end.trialN`` (N: the trial's number), so a test can stop one
 trial, and only that one, where it wants. A signal ends the sleep as it would end
 training. Unset, as in normal use, :func:`pause` costs a dict look-up per name.
+
+``HPSEARCH_TEST_LIMITS="workers.shutdown_s=5"`` shortens a named time limit
+(:func:`limit`), so that a test of what happens when it runs out does not wait minutes.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import os
 import sys
 import time
 
-__all__ = ["ENV_VAR", "pause"]
+__all__ = ["ENV_VAR", "LIMITS_VAR", "limit", "pause"]
 
 ENV_VAR = "HPSEARCH_TEST_PAUSE"
+LIMITS_VAR = "HPSEARCH_TEST_LIMITS"
 
 
 def _parse(text: str) -> dict[str, float]:
@@ -29,6 +33,12 @@ def _parse(text: str) -> dict[str, float]:
 
 
 _PAUSES = _parse(os.environ.get(ENV_VAR, ""))
+_LIMITS = _parse(os.environ.get(LIMITS_VAR, ""))
+
+
+def limit(name: str, default: float) -> float:
+    """``default``, or the value ``$HPSEARCH_TEST_LIMITS`` gives ``name`` (tests only)."""
+    return _LIMITS.get(name, default)
 
 
 def pause(*points: str) -> None:

@@ -314,6 +314,8 @@ class Objective:
         logging): on the trial first, then on its run if it has one. A failure to log the
         failure to MLflow must not hide the original one."""
         failure = classify_failure(exc, attempt.params)
+        if failure.kind == "interrupted":  # tests: a worker stuck recording its trial
+            pause("trial.interrupted", f"trial.interrupted.trial{trial.number}")
         trial.set_user_attr("fail_reason", failure.reason)
         trial.set_user_attr("failure_kind", failure.kind)
         run = attempt.run

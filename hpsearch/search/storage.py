@@ -19,8 +19,8 @@ from hpsearch.search.config import RunConfig
 from hpsearch.studies.components import build_pruner, build_sampler
 
 __all__ = ["RetriesFirstStudy", "RetryStaleTrial", "close_runs_of_ended_processes",
-           "fail_stale_trials", "load_existing_study", "open_study", "recorded_definition",
-           "retry_interrupted", "storage_error", "study_definition"]
+           "fail_abandoned_trials", "fail_stale_trials", "load_existing_study", "open_study",
+           "recorded_definition", "retry_interrupted", "storage_error", "study_definition"]
 
 DEFINITION_ATTR = "hpsearch.definition"
 
@@ -312,6 +312,47 @@ def close_runs_of_ended_processes(study: optuna.Study, client: Any, experiment_i
             reason=trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason"),
             run_id=trial.user_attrs.get("mlflow_run_id"))
     return close_orphaned_runs(client, experiment_id, ends)
+
+
+def fail_abandoned_trials(study: optuna.Study, client: Any, experiment_id: str,
+                          pids: set[int], reason: str) -> list[int]:
+    """Fail as interrupted the trials that killed worker processes left RUNNING: those whose
+    MLflow run is still RUNNING and names one of ``pids`` (tag ``hpsearch.pid``), then close
+    those runs KILLED (:func:`close_runs_of_ended_processes`). For workers that were sent a
+    termination signal and did not record their trial before being killed.
+
+    Args:
+        study: the Optuna study.
+        client: an ``MlflowClient`` of the study's tracking store.
+        experiment_id: the study's experiment.
+        pids: the killed workers' process ids.
+        reason: the trials' ``fail_reason`` ("interrupted by SIGINT").
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    from hpsearch.tracking.orphans import running_runs
+
+    wanted = {str(pid) for pid in pids}
+    storage, failed = study._storage, []
+    for run in running_runs(client, experiment_id):
+        tags = run.data.tags
+        if tags.get("hpsearch.role") != "trial" or tags.get("hpsearch.pid") not in wanted:
+            continue
+        number = int(tags.get("optuna.trial_number", -1))
+        try:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        except KeyError:
+            continue
+        if storage.get_trial(trial_id).state != TrialState.RUNNING:
+            continue
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(trial_id, "failure_kind", "interrupted")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        failed.append(number)
+    if failed:
+        close_runs_of_ended_processes(study, client, experiment_id)
+    return failed
 
 
 class RetryStaleTrial:

@@ -23,6 +23,7 @@ from hpsearch.search.diskspace import disk_full_error
 from hpsearch.search.gpu_sharing import gpu_sharing_note
 from hpsearch.search.progress import RemainingTime, Reporter
 from hpsearch.search.runner import RegisterSession, RunSession, default_jobs
+from hpsearch.search.storage import fail_abandoned_trials
 from hpsearch.serving.registration import Registration
 from hpsearch.tracking.provenance import quiet_mlflow, resolve_tracking_uri
 from hpsearch.tracking.runs import StudyTracker
@@ -100,7 +101,8 @@ def _run(runner: RunSession, config: RunConfig, reporter: Reporter,
             summary.stop_reason, summary.exit_code = run_workers(
                 config, jobs=config.jobs, parent_run_id=tracker.parent_run_id,
                 deadline=deadline, reporter=reporter,
-                on_idle=lambda: (refresh(), remaining(study)))
+                on_idle=lambda: (refresh(), remaining(study)),
+                on_killed=lambda pids, signum: _record_killed(runner, pids, signum, reporter))
             if summary.exit_code == EX_IOERR:  # a worker found the disk full
                 raise DiskFull()
         else:
@@ -128,6 +130,17 @@ def _run(runner: RunSession, config: RunConfig, reporter: Reporter,
     if disk_full is not None:
         raise disk_full from None
     return summary
+
+
+def _record_killed(runner: RunSession, pids: set[int], signum: int, reporter: Reporter) -> None:
+    """Record as interrupted the trials of workers that were killed after an interrupt
+    because they had not recorded them themselves in time."""
+    reason = f"interrupted by {signal.Signals(signum).name}"
+    failed = fail_abandoned_trials(runner.study, runner.tracker.client,
+                                   runner.tracker.experiment_id, pids, reason)
+    if failed:
+        reporter.say(f"trial(s) {', '.join(map(str, failed))} of the killed worker(s) "
+                     f"recorded as {reason}")
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ terminal reaches only this process, which passes the signal on to each worker ex
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import multiprocessing
 import os
 import signal
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
+from hpsearch._testhooks import limit
 from hpsearch.errors import (
     EX_IOERR,
     HpsearchError,
@@ -53,7 +55,9 @@ class PipeReporter(Reporter):
 
 
 def run_workers(config: RunConfig, *, jobs: int, parent_run_id: str, deadline: float | None,
-                reporter: Reporter, on_idle: Callable[[], None]) -> tuple[str | None, int]:
+                reporter: Reporter, on_idle: Callable[[], None],
+                on_killed: Callable[[set[int], int], None] | None = None
+                ) -> tuple[str | None, int]:
     """Run ``jobs`` worker processes on the study until all have ended.
 
     Args:
@@ -63,6 +67,9 @@ def run_workers(config: RunConfig, *, jobs: int, parent_run_id: str, deadline: f
         deadline: ``time.time()`` after which no worker starts a trial, or None.
         reporter: prints the workers' lines.
         on_idle: called about once a second while waiting (study report refreshes).
+        on_killed: after an interrupt, called with the process ids of the workers that did
+            not end within :data:`SHUTDOWN_S` and were killed, and the signal number: their
+            running trials are still RUNNING.
 
     Returns:
         Why the workers stopped early (timeout, too many failures) or None, and the exit code
@@ -93,7 +100,10 @@ def run_workers(config: RunConfig, *, jobs: int, parent_run_id: str, deadline: f
             if worker.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signum)
-        _pump(workers, pipes, reporter, stop_reasons, lambda: None, timeout_s=SHUTDOWN_S)
+        killed = _pump(workers, pipes, reporter, stop_reasons, lambda: None,
+                       timeout_s=limit("workers.shutdown_s", SHUTDOWN_S))
+        if killed and on_killed is not None:
+            on_killed(killed, signum)
         raise
     if not stop_reasons:
         return f"all {jobs} workers died", 1
@@ -103,10 +113,10 @@ def run_workers(config: RunConfig, *, jobs: int, parent_run_id: str, deadline: f
 
 def _pump(workers: list, pipes: dict[Connection, int], reporter: Reporter,
           stop_reasons: dict, on_idle: Callable[[], None],
-          timeout_s: float | None = None) -> None:
+          timeout_s: float | None = None) -> set[int]:
     """Print the workers' lines until every worker has ended and its pipe is drained (or
-    ``timeout_s`` passed: then the rest are killed). A worker that dies is reported when it
-    happens."""
+    ``timeout_s`` passed: then the rest are killed, and their process ids returned). A
+    worker that dies is reported when it happens."""
     end = None if timeout_s is None else time.monotonic() + timeout_s
     reported: set[int] = set()
     while pipes:
@@ -129,14 +139,29 @@ def _pump(workers: list, pipes: dict[Connection, int], reporter: Reporter,
                 reporter.say(f"[w{k}] worker ended with {_exit_text(worker.exitcode)}")
                 reported.add(k)
         if end is not None and time.monotonic() > end:
-            for worker in workers:
-                if worker.is_alive():
-                    worker.kill()
-            return
+            return _kill_stuck(workers, reporter, timeout_s)
         if not ready_pipes:
             on_idle()
     for worker in workers:
         worker.join()
+    return set()
+
+
+def _kill_stuck(workers: list, reporter: Reporter, timeout_s: float | None) -> set[int]:
+    """Kill the workers still alive after the shutdown time, each after printing its
+    threads' stacks to stderr (SIGUSR1, see :func:`worker_main`): where it was stuck."""
+    stuck = [(k, w) for k, w in enumerate(workers, start=1) if w.is_alive()]
+    for _, worker in stuck:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGUSR1)
+    if stuck:
+        time.sleep(1.0)  # the dump is written by the worker's C signal handler
+    for k, worker in stuck:
+        reporter.say(f"[w{k}] did not end within {timeout_s:.0f} s of the signal; killed "
+                     "(its stack is printed above)")
+        worker.kill()
+        worker.join()
+    return {worker.pid for _, worker in stuck}
 
 
 def _exit_text(code: int) -> str:
@@ -150,6 +175,7 @@ def worker_main(config: RunConfig, worker: int, parent_run_id: str, deadline: fl
     """A worker process: open the study and the tracker, then run trials until done."""
 
     os.setpgid(0, 0)  # see the module docstring: signals come from the coordinator only
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a stuck worker's stacks
     handle_termination_signals()
     reporter = PipeReporter(connection, config.spec.metric, verbose=verbose)
     reporter.say(f"worker started, pid {os.getpid()}")

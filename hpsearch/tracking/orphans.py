@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["TrialEnd", "close_orphaned_runs"]
+__all__ = ["TrialEnd", "close_orphaned_runs", "running_runs"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str,
         How many runs were closed.
     """
     closed = 0
-    for run in _running_runs(client, experiment_id):
+    for run in running_runs(client, experiment_id):
         tags, run_id = run.data.tags, run.info.run_id
         if tags.get("hpsearch.role") == "trial":
             end = trial_ends.get(int(tags.get("optuna.trial_number", -1)))
@@ -77,7 +77,8 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str,
     return closed
 
 
-def _running_runs(client: MlflowClient, experiment_id: str) -> list:
+def running_runs(client: MlflowClient, experiment_id: str) -> list:
+    """Every run of the experiment whose status is RUNNING."""
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",

@@ -121,24 +121,29 @@ def test_register_names_a_missing_study(tmp_path):
 def test_ctrl_c_with_jobs_interrupts_every_worker_once_and_resumes(tmp_path):
     """SIGINT to the `hpsearch run --jobs 2` process (as Ctrl-C in its terminal): each
     worker's running trial ends as interrupted, the command exits 130, nothing stays
-    RUNNING; the same command again finishes exactly the target."""
+    RUNNING; the same command again finishes exactly the target.
+
+    One worker is made to hang while it records its interrupted trial (trial 0, held at
+    its first epoch's end, then stuck): the coordinator prints its stack, kills it after the
+    shutdown time (shortened to 10 s here) and records that trial as interrupted itself."""
     (tmp_path / "spec.yaml").write_text(SPEC)
     exe = Path(sys.executable).with_name("hpsearch")
     args = [a if a != "jobs" else "jobs-int" for a in ARGS]
-    proc = subprocess.Popen([str(exe), *args], cwd=tmp_path, env=clean_env(), text=True,
+    env = clean_env(HPSEARCH_TEST_PAUSE="epoch.end.trial0=600,trial.interrupted.trial0=600",
+                    HPSEARCH_TEST_LIMITS="workers.shutdown_s=10")
+    proc = subprocess.Popen([str(exe), *args], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     watchdog = threading.Timer(600, kill_tree, args=(proc.pid,))
     watchdog.start()
-    training, seen = set(), []
+    held, other, seen = False, False, []
     try:
         for line in proc.stderr:
             seen.append(line)
-            epoch = re.match(r"\[w(\d)\]   trial +\d+  epoch   1/", line)
-            if epoch:
-                training.add(epoch[1])
-                if training == {"1", "2"}:
-                    proc.send_signal(signal.SIGINT)
-                    break
+            held |= line.strip() == "hpsearch-test: paused at epoch.end.trial0"
+            other |= bool(re.match(r"\[w\d\]   trial +[1-9]\d*  epoch   1/", line))
+            if held and other:  # trial 0 held in one worker, the other one training
+                proc.send_signal(signal.SIGINT)
+                break
         proc_out, err = proc.communicate(timeout=180)
     finally:
         watchdog.cancel()
@@ -146,23 +151,34 @@ def test_ctrl_c_with_jobs_interrupts_every_worker_once_and_resumes(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert "finished trials are kept: run the same command to resume" in proc_out
     assert "Traceback" not in err
+    # The stuck worker: its stack (where it hung), killed, its trial recorded for it.
+    (stuck,) = re.findall(r"\[w(\d)\] did not end within 10 s of the signal; killed", err)
+    assert "hpsearch-test: paused at trial.interrupted.trial0" in err
+    assert re.search(r'File ".*_testhooks\.py", line \d+ in pause', err), err[-3000:]
+    assert "trial(s) 0 of the killed worker(s) recorded as interrupted by SIGINT" in err
 
     storage = f"sqlite:///{tmp_path / 'hpsearch.db'}"
     study = optuna.load_study(study_name="jobs-int", storage=storage)
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
     interrupted = [t for t in study.trials if t.state.name == "FAIL"]
-    assert interrupted and all(t.user_attrs["fail_reason"] == "interrupted by SIGINT"
-                               for t in interrupted)
+    # Trial 0 recorded by the coordinator, the other worker's trial by that worker.
+    assert len(interrupted) == 2 and interrupted[0].number == 0, err[-3000:]
+    assert all(t.user_attrs["fail_reason"] == "interrupted by SIGINT" for t in interrupted)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("jobs-int").experiment_id])
     assert {r.info.status for r in runs if r.data.tags["hpsearch.role"] == "study"} == {"KILLED"}
     assert "RUNNING" not in {r.info.status for r in runs}
+    (run_0,) = [r for r in runs if r.data.tags.get("optuna.trial_number") == "0"]
+    assert run_0.info.status == "KILLED"
+    assert run_0.data.tags["hpsearch.reason"].startswith("interrupted by SIGINT")
 
     again = hpsearch(tmp_path, *args)
     assert again.returncode == 0, again.stderr[-3000:]
     study = optuna.load_study(study_name="jobs-int", storage=storage)
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == TRIALS
-    record("`--jobs 2`, SIGINT to `hpsearch run` while both workers train",
-           f"exit 130; {len(interrupted)} running trial(s) FAIL \"interrupted by SIGINT\", "
-           "their runs and the parent run KILLED, nothing RUNNING",
+    record("`--jobs 2`, SIGINT to `hpsearch run` while both workers train, one of them "
+           "hanging while it records its trial",
+           "exit 130; both running trials FAIL \"interrupted by SIGINT\" (the hung worker's "
+           f"[w{stuck}]: its stack printed, killed after the shutdown time, its trial recorded "
+           "by the coordinator), their runs and the parent run KILLED, nothing RUNNING",
            f"the same command again: exit 0, exactly {TRIALS} complete trials")
