@@ -148,7 +148,7 @@ PLANS = {
                       mlflow=(["--trials", "1", "--epochs", "1", "--train-subset", "512"], 60),
                       streaming=((["--arch", "cnn", "--batch-size", "128", "--epochs", "2",
                                    "--train-subset", "512", "--val-subset", "256"], 60),),
-                      search=["--spec", str(BENCHMARKS / "specs" / "fixed_cnn.yaml"),
+                      search=["--spec", str(BENCHMARKS / "specs" / "fixed_mlp.yaml"),
                               "--trials", "2", "--epochs", "1", "--train-subset", "256"],
                       search_timeout_s=30, search_s=120),
 }

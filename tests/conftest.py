@@ -14,9 +14,11 @@ to write a fast test.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,16 +261,56 @@ def wait_until_ready(port: int, server: subprocess.Popen, timeout_s: float = 120
 
 @pytest.fixture(scope="session")
 def study_dir(tmp_path_factory) -> Path:
-    """A directory holding a finished 3-trial study (defaults: sqlite stores in the cwd)."""
+    """A directory holding a finished 3-trial study (defaults: sqlite stores in the cwd).
+
+    Built once per test session, also under pytest-xdist: the first worker that needs it
+    builds it in the session's shared temporary folder, the others wait for it and read it.
+    Tests only read it (a test that resumes the study works on a copy: see
+    :func:`copy_study_dir`)."""
     if not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("needs Debian's dataset-fashion-mnist (.ci/run installs it)")
-    cwd = tmp_path_factory.mktemp("e2e")
+    return shared_once(tmp_path_factory, "e2e", _build_study)
+
+
+def _build_study(cwd: Path) -> None:
     (cwd / "spec.yaml").write_text(SPEC)
     # As a user runs it: system metrics and the pt2 export on (asserted on these runs).
     result = hpsearch(cwd, *STUDY_ARGS, "--trials", "3", env=clean_env(**EVERYTHING_ON))
     (cwd / "first_run.txt").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
-    return cwd
+
+
+def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+                build: Callable[[Path], None]) -> Path:
+    """A folder ``name`` that ``build`` fills once per test session: under pytest-xdist in
+    the folder all workers share (the others wait on a lock, then find it built); a build
+    that fails leaves nothing, and the next worker that asks tries again."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, above each worker's
+    folder, done = shared / name, shared / f"{name}.built"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            done.touch()
+    return folder
+
+
+def copy_study_dir(study_dir: Path, to: Path) -> Path:
+    """A copy of the session's study folder to change (resume, add trials) without changing
+    what the other tests read. MLflow's artifact locations are absolute: new runs of the
+    copy write their artifacts under the original folder, in folders of their own."""
+    shutil.copytree(study_dir, to, ignore=shutil.ignore_patterns("*.lock"))
+    return to
 
 
 @pytest.fixture(scope="session")
@@ -334,3 +377,4 @@ def recompile_limit_log():
     yield handler
     logger.removeHandler(handler)
     torch.compiler.reset()
+

@@ -31,6 +31,7 @@ from conftest import (
     STUDY_ARGS,
     clean_env,
     cli,
+    copy_study_dir,
     free_port,
     hpsearch,
     port_closes,
@@ -225,15 +226,17 @@ def test_ui_command_prints_its_url_and_starts_the_mlflow_ui_on_loopback(study_di
 
 
 def test_same_command_again_resumes_without_new_trials_then_adds_missing_ones(study_dir,
-                                                                             served, client):
-    again = hpsearch(study_dir, *STUDY_ARGS, "--trials", "3")
+                                                                             tmp_path):
+    work = copy_study_dir(study_dir, tmp_path / "study")  # the other tests read the original
+    again = hpsearch(work, *STUDY_ARGS, "--trials", "3")
     assert again.returncode == 0, again.stderr
     assert "3 of 3 trials finished; 0 to run" in again.stderr
     assert "already registered" in again.stdout
-    more = hpsearch(study_dir, *STUDY_ARGS, "--trials", "4")
+    more = hpsearch(work, *STUDY_ARGS, "--trials", "4")
     assert more.returncode == 0, more.stderr
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{study_dir / 'hpsearch.db'}")
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{work / 'hpsearch.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.tags["trial"] == str(study.best_trial.number)
 
