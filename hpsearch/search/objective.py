@@ -21,6 +21,7 @@ import optuna
 import torch
 
 from hpsearch._testhooks import pause
+from hpsearch.errors import signals_deferred
 from hpsearch.params import TrialParams
 from hpsearch.search.checkpoints import CheckpointStore, TrialCheckpoint
 from hpsearch.search.failures import Failure, classify_failure, release_memory
@@ -81,14 +82,23 @@ class EpochReporter:
         """Report the epochs a predecessor trained, as if this trial had trained them: to
         the pruner (``trial.report``: it sees the whole curve) and to the run (its metrics
         at their steps: one continuous curve)."""
-        for result in earlier:
-            self.history.append(result)
-            self.run.log_epoch(result)
-            self.trial.report(result.metrics()[self.spec.metric], result.epoch)
-        self.trial.set_user_attr("cost", self.session.cost.to_dict())
+        with signals_deferred():
+            for result in earlier:
+                self.history.append(result)
+                self.run.log_epoch(result)
+                self.trial.report(result.metrics()[self.spec.metric], result.epoch)
+            self.trial.set_user_attr("cost", self.session.cost.to_dict())
         self._since = time.perf_counter()
 
     def __call__(self, result: EpochResult) -> None:
+        """Record the epoch (stores, progress line, pruner, checkpoint); a SIGINT/SIGTERM that
+        arrives meanwhile is acted on when the records are written, never inside a store's
+        write (see :func:`~hpsearch.errors.signals_deferred`)."""
+        with signals_deferred():
+            self._record(result)
+        pause("epoch.end", f"epoch.end.trial{self.trial.number}")
+
+    def _record(self, result: EpochResult) -> None:
         self.history.append(result)
         if self.session.step.mode != self.step_mode:
             self._log_step_mode(self.session.step.mode)
@@ -97,6 +107,7 @@ class EpochReporter:
         self.trial.set_user_attr("cost", cost.to_dict())
         self.run.log_epoch(result)
         self.reporter.epoch(self.trial.number, result, self.spec.epochs)
+        pause("epoch.recording", f"epoch.recording.trial{self.trial.number}")  # tests
         now = time.perf_counter()
         if self.on_timed_epoch is not None:
             self.on_timed_epoch(self.trial.number, result.epoch, now - self._since)
@@ -120,7 +131,6 @@ class EpochReporter:
         # Also after the last epoch: interrupted while its run is finished, the trial's
         # retry completes from here without training again.
         self._save_checkpoint()
-        pause("epoch.end", f"epoch.end.trial{self.trial.number}")
 
     def _save_checkpoint(self) -> None:
         """Save the training's state; a failure to save (a full disk) costs only the
@@ -209,7 +219,8 @@ class Objective:
         try:
             value = self._trial(trial, attempt)
         except optuna.TrialPruned as exc:
-            self._record_pruned(trial, exc, attempt)
+            with signals_deferred():
+                self._record_pruned(trial, exc, attempt)
             attempt.discard_checkpoint()
             raise
         except BaseException as exc:
@@ -218,7 +229,8 @@ class Objective:
                 attempt.discard_checkpoint()
             raise
         finally:
-            trial.set_user_attr("epochs_run", len(attempt.history))
+            with signals_deferred():
+                trial.set_user_attr("epochs_run", len(attempt.history))
         attempt.discard_checkpoint()
         return value
 
@@ -228,11 +240,12 @@ class Objective:
         retried = retry_history(trial)
         if self.checkpoints is not None:
             attempt.checkpoint = TrialCheckpoint(self.checkpoints, trial.number, retried)
-        params = attempt.params = TrialParams.from_dict(self.spec.sample(trial))
-        trial.set_user_attr("hyperparameters", params.to_dict())
-        run = attempt.run = self.tracker.trial_run(trial.number, params.to_dict(),
-                                                   retry_of=retried[-1] if retried else None)
-        trial.set_user_attr("mlflow_run_id", run.run_id)
+        with signals_deferred():  # the trial's records start whole or not at all
+            params = attempt.params = TrialParams.from_dict(self.spec.sample(trial))
+            trial.set_user_attr("hyperparameters", params.to_dict())
+            run = attempt.run = self.tracker.trial_run(
+                trial.number, params.to_dict(), retry_of=retried[-1] if retried else None)
+            trial.set_user_attr("mlflow_run_id", run.run_id)
         session, earlier = self._session(trial, run, params, attempt.checkpoint, retried)
         trial.set_user_attr("cost", session.cost.to_dict())
         epochs = attempt.epochs = EpochReporter(
@@ -247,14 +260,15 @@ class Objective:
         value = epochs.history[-1].metrics()[self.spec.metric]
         if not math.isfinite(value):
             raise ValueError(f"{self.spec.metric} is {value} after the last epoch")
-        run.log_cost(trial.user_attrs["cost"])
-        self._log_mistakes(run, epochs.history)
-        best_so_far = self._is_best_so_far(trial.study, value)
-        if best_so_far:
-            run.log_checkpoint(session.model)
-            trial.set_user_attr("checkpoint", True)
-        run.finish("COMPLETE", epochs.history, self.data.info.class_names, value=value,
-                   tags={"hpsearch.best_so_far": str(best_so_far).lower()})
+        with signals_deferred():  # a finished trial's records are written whole
+            run.log_cost(trial.user_attrs["cost"])
+            self._log_mistakes(run, epochs.history)
+            best_so_far = self._is_best_so_far(trial.study, value)
+            if best_so_far:
+                run.log_checkpoint(session.model)
+                trial.set_user_attr("checkpoint", True)
+            run.finish("COMPLETE", epochs.history, self.data.info.class_names, value=value,
+                       tags={"hpsearch.best_so_far": str(best_so_far).lower()})
         return value
 
     def _build(self, params: TrialParams, seed: int) -> TrainingSession:
@@ -316,6 +330,13 @@ class Objective:
         failure = classify_failure(exc, attempt.params)
         if failure.kind == "interrupted":  # tests: a worker stuck recording its trial
             pause("trial.interrupted", f"trial.interrupted.trial{trial.number}")
+        with signals_deferred():  # a second Ctrl-C waits for the records
+            self._write_failure(trial, failure, attempt)
+        if failure.kind == "out_of_memory":
+            release_memory(exc, self.device)
+        return failure
+
+    def _write_failure(self, trial: optuna.Trial, failure: Failure, attempt: _Attempt) -> None:
         trial.set_user_attr("fail_reason", failure.reason)
         trial.set_user_attr("failure_kind", failure.kind)
         run = attempt.run
@@ -329,9 +350,6 @@ class Objective:
             except Exception as logging_error:  # the store is down, say: keep the reason
                 self.reporter.say(f"trial {trial.number}: its failure was not logged to "
                                   f"MLflow ({type(logging_error).__name__}: {logging_error})")
-        if failure.kind == "out_of_memory":
-            release_memory(exc, self.device)
-        return failure
 
     def _log_mistakes(self, run: TrialRun, history: list[EpochResult]) -> None:
         """The trial's most confident validation mistakes as an image grid, from the last

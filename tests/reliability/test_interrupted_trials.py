@@ -133,3 +133,36 @@ def test_a_checkpoint_dir_under_a_file_is_bad_input(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"afile"}
     record("bad input: --checkpoint-dir under a file", "exit code 2, one line: 'is not a "
            "directory'", "nothing written in the working directory")
+
+
+def test_a_signal_while_an_epoch_is_recorded_waits_for_its_records(tmp_path):
+    """SIGINT in the middle of an epoch's records (after its progress line, before the
+    pruner's report and the checkpoint: test pause ``epoch.recording``) is acted on once they
+    are written, never inside a store's write: the epoch is reported, logged and
+    checkpointed, then the trial ends as interrupted. (One CI run had left a trial RUNNING
+    after an interrupt that arrived there.)"""
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    exe = Path(sys.executable).with_name("hpsearch")
+    proc = subprocess.Popen([str(exe), *ARGS], cwd=tmp_path, text=True,
+                            env=clean_env(HPSEARCH_TEST_PAUSE="epoch.recording.trial0=2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = signal_at_pause(proc, "epoch.recording.trial0", signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    err = seen + err
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'hpsearch.db'}")
+    trial = study.trials[0]
+    assert trial.state.name == "FAIL"
+    assert trial.user_attrs["fail_reason"] == "interrupted by SIGINT"
+    assert list(trial.intermediate_values) == [1]  # epoch 1 reported after the signal came
+    assert (tmp_path / "hpsearch-checkpoints" / "resume" / "trial-0" / "state.pt").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert "RUNNING" not in {r.info.status for r in runs}
+    record("SIGINT while an epoch's results are being recorded (after its progress line, "
+           "before the pruner's report and the checkpoint)",
+           "exit 130 once the records are written: the epoch reported to Optuna and "
+           "checkpointed, then the trial FAIL \"interrupted by SIGINT\", nothing RUNNING",
+           "epoch 1 kept: its checkpoint (state.pt) is there for the retry")
