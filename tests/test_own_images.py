@@ -538,6 +538,18 @@ def test_inspect_reports_without_decoding_and_cache_builds_ahead(tmp_path) -> No
     assert "identical files: val:b/extra.png, test:a/0.png" in text.stdout
 
 
+def test_inspect_keeps_a_class_named_with_a_newline_on_one_line(tmp_path) -> None:
+    root = class_tree(tmp_path / "p", {'we"ird\nname': 3, "café": 3})
+    text = CliRunner().invoke(main, ["data", "inspect", str(root),
+                                     "--cache-dir", str(tmp_path / "cache")])
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.endswith("metric key"))
+    assert lines[header + 3].startswith("imbalance:")  # two classes, one line each
+    assert [line.split()[0] for line in lines[header + 1:header + 3]] == [
+        "café", 'we"ird\\nname']  # the newline written as an escape; letters as they are
+
+
 @pytest.mark.parametrize("args, message", [
     (["--val-fraction", "0.6", "--test-fraction", "0.5"],
      "--val-fraction + --test-fraction must be below 1"),

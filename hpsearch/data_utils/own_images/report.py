@@ -201,10 +201,11 @@ def report_lines(report: dict[str, Any], *, limit: int = 20) -> list[str]:
     lines = [f"{report['source']} ({report['kind']}): {len(report['classes'])} classes, "
              + ", ".join(f"{s} {v['images']:,} ({v['from']})"
                          for s, v in report["splits"].items())]
-    width = max(5, *(len(c["name"]) for c in report["classes"]))
+    names = [_printable(c["name"]) for c in report["classes"]]
+    width = max(5, *(len(name) for name in names))
     lines.append(f"  {'class':<{width}}  {'train':>8} {'val':>8} {'test':>8}  metric key")
-    lines += [f"  {c['name']:<{width}}  {c['train']:>8,} {c['val']:>8,} {c['test']:>8,}  "
-              f"{c['key']}" for c in report["classes"]]
+    lines += [f"  {name:<{width}}  {c['train']:>8,} {c['val']:>8,} {c['test']:>8,}  "
+              f"{c['key']}" for name, c in zip(names, report["classes"])]
     ratio = report["imbalance_ratio"]
     lines.append("imbalance: " + (f"{ratio:g} (largest / smallest training class)"
                                   if ratio is not None else "a class has no training image"))
@@ -228,7 +229,7 @@ def report_lines(report: dict[str, Any], *, limit: int = 20) -> list[str]:
     lines.append(f"skipped: {len(skipped):,} files" + (":" if skipped else "")
                  + (f" ({report['ignored']:,} non-image files ignored)"
                     if report["ignored"] else ""))
-    lines += [f"  {s['path']}: {s['reason']}" for s in skipped[:limit]]
+    lines += [f"  {_printable(s['path'])}: {s['reason']}" for s in skipped[:limit]]
     if len(skipped) > limit:
         lines.append(f"  ... and {len(skipped) - limit:,} more (--format json lists all)")
     if not report["decode_checked"]:
@@ -237,6 +238,14 @@ def report_lines(report: dict[str, Any], *, limit: int = 20) -> list[str]:
     leakage = report["leakage"]
     lines.append(leakage["summary"])
     for group in leakage["groups"][:limit]:
-        lines.append(f"  {group['kind']}: " + ", ".join(f"{s}:{p}" for s, p in group["files"]))
+        lines.append(f"  {group['kind']}: "
+                     + ", ".join(f"{s}:{_printable(p)}" for s, p in group["files"]))
     return lines
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters (a newline in a folder's name, a tab) written
+    as escapes (``\\n``), so that one name stays on one line of a table; letters of any
+    script are left as they are."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
