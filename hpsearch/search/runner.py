@@ -16,14 +16,15 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import __version__
-from hpsearch.errors import check_interrupted, is_disk_full
+from hpsearch.errors import check_interrupted, is_disk_full, signals_deferred
 from hpsearch.redact import redact_url
 from hpsearch.search.callbacks import (
     AnytimeLogger,
@@ -221,6 +222,7 @@ class RunSession(StudySession):
             callbacks += [ReportRefresher(self.tracker, study, self.reporter),
                           RemainingTime(target=config.trials, jobs=1, reporter=self.reporter,
                                         deadline=deadline)]
+        callbacks = [_writing_whole(callback) for callback in callbacks]
 
         disk_full: list[Exception] = []
 
@@ -373,3 +375,15 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         pass
+
+
+def _writing_whole(callback: Callable[[optuna.Study, FrozenTrial], None]
+                   ) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """``callback`` with SIGINT/SIGTERM held while it runs (it writes to the stores: the
+    study report, the best value, deleted checkpoints), acted on when it returns."""
+
+    def whole(study: optuna.Study, trial: FrozenTrial) -> None:
+        with signals_deferred():
+            callback(study, trial)
+
+    return whole

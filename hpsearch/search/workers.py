@@ -34,6 +34,7 @@ from hpsearch.errors import (
     handle_termination_signals,
     ignore_further_signals,
     is_disk_full,
+    signals_deferred,
 )
 from hpsearch.search.config import RunConfig, StudySummary
 from hpsearch.search.progress import Reporter
@@ -141,7 +142,8 @@ def _pump(workers: list, pipes: dict[Connection, int], reporter: Reporter,
         if end is not None and time.monotonic() > end:
             return _kill_stuck(workers, reporter, timeout_s)
         if not ready_pipes:
-            on_idle()
+            with signals_deferred():  # the study report's writes: whole, then the signal
+                on_idle()
     for worker in workers:
         worker.join()
     return set()
