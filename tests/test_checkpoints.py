@@ -95,8 +95,10 @@ def _stop_at_epoch_end(monkeypatch, epoch: int, exc: BaseException) -> None:
     ends = []
 
     def pause(*points: str) -> None:  # one pause's names, widest first
+        if points[0] != "epoch.end":  # another pause point (epoch.recording, ...)
+            return
         ends.append(points[0])
-        if points[0] == "epoch.end" and len(ends) == epoch:
+        if len(ends) == epoch:
             raise exc
 
     monkeypatch.setattr(objective_module, "pause", pause)
