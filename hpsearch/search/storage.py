@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import time
 import warnings
 from typing import Any
@@ -317,7 +318,8 @@ def close_runs_of_ended_processes(study: optuna.Study, client: Any, experiment_i
 def fail_abandoned_trials(study: optuna.Study, client: Any, experiment_id: str,
                           pids: set[int], reason: str) -> list[int]:
     """Fail as interrupted the trials that killed worker processes left RUNNING: those whose
-    MLflow run is still RUNNING and names one of ``pids`` (tag ``hpsearch.pid``), then close
+    MLflow run is still RUNNING and names this machine (tag ``host``) and one of ``pids``
+    (tag ``hpsearch.pid``: several machines may share the stores), then close
     those runs KILLED (:func:`close_runs_of_ended_processes`). For workers that were sent a
     termination signal and did not record their trial before being killed.
 
@@ -333,12 +335,13 @@ def fail_abandoned_trials(study: optuna.Study, client: Any, experiment_id: str,
     """
     from hpsearch.tracking.orphans import running_runs
 
-    wanted = {str(pid) for pid in pids}
+    wanted, host = {str(pid) for pid in pids}, platform.node()
     storage, failed = study._storage, []
     for run in running_runs(client, experiment_id):
         tags = run.data.tags
-        if tags.get("hpsearch.role") != "trial" or tags.get("hpsearch.pid") not in wanted:
-            continue
+        if (tags.get("hpsearch.role") != "trial" or tags.get("host") != host
+                or tags.get("hpsearch.pid") not in wanted):
+            continue  # another process's trial, maybe on another machine
         number = int(tags.get("optuna.trial_number", -1))
         try:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)

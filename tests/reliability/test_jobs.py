@@ -182,3 +182,37 @@ def test_ctrl_c_with_jobs_interrupts_every_worker_once_and_resumes(tmp_path):
            f"[w{stuck}]: its stack printed, killed after the shutdown time, its trial recorded "
            "by the coordinator), their runs and the parent run KILLED, nothing RUNNING",
            f"the same command again: exit 0, exactly {TRIALS} complete trials")
+
+
+def test_only_the_killed_workers_trials_on_this_machine_are_failed_for_them(tmp_path):
+    """Unit level (fail_abandoned_trials): a killed worker's RUNNING trial is failed as
+    interrupted and its run closed KILLED; a trial of another live process, or of a process
+    with the same pid on another machine sharing the stores, is left running."""
+    import platform
+
+    from hpsearch.search.storage import fail_abandoned_trials
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("abandoned")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                                study_name="abandoned")
+    here, killed = platform.node(), 4242
+    owners = {"killed worker": (here, killed), "live worker": (here, killed + 1),
+              "same pid elsewhere": ("another-machine", killed)}
+    runs = {}
+    for number, (name, (host, pid)) in enumerate(owners.items()):
+        trial = study.ask()
+        runs[name] = client.create_run(experiment, tags={
+            "hpsearch.role": "trial", "optuna.trial_number": str(number), "host": host,
+            "hpsearch.pid": str(pid)}).info.run_id
+        trial.set_user_attr("mlflow_run_id", runs[name])
+
+    assert fail_abandoned_trials(study, client, experiment, {killed},
+                                 "interrupted by SIGINT") == [0]
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["FAIL", "RUNNING", "RUNNING"]
+    assert study.trials[0].user_attrs["fail_reason"] == "interrupted by SIGINT"
+    assert study.trials[0].user_attrs["failure_kind"] == "interrupted"
+    status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert status == {"killed worker": "KILLED", "live worker": "RUNNING",
+                      "same pid elsewhere": "RUNNING"}
