@@ -42,6 +42,7 @@ from hpsearch.search.progress import Reporter
 __all__ = ["PipeReporter", "run_workers", "worker_main"]
 
 SHUTDOWN_S = 120.0  # how long interrupted workers get to record their trials
+_STACKS_SIGNAL = getattr(signal, "SIGUSR1", None)  # none on Windows
 
 
 class PipeReporter(Reporter):
@@ -153,10 +154,10 @@ def _kill_stuck(workers: list, reporter: Reporter, timeout_s: float | None) -> s
     """Kill the workers still alive after the shutdown time, each after printing its
     threads' stacks to stderr (SIGUSR1, see :func:`worker_main`): where it was stuck."""
     stuck = [(k, w) for k, w in enumerate(workers, start=1) if w.is_alive()]
-    for _, worker in stuck:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker.pid, signal.SIGUSR1)
-    if stuck:
+    if stuck and _STACKS_SIGNAL is not None:
+        for _, worker in stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, _STACKS_SIGNAL)
         time.sleep(1.0)  # the dump is written by the worker's C signal handler
     for k, worker in stuck:
         reporter.say(f"[w{k}] did not end within {timeout_s:.0f} s of the signal; killed "
@@ -177,7 +178,8 @@ def worker_main(config: RunConfig, worker: int, parent_run_id: str, deadline: fl
     """A worker process: open the study and the tracker, then run trials until done."""
 
     os.setpgid(0, 0)  # see the module docstring: signals come from the coordinator only
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a stuck worker's stacks
+    if _STACKS_SIGNAL is not None:  # a stuck worker's stacks, on the coordinator's asking
+        faulthandler.register(_STACKS_SIGNAL, all_threads=True)
     handle_termination_signals()
     reporter = PipeReporter(connection, config.spec.metric, verbose=verbose)
     reporter.say(f"worker started, pid {os.getpid()}")
