@@ -247,7 +247,8 @@ class Objective:
                 trial.number, params.to_dict(), retry_of=retried[-1] if retried else None)
             trial.set_user_attr("mlflow_run_id", run.run_id)
         session, earlier = self._session(trial, run, params, attempt.checkpoint, retried)
-        trial.set_user_attr("cost", session.cost.to_dict())
+        with signals_deferred():
+            trial.set_user_attr("cost", session.cost.to_dict())
         epochs = attempt.epochs = EpochReporter(
             trial, run, session, spec=self.spec, reporter=self.reporter,
             say_step_mode=self.cuda_graphs, checkpoint=attempt.checkpoint,
