@@ -8,12 +8,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["IMAGE_EXTENSIONS", "MANIFEST_SUFFIXES", "SPLITS", "SPLIT_FOLDERS", "ImageDataError",
-           "SkippedFile", "Source", "os_reason", "sort_labels"]
+__all__ = ["IMAGE_EXTENSIONS", "MANIFEST_SUFFIXES", "SPLITS", "SPLIT_FOLDERS",
+           "UNREAD_IMAGE_FORMATS", "ImageDataError", "SkippedFile", "Source", "os_reason",
+           "sort_labels", "unread_format_reason"]
 
 # torchvision.datasets.folder.IMG_EXTENSIONS plus .gif (the first frame of a GIF is used).
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff",
                     ".webp")
+# Photos in formats that Pillow does not decode as installed here: skipped with a reason (a
+# user with a folder of iPhone photos should hear why they were left out), not ignored.
+UNREAD_IMAGE_FORMATS = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".dng": "raw",
+                        ".cr2": "raw", ".cr3": "raw", ".nef": "raw", ".arw": "raw",
+                        ".raf": "raw", ".orf": "raw", ".rw2": "raw", ".svg": "SVG",
+                        ".psd": "Photoshop"}
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 SPLITS = ("train", "val", "test")
 """Split names; a split's code is its index here, ``-1`` for a file no split was given for."""
@@ -95,3 +102,13 @@ def os_reason(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "cannot be read: permission denied"
     return f"cannot be read: {exc.strerror or exc}"
+
+
+def unread_format_reason(name: str) -> str | None:
+    """Why a file named ``name`` is skipped when its extension is a photo format that is not
+    read (:data:`UNREAD_IMAGE_FORMATS`), else None."""
+    suffix = name[name.rfind("."):].lower() if "." in name else ""
+    kind = UNREAD_IMAGE_FORMATS.get(suffix)
+    if kind is None:
+        return None
+    return f"{kind} image: a format hpsearch does not read (convert it to JPEG or PNG)"

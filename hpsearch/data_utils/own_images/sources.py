@@ -36,6 +36,7 @@ from hpsearch.data_utils.own_images.records import (
     SkippedFile,
     Source,
     os_reason,
+    unread_format_reason,
 )
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLITS", "ImageDataError", "SkippedFile", "Source",
@@ -270,6 +271,8 @@ class _Walker:
                 self._walk(entry.path, f"{prefix}{name}/", [*ancestors, identity])
         elif name.lower().endswith(IMAGE_EXTENSIONS):
             self.skipped.append(SkippedFile(prefix + name, "not a regular file"))
+        elif (reason := unread_format_reason(name)) is not None:
+            self.skipped.append(SkippedFile(prefix + name, reason))
         else:
             self.ignored += 1
 
