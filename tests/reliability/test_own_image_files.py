@@ -225,6 +225,10 @@ UNUSABLE = {
         _manifest("path,class\nimg/a/0.png,a\n"), "m.csv",
         "no 'label' column (columns found: class, path)"),
     "a path that does not exist": (lambda root: None, "nothing/here", "does not exist"),
+    "a zip archive of the folder": (
+        lambda root: (root / "photos.zip").write_bytes(b"PK\x05\x06" + bytes(18)),
+        "photos.zip", "neither a folder of images nor a manifest (a .csv or .jsonl file); "
+                      "an archive: unpack it and give the folder"),
 }
 
 

@@ -107,8 +107,10 @@ def scan_source(path: str | os.PathLike[str], *, path_column: str = "path",
         source = scan_manifest(root, path_column=path_column, label_column=label_column,
                                split_column=split_column)
     else:
+        archive = root.name.lower().endswith(_ARCHIVE_SUFFIXES)
         raise ImageDataError(f"{root}: neither a folder of images nor a manifest (a .csv or "
-                             ".jsonl file)")
+                             ".jsonl file)" + ("; an archive: unpack it and give the folder"
+                                               if archive else ""))
     _check_usable(source)
     return _with_digest(source)
 
@@ -278,6 +280,7 @@ class _Walker:
 
 
 _NAME = operator.attrgetter("name")
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 
 
 def _identity(folder: Path) -> tuple[int, int]:
