@@ -260,14 +260,19 @@ def test_manifest_rows_that_cannot_be_used_are_skipped_with_their_line(tmp_path)
         img/a/0.png,a
         img/missing.png,b
         img/b/0.png,
+        img/IMG_0001.HEIC,b
     """)(tmp_path)
+    (tmp_path / "img" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
     data = load_images(tmp_path / "m.csv", ImageOptions(test_fraction=0.0),
                        cache_dir=tmp_path / "cache", progress=None)
     assert reasons(data) == {"img/a/0.png": "line 6: listed again (first on line 2)",
                              "img/missing.png": "line 7: does not exist",
-                             "img/b/0.png": "line 8: empty label"}
+                             "img/b/0.png": "line 8: empty label",
+                             "img/IMG_0001.HEIC": "line 9: HEIC image: a format hpsearch does "
+                                                  "not read (convert it to JPEG or PNG)"}
     assert sum(len(f) for f in data.files.values()) == 4
-    record("own images: manifest with a duplicated path, a missing file, an empty label",
+    record("own images: manifest with a duplicated path, a missing file, an empty label, "
+           "a HEIC photo",
            "each row skipped with its line number and reason", "the 4 good rows")
 
 

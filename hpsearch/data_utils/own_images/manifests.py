@@ -25,6 +25,7 @@ from hpsearch.data_utils.own_images.records import (
     Source,
     os_reason,
     sort_labels,
+    unread_format_reason,
 )
 
 __all__ = ["scan_manifest"]
@@ -106,6 +107,9 @@ def _check_row(folder: Path, name: str, label: str,
         return os_reason(exc), file, None
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file", file, None
+    unread = unread_format_reason(name)
+    if unread is not None:
+        return unread, file, None
     return None, file, st
 
 

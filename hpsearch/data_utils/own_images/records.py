@@ -4,6 +4,7 @@ skipped, and the one error for a path that cannot be used at all."""
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,9 @@ __all__ = ["IMAGE_EXTENSIONS", "MANIFEST_SUFFIXES", "SPLITS", "SPLIT_FOLDERS",
 # torchvision.datasets.folder.IMG_EXTENSIONS plus .gif (the first frame of a GIF is used).
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff",
                     ".webp")
-# Photos in formats that Pillow does not decode as installed here: skipped with a reason (a
-# user with a folder of iPhone photos should hear why they were left out), not ignored.
+# Photo formats the decoder does not open (preprocess.FORMATS): skipped with a reason, from a
+# folder or a manifest (a user with a folder of iPhone photos should hear why they were left
+# out), not ignored like a .txt.
 UNREAD_IMAGE_FORMATS = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".dng": "raw",
                         ".cr2": "raw", ".cr3": "raw", ".nef": "raw", ".arw": "raw",
                         ".raf": "raw", ".orf": "raw", ".rw2": "raw", ".svg": "SVG",
@@ -107,8 +109,7 @@ def os_reason(exc: OSError) -> str:
 def unread_format_reason(name: str) -> str | None:
     """Why a file named ``name`` is skipped when its extension is a photo format that is not
     read (:data:`UNREAD_IMAGE_FORMATS`), else None."""
-    suffix = name[name.rfind("."):].lower() if "." in name else ""
-    kind = UNREAD_IMAGE_FORMATS.get(suffix)
+    kind = UNREAD_IMAGE_FORMATS.get(os.path.splitext(name)[1].lower())
     if kind is None:
         return None
     return f"{kind} image: a format hpsearch does not read (convert it to JPEG or PNG)"
