@@ -76,7 +76,8 @@ def test_bad_arguments_raise_hpsearch_error_before_anything_is_written(tmp_path,
 @needs_fashion_mnist
 def test_data_that_do_not_fit_on_the_device_are_streamed_and_the_run_says_so(tmp_path,
                                                                            monkeypatch):
-    # 1 MB free on the device: the 500 training images (0.4 MB with headroom) are streamed.
+    # 1 MB free on the device: the 500 training and 6,000 validation images (5.1 MB) are
+    # streamed.
     monkeypatch.setattr("hpsearch.training.residency.device_memory",
                         lambda device: (1_000_000, 8_000_000_000))
     (tmp_path / "spec.yaml").write_text(tiny_mlp_spec(epochs=1))
