@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from hpsearch.errors import check_interrupted
+from hpsearch.training.bf16_conv import bf16_conv_grads
 from hpsearch.training.metrics import balanced_accuracy, macro_f1
 from hpsearch.training.step import EagerStep, TrainStep, autocast
 
@@ -183,7 +184,8 @@ def fit(
         label_smoothing: cross-entropy label smoothing in [0, 1).
         class_weights: float32 tensor (num_classes,) weighting each class's loss, or None.
         amp_dtype: autocast dtype (``torch.bfloat16`` on CUDA), or None for full precision;
-            validation runs under it too.
+            validation runs under it too. Under bf16 on a CPU, the weight gradients of small
+            convolutions are computed as :mod:`~hpsearch.training.bf16_conv` says.
         on_batch: called as ``on_batch(epoch, done, total)`` when an epoch starts
             (``done`` 0) and after each training step, with host-side counts only (it adds
             no device sync), for progress displays.
@@ -216,8 +218,9 @@ def fit(
     for epoch in range(start_epoch, epochs + 1):
         start = time.perf_counter()
         progress = None if on_batch is None else functools.partial(on_batch, epoch)
-        train_loss, train_accuracy, seen = _train_epoch(model, train_batches, train_step,
-                                                        device, progress)
+        with bf16_conv_grads(model, device, amp_dtype):
+            train_loss, train_accuracy, seen = _train_epoch(model, train_batches, train_step,
+                                                            device, progress)
         seconds = time.perf_counter() - start
         val = evaluate(model, val_batches, num_classes=num_classes, device=device,
                        amp_dtype=amp_dtype)
