@@ -7,13 +7,15 @@ small (1e-7) that its validation accuracy stays near chance (10%), and a
 ThresholdPruner(lower=0.3) prunes any trial below 30% after its first epoch.
 
 What a test does not look at is off for the whole suite (hpsearch.defaults): MLflow's
-system-metrics sampling and the champion's pt2 ``network`` export. ``study_dir`` runs with
-both on, and tests/test_cli_end_to_end.py asserts them there. docs/development.md says how
-to write a fast test.
+system-metrics sampling, the champion's pt2 ``network`` export and the PNG figures.
+``study_dir`` runs with all three on, and tests/test_cli_end_to_end.py asserts them there;
+a test that looks at a figure elsewhere turns figures on for its run (``EVERYTHING_ON``).
+docs/development.md says how to write a fast test.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -38,17 +40,25 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from hpsearch.data_utils import DEBIAN_FASHION_MNIST_DIR
-from hpsearch.defaults import DOWNLOAD_WEIGHTS_ENV, EXPORT_NETWORK_ENV, SYSTEM_METRICS_ENV
+from hpsearch.defaults import (
+    DOWNLOAD_WEIGHTS_ENV,
+    EXPORT_NETWORK_ENV,
+    FIGURES_ENV,
+    SYSTEM_METRICS_ENV,
+)
 
 # Off in every test and every process a test starts (clean_env copies this environment),
 # except where a test turns them on to assert them: see the module's docstring.
 os.environ[SYSTEM_METRICS_ENV] = "0"
 os.environ[EXPORT_NETWORK_ENV] = "0"
+os.environ[FIGURES_ENV] = "0"
 # No test uses the network, nor a developer's own torchvision cache: pretrained weights come
 # from files the tests write (tests/pretrained_files.py), in a TORCH_HOME of their own.
 os.environ[DOWNLOAD_WEIGHTS_ENV] = "0"
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="hpsearch-tests-torch-home-")
-EVERYTHING_ON = {SYSTEM_METRICS_ENV: "1", EXPORT_NETWORK_ENV: "1"}
+# Each pytest process (xdist's workers too) made its own: it removes its own at exit.
+atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], ignore_errors=True)
+EVERYTHING_ON = {SYSTEM_METRICS_ENV: "1", EXPORT_NETWORK_ENV: "1", FIGURES_ENV: "1"}
 
 STUDY = "e2e"
 MODEL = "hpsearch-e2e"

@@ -137,12 +137,14 @@ def test_the_command_line_shows_the_defaults_it_shares_with_the_api() -> None:
                                        ("TRUE", True), ("0", False), ("off", False),
                                        ("no", False), (" False ", False)])
 def test_a_switch_is_on_unless_it_says_off(monkeypatch, value, on) -> None:
-    for name in (defaults.SYSTEM_METRICS_ENV, defaults.EXPORT_NETWORK_ENV):
+    for name in (defaults.SYSTEM_METRICS_ENV, defaults.EXPORT_NETWORK_ENV,
+                 defaults.FIGURES_ENV):
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
     assert defaults.system_metrics() is on and defaults.export_network() is on
+    assert defaults.figures() is on
 
 
 def test_a_switch_that_is_neither_on_nor_off_stops_the_run_before_it_starts(tmp_path):
@@ -166,3 +168,33 @@ def test_the_tracker_samples_system_metrics_as_the_switch_says(tmp_path, monkeyp
     assert StudyTracker(tracking_uri=uri, study_name="s").system_metrics is True
     assert StudyTracker(tracking_uri=uri, study_name="s", system_metrics=False
                         ).system_metrics is False
+
+
+def test_with_figures_off_a_trial_logs_the_numbers_and_no_png(monkeypatch) -> None:
+    """``$HPSEARCH_FIGURES=0`` leaves out every PNG a trial's run logs and keeps the numbers
+    behind them; on (the default) both are logged."""
+    import numpy as np
+
+    from hpsearch.tracking import runs
+
+    class Client:
+        def __init__(self) -> None:
+            self.logged: list[str] = []
+
+        def log_dict(self, run_id, payload, name) -> None:
+            self.logged.append(name)
+
+        def log_figure(self, run_id, figure, name) -> None:
+            self.logged.append(name)
+
+    class Result:
+        confusion = np.eye(2, dtype=np.int64)
+        accuracy = 1.0
+
+    for value, expected in (("0", ["confusion_matrix.json"]),
+                            ("1", ["confusion_matrix.json", "confusion_matrix.png"])):
+        monkeypatch.setenv(defaults.FIGURES_ENV, value)
+        client = Client()
+        runs.log_confusion(client, "run", Result(), ["a", "b"], split="validation",
+                           name="confusion_matrix", title="t", epoch=1)
+        assert client.logged == expected

@@ -18,6 +18,7 @@ import hpsearch
 from hpsearch.errors import HpsearchError
 from hpsearch.search.progress import Reporter
 
+from conftest import EVERYTHING_ON, clean_env
 from conftest import hpsearch as run_hpsearch
 
 pytestmark = pytest.mark.slow
@@ -66,7 +67,8 @@ def test_a_folder_with_broken_files_trains_registers_and_refuses_to_resume_chang
     cache = tmp_path / "cache"
 
     result = run_hpsearch(tmp_path, "run", "--spec", "spec.yaml", "--trials", "2",
-                          "--device", "cpu", "--cache-dir", str(cache), timeout=600)
+                          "--device", "cpu", "--cache-dir", str(cache), timeout=600,
+                          env=clean_env(**EVERYTHING_ON))  # the data report's figures
 
     assert result.returncode == 0, result.stderr
     assert ("photos: 26 images, 2 classes, 4 skipped (data/skipped.csv), leakage 0 images "

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from hpsearch.data_utils import ArraySplit, DatasetInfo
+from hpsearch.defaults import FIGURES_ENV
 from hpsearch.search.objective import Objective, TrialData
 from hpsearch.search.progress import Reporter
 from hpsearch.studies import load_builtin_spec
@@ -32,6 +33,13 @@ NUM_CLASSES = 3
 METRIC_NAMES = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                 "epoch_seconds", "images_per_second", "val_balanced_accuracy", "val_macro_f1"}
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@pytest.fixture(autouse=True)
+def _figures_on(monkeypatch) -> None:
+    """The objective's figures are asserted here (by name, through a fake client that draws
+    nothing): on, as for a user, though the suite turns them off elsewhere."""
+    monkeypatch.setenv(FIGURES_ENV, "1")
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ import optuna
 import optuna.visualization.matplotlib as optuna_plots
 from mlflow.tracking import MlflowClient
 
+from hpsearch import defaults
 from hpsearch.tracking.figures import (
     anytime_figure,
     class_distribution_figure,
@@ -42,7 +43,7 @@ def log_study_report(client: MlflowClient, run_id: str, study: optuna.Study) -> 
     """Log the study's state counts, trials table and plots on its parent run.
 
     Plots that need more trials than the study has (importances need two complete trials)
-    are left out until a later refresh.
+    are left out until a later refresh; with ``$HPSEARCH_FIGURES`` 0, all of them.
     """
     table, states = trials_table(study), state_counts(study)
     for key, state in (("n_complete", "COMPLETE"), ("n_pruned", "PRUNED"), ("n_failed", "FAIL"),
@@ -50,6 +51,8 @@ def log_study_report(client: MlflowClient, run_id: str, study: optuna.Study) -> 
         client.log_metric(run_id, key, states.get(state, 0))
     client.log_text(run_id, table.to_csv(index=False), "study/trials.csv")
     client.log_table(run_id, data=table.astype({"value": float}), artifact_file="trials.json")
+    if not defaults.figures():
+        return
     import matplotlib.pyplot as plt
 
     curve = anytime(study)

@@ -278,9 +278,10 @@ class TrialRun:
                           name="confusion_matrix", title=f"validation, epoch {last.epoch}",
                           epoch=last.epoch)
             self._log_per_class(per_class_report(last.val.confusion, class_names), last.epoch)
-            fig = learning_curves_figure(history, title=f"{state.lower()} after "
-                                                        f"{last.epoch} epoch(s)")
-            log_figure(self.client, self.run_id, fig, "learning_curves.png")
+            if defaults.figures():
+                fig = learning_curves_figure(history, title=f"{state.lower()} after "
+                                                            f"{last.epoch} epoch(s)")
+                log_figure(self.client, self.run_id, fig, "learning_curves.png")
         run_tags = [RunTag("optuna.state", state), RunTag("epochs_run", str(len(history)))]
         if reason:
             run_tags.append(RunTag("hpsearch.reason", reason[:4000]))
@@ -377,7 +378,8 @@ def delete_checkpoint(client: MlflowClient, run_id: str, *, tracking_uri: str,
 def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,
                   class_names: Sequence[str], *, split: str, name: str, title: str,
                   epoch: int | None = None) -> None:
-    """Log a confusion matrix as ``{name}.png`` and ``{name}.json`` (counts, rows = true)."""
+    """Log a confusion matrix as ``{name}.json`` (counts, rows = true) and ``{name}.png``
+    (unless ``$HPSEARCH_FIGURES`` is 0)."""
     counts = np.asarray(result.confusion)
     payload = {
         "split": split,
@@ -389,11 +391,14 @@ def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,
         "columns": "predicted class",
     }
     client.log_dict(run_id, payload, f"{name}.json")
-    log_figure(client, run_id, confusion_matrix_figure(counts, class_names, title=title),
-                f"{name}.png")
+    if defaults.figures():
+        log_figure(client, run_id, confusion_matrix_figure(counts, class_names, title=title),
+                   f"{name}.png")
 
 
 def log_figure(client: MlflowClient, run_id: str, figure: Figure, name: str) -> None:
-    """Log ``figure`` as the artifact ``name`` (PNG)."""
-    client.log_figure(run_id, figure, name)
+    """Log ``figure`` as the artifact ``name`` (PNG), unless ``$HPSEARCH_FIGURES`` is 0
+    (:func:`hpsearch.defaults.figures`)."""
+    if defaults.figures():
+        client.log_figure(run_id, figure, name)
 

@@ -89,9 +89,9 @@ def test_artifacts_go_through_the_server_to_its_destination(one_worker, mlflow_s
     _, trials = _runs(one_worker)
     trial = trials[0]
     listed = {f.path for f in one_worker.client.list_artifacts(trial.info.run_id)}
-    assert "confusion_matrix.png" in listed, listed
+    assert "confusion_matrix.json" in listed, listed
 
-    on_server = mlflow_server.local_path(trial.info.artifact_uri) / "confusion_matrix.png"
+    on_server = mlflow_server.local_path(trial.info.artifact_uri) / "confusion_matrix.json"
     assert on_server.is_file() and on_server.stat().st_size > 0
     assert not (one_worker.cwd / "mlruns").exists()
     assert not (one_worker.cwd / "mlartifacts").exists()
