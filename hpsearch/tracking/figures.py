@@ -1,4 +1,5 @@
-"""Matplotlib figures logged to MLflow: confusion matrices, learning curves, image grids.
+"""Matplotlib figures logged to MLflow: confusion matrices, learning curves, image grids;
+:func:`log_figure` logs one (unless ``$HPSEARCH_FIGURES`` is 0).
 
 Built as ``matplotlib.figure.Figure`` objects, not through pyplot: no backend is chosen and
 no global figure state is touched, so drawing works on servers and leaves a notebook's
@@ -13,11 +14,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from hpsearch import defaults
+
 if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
     from hpsearch.training import EpochResult
 
 __all__ = ["anytime_figure", "class_distribution_figure", "confusion_matrix_figure",
-           "image_grid_figure", "learning_curves_figure", "originals_figure"]
+           "image_grid_figure", "learning_curves_figure", "log_figure", "originals_figure"]
+
+
+def log_figure(client: MlflowClient, run_id: str, figure: Figure, name: str) -> None:
+    """Log ``figure`` as the artifact ``name`` (PNG), unless ``$HPSEARCH_FIGURES`` is 0
+    (:func:`hpsearch.defaults.figures`)."""
+    if defaults.figures():
+        client.log_figure(run_id, figure, name)
 
 
 def confusion_matrix_figure(

@@ -19,9 +19,9 @@ from hpsearch.tracking.figures import (
     anytime_figure,
     class_distribution_figure,
     image_grid_figure,
+    log_figure,
     originals_figure,
 )
-from hpsearch.tracking.runs import log_figure
 from hpsearch.tracking.tables import anytime, state_counts, trials_table
 
 __all__ = ["STUDY_PLOTS", "log_data_report", "log_image_report", "log_prediction_grid",

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -26,12 +25,12 @@ from mlflow.tracking import MlflowClient
 from hpsearch import defaults
 from hpsearch.data_utils.own_images import class_key_parts
 from hpsearch.errors import DiskFull, is_disk_full
-from hpsearch.tracking.figures import confusion_matrix_figure, learning_curves_figure
+from hpsearch.tracking.figures import confusion_matrix_figure, learning_curves_figure, log_figure
 from hpsearch.training.loop import EpochResult, EvalResult
 from hpsearch.training.metrics import per_class_report
 
 __all__ = ["CHECKPOINT_PATH", "RUN_STATUS", "WEIGHTS_TAG", "StudyTracker", "TrialRun",
-           "close_orphaned_trial_run", "delete_checkpoint", "log_confusion", "log_figure"]
+           "close_orphaned_trial_run", "delete_checkpoint", "log_confusion"]
 
 # Where a trial's weights (a state dict, loadable with weights_only=True) are logged.
 CHECKPOINT_PATH = "checkpoint/state_dict.pt"
@@ -395,10 +394,4 @@ def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,
         log_figure(client, run_id, confusion_matrix_figure(counts, class_names, title=title),
                    f"{name}.png")
 
-
-def log_figure(client: MlflowClient, run_id: str, figure: Figure, name: str) -> None:
-    """Log ``figure`` as the artifact ``name`` (PNG), unless ``$HPSEARCH_FIGURES`` is 0
-    (:func:`hpsearch.defaults.figures`)."""
-    if defaults.figures():
-        client.log_figure(run_id, figure, name)
 
