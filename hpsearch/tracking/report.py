@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import optuna.visualization.matplotlib as optuna_plots
 from mlflow.tracking import MlflowClient
 
 from hpsearch import defaults
@@ -29,13 +28,15 @@ __all__ = ["STUDY_PLOTS", "log_data_report", "log_image_report", "log_prediction
 
 GRID_SIZE = 24  # images per grid
 
-# Optuna's matplotlib plots logged on the parent run, under study/.
+# Optuna's matplotlib plots logged on the parent run, under study/: artifact name -> the
+# function of optuna.visualization.matplotlib (imported when drawn: pyplot and SciPy take
+# about 0.9 s to import, which a run with $HPSEARCH_FIGURES=0 never pays).
 STUDY_PLOTS = {
-    "optimization_history.png": optuna_plots.plot_optimization_history,
-    "param_importances.png": optuna_plots.plot_param_importances,
-    "parallel_coordinate.png": optuna_plots.plot_parallel_coordinate,
-    "intermediate_values.png": optuna_plots.plot_intermediate_values,  # pruned ones too
-    "slice.png": optuna_plots.plot_slice,
+    "optimization_history.png": "plot_optimization_history",
+    "param_importances.png": "plot_param_importances",
+    "parallel_coordinate.png": "plot_parallel_coordinate",
+    "intermediate_values.png": "plot_intermediate_values",  # pruned ones too
+    "slice.png": "plot_slice",
 }
 
 
@@ -54,6 +55,7 @@ def log_study_report(client: MlflowClient, run_id: str, study: optuna.Study) -> 
     if not defaults.figures():
         return
     import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as optuna_plots
 
     curve = anytime(study)
     if not curve.empty:
@@ -63,7 +65,7 @@ def log_study_report(client: MlflowClient, run_id: str, study: optuna.Study) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
             try:
-                axes = plot(study)
+                axes = getattr(optuna_plots, plot)(study)
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # not enough trials for this plot yet
         figure = np.ravel(axes)[0].figure
