@@ -383,8 +383,7 @@ def measure(args: argparse.Namespace, batch_size: int, train: ArraySplit, val: A
     ratios = [a.images_per_second / b.images_per_second for a, b in pairs]
     # The round of the median ratio (the lower middle one for an even count) gives every
     # figure of the record, so that its numbers belong together.
-    ours, conventional = pairs[sorted(range(len(ratios)), key=ratios.__getitem__)
-                               [(len(ratios) - 1) // 2]]
+    ours, conventional = pairs[ratios.index(statistics.median_low(ratios))]
     amp = autocast_dtype(device)
     record = {
         "benchmark": "throughput",

@@ -277,10 +277,9 @@ class TrialRun:
                           name="confusion_matrix", title=f"validation, epoch {last.epoch}",
                           epoch=last.epoch)
             self._log_per_class(per_class_report(last.val.confusion, class_names), last.epoch)
-            if defaults.figures():
-                fig = learning_curves_figure(history, title=f"{state.lower()} after "
-                                                            f"{last.epoch} epoch(s)")
-                log_figure(self.client, self.run_id, fig, "learning_curves.png")
+            fig = learning_curves_figure(history, title=f"{state.lower()} after "
+                                                        f"{last.epoch} epoch(s)")
+            log_figure(self.client, self.run_id, fig, "learning_curves.png")
         run_tags = [RunTag("optuna.state", state), RunTag("epochs_run", str(len(history)))]
         if reason:
             run_tags.append(RunTag("hpsearch.reason", reason[:4000]))
@@ -390,8 +389,7 @@ def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,
         "columns": "predicted class",
     }
     client.log_dict(run_id, payload, f"{name}.json")
-    if defaults.figures():
-        log_figure(client, run_id, confusion_matrix_figure(counts, class_names, title=title),
-                   f"{name}.png")
+    log_figure(client, run_id, confusion_matrix_figure(counts, class_names, title=title),
+               f"{name}.png")
 
 
