@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from hpsearch.errors import check_interrupted
-from hpsearch.training.bf16_conv import bf16_conv_grads
 from hpsearch.training.metrics import balanced_accuracy, macro_f1
+from hpsearch.training.small_conv import small_conv_grads
 from hpsearch.training.step import EagerStep, TrainStep, autocast
 
 __all__ = ["EpochResult", "EvalResult", "TrainingDiverged", "evaluate", "fit"]
@@ -184,8 +184,8 @@ def fit(
         label_smoothing: cross-entropy label smoothing in [0, 1).
         class_weights: float32 tensor (num_classes,) weighting each class's loss, or None.
         amp_dtype: autocast dtype (``torch.bfloat16`` on CUDA), or None for full precision;
-            validation runs under it too. Under bf16 on a CPU, the weight gradients of small
-            convolutions are computed as :mod:`~hpsearch.training.bf16_conv` says.
+            validation runs under it too. On a CPU, the weight gradients of convolutions on
+            small maps are computed as :mod:`~hpsearch.training.small_conv` says.
         on_batch: called as ``on_batch(epoch, done, total)`` when an epoch starts
             (``done`` 0) and after each training step, with host-side counts only (it adds
             no device sync), for progress displays.
@@ -218,7 +218,7 @@ def fit(
     for epoch in range(start_epoch, epochs + 1):
         start = time.perf_counter()
         progress = None if on_batch is None else functools.partial(on_batch, epoch)
-        with bf16_conv_grads(model, device, amp_dtype):
+        with small_conv_grads(model, device, amp_dtype):
             train_loss, train_accuracy, seen = _train_epoch(model, train_batches, train_step,
                                                             device, progress)
         seconds = time.perf_counter() - start
