@@ -168,10 +168,29 @@ def _alive(pid: int) -> bool:
 
 
 def create_images_file(path: Path, shape: tuple[int, int, int, int]) -> None:
-    """An ``images.npy`` of ``shape`` whose pixels workers fill through memory maps."""
+    """An ``images.npy`` of ``shape`` (sparse) whose rows workers fill (:func:`write_rows`)."""
     with open(path, "wb") as f:
         f.write(_npy_header(shape))
         f.truncate(_HEADER_BYTES + int(np.prod(shape)))
+
+
+def write_rows(path: Path, shape: tuple[int, int, int, int], start: int,
+               rows: np.ndarray) -> None:
+    """Write uint8 ``rows`` (K, C, S, S), C-contiguous, as rows ``start .. start + K - 1`` of
+    an ``images.npy`` of ``shape`` made by :func:`create_images_file`.
+
+    Raises:
+        OSError: the write failed (a full disk: ``ENOSPC``).
+    """
+    view = memoryview(np.ascontiguousarray(rows)).cast("B")
+    offset = _HEADER_BYTES + start * int(np.prod(shape[1:]))
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        while view:  # pwrite may write less than asked
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    finally:
+        os.close(fd)
 
 
 def images_map(path: Path, shape: tuple[int, int, int, int]) -> np.memmap:

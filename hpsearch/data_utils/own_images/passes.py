@@ -23,7 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 import hpsearch.data_utils.own_images.cache as cache_files
-from hpsearch.data_utils.own_images.headers import file_digest, header_of, probe_file
+from hpsearch.data_utils.own_images.headers import file_digest, header_of, probe_file, read_file
 from hpsearch.data_utils.own_images.preprocess import (
     ImageFileError,
     _os_error_reason,
@@ -34,7 +34,7 @@ from hpsearch.data_utils.own_images.workers import Progress, WorkerPool, chunked
 
 __all__ = ["Probe", "decode_files", "load_probe", "probe_source", "save_probe"]
 
-PROBE_VERSION = 2
+PROBE_VERSION = 3  # 3: file digests are SHA-256's (were BLAKE2b's)
 SAMPLE = 256  # files whose headers decide a first build's guess
 
 
@@ -47,7 +47,7 @@ class Probe:
         modes: str array (N,), Pillow modes ("" where unusable).
         grey: bool (N,).
         reasons: index -> why the file's header is unusable (a skipped file).
-        digests: uint8 (N, 16), BLAKE2b of the file's bytes where ``has_digest``.
+        digests: uint8 (N, 16), :func:`file_digest` of the file's bytes where ``has_digest``.
         has_digest: bool (N,); a header probe hashes only files whose size another shares.
     """
 
@@ -205,7 +205,6 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
             _record(decoded.probe, start, headers, fdigs)
     skipped = sum(r is not None for r in decoded.reasons)
     progress.close(f"{skipped} skipped" if skipped else "")
-    _MAPS.pop(str(target), None)
     return decoded
 
 
@@ -224,12 +223,11 @@ def _record(probe: Probe, start: int, headers: list[tuple], digests: list[bytes 
         probe.has_digest[[start + i for i in have]] = True
 
 
-_MAPS: dict[str, np.ndarray] = {}  # a worker's writable map of the cache being built
-
-
 def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int, list[str]]
                  ) -> tuple[int, list, list, list, np.ndarray, list]:
-    """Decode consecutive files into rows ``start, start + 1, ...`` of the cache being built.
+    """Decode consecutive files into rows ``start, start + 1, ...`` of the cache being built
+    (one ``os.pwrite`` of the chunk's rows: writing them through a memory map of the new,
+    sparse file cost twice as much per row).
 
     Returns:
         (start, why each file was skipped or None, file digests, pixel digests, int64 (2, C)
@@ -238,24 +236,21 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int
         grey) per file, as a header probe reads them; else []).
     """
     target, shape, max_pixels, record_headers, n_train, start, files = task
-    images = _MAPS.get(target)
-    if images is None:  # a plain ndarray view: np.memmap's item assignment costs more
-        images = _MAPS[target] = cache_files.images_map(Path(target), shape).view(np.ndarray)
     channels, image_size = shape[1], shape[2]
+    rows = np.zeros((len(files), *shape[1:]), dtype=np.uint8)  # a failed file's row: zeros
     reasons: list[str | None] = []
     fdigs: list[bytes | None] = []
     pdigs: list[bytes | None] = []
     headers: list[tuple] = []
-    for row, file in enumerate(files, start=start):
+    for row, file in enumerate(files):
         header, header_reason, reason, fdig, pdig = None, None, None, None, None
         try:
-            with open(file, "rb") as f:
-                data = f.read()
+            data = read_file(file)
             fdig = file_digest(data)
             pixels, header = decode_image(data, image_size=image_size, channels=channels,
                                           max_pixels=max_pixels)
-            images[row] = pixels
-            pdig = file_digest(pixels.tobytes())
+            rows[row] = pixels
+            pdig = file_digest(rows[row].data)
         except OSError as exc:
             reason = header_reason = _os_error_reason(exc)
         except ImageFileError as exc:
@@ -270,9 +265,10 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int
         if record_headers:
             headers.append((header_reason, 0, 0, "", False) if header is None else
                            (None, header.width, header.height, header.mode, header.grey))
+    cache_files.write_rows(Path(target), shape, start, rows)
     # Training rows of this chunk; rows that failed are zeros and add nothing. Squares of
     # uint8 fit in uint16: a smaller temporary than int64, summed exactly in int64.
-    train = images[start:min(start + len(files), max(start, n_train))]
+    train = rows[:max(0, min(len(files), n_train - start))]
     train = train.transpose(1, 0, 2, 3).reshape(channels, -1)
     sums = np.stack([train.sum(axis=1, dtype=np.int64),
                      np.square(train, dtype=np.uint16).sum(axis=1, dtype=np.int64)])
