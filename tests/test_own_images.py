@@ -33,7 +33,7 @@ from hpsearch.data_utils.own_images import (
     resolve_dataset,
 )
 from hpsearch.data_utils.own_images import cache as cache_files
-from hpsearch.data_utils.own_images.headers import read_header
+from hpsearch.data_utils.own_images.headers import HEAD_BYTES, read_file, read_header
 from hpsearch.data_utils.own_images.preprocess import is_grey
 from hpsearch.data_utils.own_images.splits import assign_splits, find_leakage
 from hpsearch.data_utils.own_images.workers import Progress
@@ -574,3 +574,16 @@ def test_data_inspect_imports_no_torch(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("size", [0, 300, HEAD_BYTES - 1, HEAD_BYTES, HEAD_BYTES + 1,
+                                  (5 << 20) + 7])
+def test_read_file_reads_every_byte_or_the_first_limit(tmp_path, size) -> None:
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    assert read_file(str(path)) == data
+    assert read_file(str(path), HEAD_BYTES) == data[:HEAD_BYTES]
+    assert read_file(str(path), 10) == data[:10]
+    with pytest.raises(FileNotFoundError):
+        read_file(str(tmp_path / "missing.png"))

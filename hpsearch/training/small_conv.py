@@ -107,7 +107,7 @@ class _DepthwiseSmallInput(torch.autograd.Function):
             grads = grad_out.permute(1, 2, 3, 0).reshape(channels, out_h * out_w, n).contiguous()
             pairs = torch.bmm(grads, inputs)  # (C, out positions, in positions)
             taps = _tap_matrix((height, width), (out_h, out_w), tuple(weight.shape[2:]),
-                               stride, padding, dilation).to(pairs.dtype)
+                               stride, padding, dilation)
             grad_w = (pairs.view(channels, -1) @ taps).view(weight.shape)
         if has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
@@ -139,8 +139,7 @@ def _depthwise_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         float32 = type(conv) is Float32DepthwiseConv2d
     else:
         float32 = x.dtype == torch.float32
-    if (not float32 or not torch.is_grad_enabled() or not weight.requires_grad
-            or x.dim() != 4 or x.device.type != "cpu"
+    if (not float32 or not _weight_grad_recorded(weight, x)
             or x.shape[2] * x.shape[3] > weight.shape[2] * weight.shape[3]):
         return type(conv).forward(conv, x)
     with torch.autocast("cpu", enabled=False):  # Float32DepthwiseConv2d's rule, kept
@@ -171,10 +170,15 @@ def _dense_forward(conv: nn.Conv2d, dtype: torch.dtype, x: torch.Tensor) -> torc
                                        conv.padding, conv.dilation)
 
 
+def _weight_grad_recorded(weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """The weight's gradient is recorded, for a batch of images."""
+    return torch.is_grad_enabled() and weight.requires_grad and x.dim() == 4
+
+
 def _recording(weight: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> bool:
     """The weight's gradient is recorded, under ``dtype`` autocast, for a batch of images."""
-    return (torch.is_grad_enabled() and weight.requires_grad and x.dim() == 4
-            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == dtype)
+    return (_weight_grad_recorded(weight, x) and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == dtype)
 
 
 def _forward_for(module: nn.Module, amp_dtype: torch.dtype | None):

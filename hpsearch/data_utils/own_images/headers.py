@@ -41,11 +41,7 @@ def read_header(path: str, *, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image
         ImageFileError: the file is empty, unreadable, not an image, or a decompression bomb.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            head = os.read(fd, HEAD_BYTES)
-        finally:
-            os.close(fd)
+        head = read_file(path, HEAD_BYTES)
     except OSError as exc:
         raise ImageFileError(_os_error_reason(exc)) from None
     header = header_of(head, max_pixels=max_pixels, fallback=path)
@@ -88,21 +84,23 @@ def file_digest(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()[:16]
 
 
-def read_file(path: str) -> bytes:
-    """A file's bytes, with plain ``os.read`` calls (half the time of ``open().read()`` for a
-    small file: 2.6 us against 5.4 us for a 300-byte PNG).
+def read_file(path: str, limit: int | None = None) -> bytes:
+    """A file's bytes (its first ``limit`` bytes, if given), read to the end with plain
+    ``os.read`` calls: half the time of ``open().read()`` for a small file (2.7 us against
+    5.0 us for a 300-byte PNG).
 
     Raises:
         OSError: as ``open`` would.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        data = os.read(fd, HEAD_BYTES)
-        if len(data) < HEAD_BYTES:
-            return data
-        parts = [data]
-        while more := os.read(fd, 1 << 22):
+        parts, size, ask = [], 0, HEAD_BYTES
+        while limit is None or size < limit:
+            more = os.read(fd, ask if limit is None else min(ask, limit - size))
+            if not more:
+                break
             parts.append(more)
+            size, ask = size + len(more), 1 << 22
         return b"".join(parts)
     finally:
         os.close(fd)
