@@ -587,3 +587,23 @@ def test_read_file_reads_every_byte_or_the_first_limit(tmp_path, size) -> None:
     assert read_file(str(path), 10) == data[:10]
     with pytest.raises(FileNotFoundError):
         read_file(str(tmp_path / "missing.png"))
+
+
+def test_a_probe_that_cannot_be_remembered_is_read_again_next_time(tmp_path) -> None:
+    """The remembered header probe is a memo: a cache folder that cannot hold it (here a
+    regular file where its folder should be) costs a second header pass, not the command."""
+    from hpsearch.data_utils.own_images import passes
+    from hpsearch.data_utils.own_images.sources import scan_source
+
+    source = scan_source(class_tree(tmp_path / "p", {"a": 2, "b": 2}))
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    max_pixels = ImageOptions().max_pixels
+    with passes.WorkerPool(1) as pool:
+        probe = passes.probe_source(source, root=tmp_path / "blocked", max_pixels=max_pixels,
+                                    pool=pool, stream=None)
+    assert probe.widths.tolist() == [20] * 4
+    assert passes.load_probe(tmp_path / "blocked", source, max_pixels) is None
+    passes.save_probe(tmp_path / "cache", source, max_pixels, probe)
+    assert passes.load_probe(tmp_path / "cache", source, max_pixels) is not None
+    assert [p.name for p in (tmp_path / "cache" / "probes").iterdir()] == [
+        passes.probe_path(tmp_path / "cache", source, max_pixels).name]  # no temp file left

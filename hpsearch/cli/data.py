@@ -108,6 +108,7 @@ def cache(path, **kwargs) -> None:
     """Decode PATH's images once into the cache a run with the same settings uses (for a
     cluster: once, before the workers start). An existing cache is found, not rebuilt."""
     from hpsearch.data_utils.own_images import ImageDataError, load_images
+    from hpsearch.errors import DiskFull
 
     options = _options(kwargs)
     try:
@@ -115,6 +116,9 @@ def cache(path, **kwargs) -> None:
                               workers=kwargs["workers"], progress=_progress_stream())
     except ImageDataError as exc:
         fail(str(exc))
+    except DiskFull as exc:
+        fail(f"{exc}; nothing of the cache was kept: free some space there or give another "
+             "--cache-dir, and run the same command again", exit_code=exc.exit_code)
     sizes = ", ".join(f"{name} {len(getattr(dataset, name)):,}"
                       for name in ("train", "val", "test"))
     click.echo(f"cache: {dataset.cache_dir}")

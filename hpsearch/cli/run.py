@@ -130,8 +130,8 @@ def run(dataset, spec_path, trials, timeout_s, epochs, train_subset, study_name,
         fail(exc)
     except DiskFull as exc:
         fail(f"{exc}; the study stopped, its finished trials are kept: free some space there "
-             "(or put the stores elsewhere with --storage and --tracking-uri) and run the "
-             "same command to resume", exit_code=exc.exit_code)
+             "(or put the stores elsewhere with --storage and --tracking-uri, the image cache "
+             "with --cache-dir) and run the same command to resume", exit_code=exc.exit_code)
     except KeyboardInterrupt as exc:  # before the study started: nothing to summarise
         sys.exit(getattr(exc, "exit_code", 130))
     _print_summary(summary)

@@ -34,6 +34,9 @@ def disk_full_error(exc: BaseException, *, storage: str, tracking_uri: str,
     """
     if not is_disk_full(exc):
         return None
+    known = _known(exc)
+    if known is not None:  # raised where the full directory was known (an image cache)
+        return known
     named = _named_directories(exc)
     candidates = named[:1] or [_sqlite_directory(storage), _sqlite_directory(tracking_uri),
                                _local_directory(artifact_location),
@@ -49,6 +52,17 @@ def disk_full_error(exc: BaseException, *, storage: str, tracking_uri: str,
         return DiskFull()
     free, directory = min(by_device.values(), key=lambda found: found[0])
     return DiskFull(str(directory), free)
+
+
+def _known(exc: BaseException) -> DiskFull | None:
+    """A :class:`DiskFull` naming its directory in ``exc``'s chain, or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull) and exc.directory is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _named_directories(exc: BaseException) -> list[Path]:

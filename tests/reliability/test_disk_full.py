@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy.exc
+from image_files import class_tree
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -30,7 +31,7 @@ from hpsearch.search.study import run_study
 from hpsearch.studies import load_spec
 from hpsearch.tracking.runs import StudyTracker, TrialRun
 
-from conftest import hpsearch, needs_fashion_mnist, tiny_mlp_spec
+from conftest import cli, hpsearch, needs_fashion_mnist, tiny_mlp_spec
 from observations import record
 
 
@@ -320,3 +321,39 @@ def test_real_full_disk_stops_with_exit_74_and_the_same_command_resumes(small_di
            f"the {kept} finished trials; after freeing space the same command closed the runs "
            "left RUNNING (their Optuna state, the reason) and reached its 8 trials, nothing "
            "RUNNING")
+
+
+def test_a_full_disk_while_decoding_own_images_names_the_cache_folder(small_disk, tmp_path):
+    """`hpsearch data cache` with its cache folder on a full disk: exit 74, one line naming
+    the cache folder (the workers' ENOSPC names no file), nothing of the build left."""
+    class_tree(tmp_path / "photos", {"a": 150, "b": 150}, size=(64, 64))  # 3.7 MB of pixels
+    cache = small_disk / "cache"
+    cache.mkdir()
+    _fill(small_disk, LEFT_FREE_KB * 1024)
+    full = cli(tmp_path, "data", "cache", "photos", "--cache-dir", str(cache))
+    output = full.stdout + full.stderr
+    assert full.returncode == 74, output[-3000:]
+    last = full.stderr.strip().splitlines()[-1]
+    assert re.match(rf"hpsearch: error: no space left on device: {re.escape(str(cache))} has "
+                    r"\d+(\.\d)? [KMG]?B free; nothing of the cache was kept: ", last), last
+    assert "Traceback" not in output
+    assert {p.name for p in cache.iterdir()} <= {"locks", "probes"}
+    record("disk full while `hpsearch data cache` decodes own images (the cache folder on a "
+           f"{TMPFS_MB} MB tmpfs with {LEFT_FREE_KB} KB left free)",
+           "exit code 74, one line 'hpsearch: error: no space left on device: CACHE has N "
+           "free; nothing of the cache was kept: ...', no traceback",
+           "no partial cache: the build's temporary folder removed")
+
+
+def test_a_full_directory_already_known_keeps_its_name(tmp_path):
+    """An image cache's DiskFull names its folder; the run's disk-full check keeps it rather
+    than naming the stores' directory."""
+    known = DiskFull(str(tmp_path / "cache"), 1234)
+    try:
+        try:
+            raise known
+        except DiskFull as exc:
+            raise RuntimeError("while loading the data") from exc
+    except RuntimeError as wrapped:
+        assert disk_full_error(wrapped, storage="sqlite:///x.db",
+                               tracking_uri="sqlite:///y.db") is known

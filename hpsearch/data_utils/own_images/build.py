@@ -24,6 +24,7 @@ from hpsearch.data_utils.own_images.plan import Plan, check_classes, settings_of
 from hpsearch.data_utils.own_images.preprocess import PREPROCESS_VERSION
 from hpsearch.data_utils.own_images.records import SPLITS
 from hpsearch.data_utils.own_images.splits import find_leakage, split_digest
+from hpsearch.errors import DiskFull, is_disk_full
 
 __all__ = ["build_cache"]
 
@@ -33,6 +34,8 @@ def build_cache(plan: Plan) -> cache_files.CacheEntry:
 
     Raises:
         ImageDataError: no file, or no training file of some class, could be used.
+        DiskFull: no space left for the cache; names the cache folder and its free space
+            (nothing of the build is left there).
     """
     rows = np.argsort(plan.splits, kind="stable")  # train, val, test; file order in each
     files = [plan.source.files[r] for r in rows.tolist()]
@@ -52,12 +55,22 @@ def build_cache(plan: Plan) -> cache_files.CacheEntry:
             "built": {"seconds": round(time.perf_counter() - started, 2),
                       "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
         cache_files.finish(temp, plan.final, meta)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, DiskFull) and is_disk_full(exc):
+            raise _disk_full(plan.root) from exc  # a worker's ENOSPC names no file
         raise
     entry = cache_files.open_cache(plan.final, plan.stream)
     assert entry is not None, plan.final
     return entry
+
+
+def _disk_full(root: Path) -> DiskFull:
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    return DiskFull(str(root), free)
 
 
 def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str], target: Path,

@@ -13,6 +13,7 @@ remembered (``probes/``) like a header probe's result, so later loads know the s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Sequence
@@ -100,16 +101,24 @@ def load_probe(root: Path, source: Source, max_pixels: int) -> Probe | None:
 
 
 def save_probe(root: Path, source: Source, max_pixels: int, probe: Probe) -> None:
+    """Remember ``probe`` under ``root`` (atomically). A memo only: where it cannot be
+    written (a full disk, a read-only cache folder) nothing is kept and the headers are read
+    again next time."""
     path = probe_path(root, source, max_pixels)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     rows = np.array(sorted(probe.reasons), dtype=np.int64)
-    with open(temp, "wb") as f:
-        np.savez(f, widths=probe.widths, heights=probe.heights, modes=probe.modes,
-                 grey=probe.grey, digests=probe.digests, has_digest=probe.has_digest,
-                 reason_rows=rows, reason_texts=np.array([probe.reasons[r] for r in rows.tolist()],
-                                                         dtype=str))
-    os.replace(temp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "wb") as f:
+            np.savez(f, widths=probe.widths, heights=probe.heights, modes=probe.modes,
+                     grey=probe.grey, digests=probe.digests, has_digest=probe.has_digest,
+                     reason_rows=rows,
+                     reason_texts=np.array([probe.reasons[r] for r in rows.tolist()],
+                                           dtype=str))
+        os.replace(temp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temp.unlink()
 
 
 def probe_source(source: Source, *, root: Path, max_pixels: int, pool: WorkerPool,
