@@ -176,8 +176,9 @@ def create_images_file(path: Path, shape: tuple[int, int, int, int]) -> None:
 
 def write_rows(path: Path, shape: tuple[int, int, int, int], start: int,
                rows: np.ndarray) -> None:
-    """Write uint8 ``rows`` (K, C, S, S), C-contiguous, as rows ``start .. start + K - 1`` of
-    an ``images.npy`` of ``shape`` made by :func:`create_images_file`.
+    """Write uint8 ``rows`` (K, C, S, S) as rows ``start .. start + K - 1`` of an
+    ``images.npy`` of ``shape`` made by :func:`create_images_file` (copied to C order first
+    when they are not in it).
 
     Raises:
         OSError: the write failed (a full disk: ``ENOSPC``).

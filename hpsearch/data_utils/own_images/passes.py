@@ -28,7 +28,8 @@ from hpsearch.data_utils.own_images.headers import file_digest, header_of, probe
 from hpsearch.data_utils.own_images.preprocess import (
     ImageFileError,
     _os_error_reason,
-    decode_image,
+    bomb_warnings_ignored,
+    decode_pixels,
 )
 from hpsearch.data_utils.own_images.records import Source
 from hpsearch.data_utils.own_images.workers import Progress, WorkerPool, chunked
@@ -176,18 +177,29 @@ class Decoded:
     """What decoding wrote into an ``images.npy`` of N rows.
 
     Attributes:
-        reasons: N entries, why the row's file was skipped, or None.
-        file_digests, pixel_digests: N 16-byte digests (None where unknown).
+        reasons: row -> why the row's file was skipped (rows not listed were decoded).
+        file_digests, pixel_digests: uint8 (N, 16), :func:`file_digest` of each file's
+            bytes and of its decoded pixels (channels last), where ``has_file_digest`` /
+            ``has_pixel_digest`` (bool (N,)) say they are known.
         sums: int64 (2, C): per channel, the sum and the sum of squares of the pixel values
             (0-255) of the training rows (rows below ``n_train``; failed rows add nothing).
         probe: the headers seen, in row order (only when asked for).
     """
 
-    reasons: list[str | None]
-    file_digests: list[bytes | None]
-    pixel_digests: list[bytes | None]
+    reasons: dict[int, str]
+    file_digests: np.ndarray
+    has_file_digest: np.ndarray
+    pixel_digests: np.ndarray
+    has_pixel_digest: np.ndarray
     sums: np.ndarray
     probe: Probe | None
+
+    @property
+    def decoded(self) -> np.ndarray:
+        """bool (N,): the row holds its file's pixels."""
+        ok = np.ones(len(self.file_digests), dtype=bool)
+        ok[list(self.reasons)] = False
+        return ok
 
 
 def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size: int,
@@ -201,84 +213,123 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
     chunks = chunked(range(n), pool.workers)
     tasks = [(str(target), shape, max_pixels, record_headers, n_train, rows.start,
               list(files[rows.start:rows.stop])) for rows in chunks]
-    decoded = Decoded([None] * n, [None] * n, [None] * n, np.zeros((2, channels), np.int64),
+    decoded = Decoded({}, np.zeros((n, 16), np.uint8), np.zeros(n, bool),
+                      np.zeros((n, 16), np.uint8), np.zeros(n, bool),
+                      np.zeros((2, channels), np.int64),
                       Probe.empty(n) if record_headers else None)
     progress = Progress("decoding images", n, stream)
-    for start, reasons, fdigs, pdigs, sums, headers in pool.map_chunks(
-            decode_chunk, tasks, size=n, progress=progress, count=lambda r: len(r[1])):
-        stop = start + len(reasons)
-        decoded.reasons[start:stop] = reasons
-        decoded.file_digests[start:stop], decoded.pixel_digests[start:stop] = fdigs, pdigs
-        decoded.sums[...] += sums
+    for result in pool.map_chunks(decode_chunk, tasks, size=n, progress=progress,
+                                  count=lambda r: r.stop - r.start):
+        rows = slice(result.start, result.stop)
+        decoded.reasons.update({result.start + i: r for i, r in result.reasons.items()})
+        decoded.file_digests[rows], decoded.has_file_digest[rows] = result.file_digests
+        decoded.pixel_digests[rows], decoded.has_pixel_digest[rows] = result.pixel_digests
+        decoded.sums[...] += result.sums
         if decoded.probe is not None:
-            _record(decoded.probe, start, headers, fdigs)
-    skipped = sum(r is not None for r in decoded.reasons)
+            _record(decoded.probe, result)
+    skipped = len(decoded.reasons)
     progress.close(f"{skipped} skipped" if skipped else "")
     return decoded
 
 
-def _record(probe: Probe, start: int, headers: list[tuple], digests: list[bytes | None]
-            ) -> None:
-    """Store one chunk's headers: (reason or None, width, height, mode, grey) per file."""
-    stop = start + len(headers)
-    reasons, widths, heights, modes, grey = zip(*headers)
-    probe.widths[start:stop], probe.heights[start:stop] = widths, heights
-    probe.modes[start:stop], probe.grey[start:stop] = modes, grey
-    probe.reasons.update({start + i: r for i, r in enumerate(reasons) if r is not None})
-    have = [i for i, d in enumerate(digests) if d is not None]
-    if have:
-        probe.digests[[start + i for i in have]] = np.frombuffer(
-            b"".join(digests[i] for i in have), np.uint8).reshape(-1, 16)
-        probe.has_digest[[start + i for i in have]] = True
+def _record(probe: Probe, result: _Chunk) -> None:
+    """Store one chunk's headers in ``probe`` (rows ``result.start`` on)."""
+    assert result.headers is not None
+    rows = slice(result.start, result.stop)
+    reasons, probe.widths[rows], probe.heights[rows], probe.modes[rows], probe.grey[rows] = (
+        result.headers)
+    probe.reasons.update({result.start + i: r for i, r in reasons.items()})
+    probe.digests[rows], probe.has_digest[rows] = result.file_digests
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """What a worker sends back for one chunk: arrays, not a Python object per file (the
+    process collecting them shares the cores with the workers).
+
+    Attributes:
+        start, stop: its rows.
+        reasons: index in the chunk -> why that file was skipped.
+        file_digests, pixel_digests: (uint8 (K, 16), bool (K,) known).
+        sums: int64 (2, C), see :class:`Decoded`.
+        headers: when recorded, as a header probe reads them: (index -> why the header is
+            unusable, widths int32 (K,), heights int32 (K,), modes str (K,), grey bool (K,)).
+    """
+
+    start: int
+    stop: int
+    reasons: dict[int, str]
+    file_digests: tuple[np.ndarray, np.ndarray]
+    pixel_digests: tuple[np.ndarray, np.ndarray]
+    sums: np.ndarray
+    headers: tuple[dict[int, str], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
+
+
+def _digests(digests: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    known = np.array([d is not None for d in digests], dtype=bool)
+    blank = bytes(16)
+    joined = b"".join(blank if d is None else d for d in digests)
+    return np.frombuffer(joined, np.uint8).reshape(-1, 16), known
 
 
 def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int, list[str]]
-                 ) -> tuple[int, list, list, list, np.ndarray, list]:
-    """Decode consecutive files into rows ``start, start + 1, ...`` of the cache being built
-    (one ``os.pwrite`` of the chunk's rows: writing them through a memory map of the new,
-    sparse file cost twice as much per row).
+                 ) -> _Chunk:
+    """Decode consecutive files into rows ``start, start + 1, ...`` of the cache being built.
+
+    Each file's pixels stay Pillow's bytes (channels last) until the chunk's rows are joined,
+    moved to channels first in one array operation for RGB, and written with one
+    ``os.pwrite`` (an array per image, or writing row by row through a memory map of the new
+    sparse file, cost up to a third of decoding a small PNG).
 
     Returns:
-        (start, why each file was skipped or None, file digests, pixel digests, int64 (2, C)
-        per-channel sum and sum of squares of the pixels of the chunk's training rows, and
-        when headers are recorded (why the header is unusable or None, width, height, mode,
-        grey) per file, as a header probe reads them; else []).
+        The chunk's :class:`_Chunk`.
     """
     target, shape, max_pixels, record_headers, n_train, start, files = task
     channels, image_size = shape[1], shape[2]
-    rows = np.zeros((len(files), *shape[1:]), dtype=np.uint8)  # a failed file's row: zeros
-    reasons: list[str | None] = []
+    blank = bytes(channels * image_size * image_size)  # a failed file's row: zeros
+    parts: list[bytes] = []
+    reasons: dict[int, str] = {}
     fdigs: list[bytes | None] = []
     pdigs: list[bytes | None] = []
     headers: list[tuple] = []
-    for row, file in enumerate(files):
-        header, header_reason, reason, fdig, pdig = None, None, None, None, None
-        try:
-            data = read_file(file)
-            fdig = file_digest(data)
-            pixels, header = decode_image(data, image_size=image_size, channels=channels,
-                                          max_pixels=max_pixels)
-            rows[row] = pixels
-            pdig = file_digest(rows[row].data)
-        except OSError as exc:
-            reason = header_reason = _os_error_reason(exc)
-        except ImageFileError as exc:
-            reason = exc.reason
-            try:  # what the header alone says, as a header probe (and inspect) reads it
-                header = header_of(data, max_pixels=max_pixels, fallback=data)
-            except ImageFileError as header_exc:
-                header_reason = header_exc.reason
-        reasons.append(header_reason or reason)
-        fdigs.append(fdig)
-        pdigs.append(pdig)
-        if record_headers:
-            headers.append((header_reason, 0, 0, "", False) if header is None else
-                           (None, header.width, header.height, header.mode, header.grey))
-    cache_files.write_rows(Path(target), shape, start, rows)
+    with bomb_warnings_ignored():
+        for i, file in enumerate(files):
+            header, header_reason, reason, fdig, pdig, pixels = None, None, None, None, None, blank
+            try:
+                data = read_file(file)
+                fdig = file_digest(data)
+                pixels, header = decode_pixels(data, image_size=image_size, channels=channels,
+                                               max_pixels=max_pixels)
+                pdig = file_digest(pixels)
+            except OSError as exc:
+                reason = header_reason = _os_error_reason(exc)
+            except ImageFileError as exc:
+                reason = exc.reason
+                try:  # what the header alone says, as a header probe (and inspect) reads it
+                    header = header_of(data, max_pixels=max_pixels, fallback=data)
+                except ImageFileError as header_exc:
+                    header_reason = header_exc.reason
+            parts.append(pixels)
+            if header_reason or reason:
+                reasons[i] = header_reason or reason
+            fdigs.append(fdig)
+            pdigs.append(pdig)
+            if record_headers:
+                headers.append((header_reason, 0, 0, "", False) if header is None else
+                               (None, header.width, header.height, header.mode, header.grey))
+    rows = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(
+        len(files), image_size, image_size, channels)
+    cache_files.write_rows(Path(target), shape, start, rows.transpose(0, 3, 1, 2))
     # Training rows of this chunk; rows that failed are zeros and add nothing. Squares of
     # uint8 fit in uint16: a smaller temporary than int64, summed exactly in int64.
-    train = rows[:max(0, min(len(files), n_train - start))]
-    train = train.transpose(1, 0, 2, 3).reshape(channels, -1)
-    sums = np.stack([train.sum(axis=1, dtype=np.int64),
-                     np.square(train, dtype=np.uint16).sum(axis=1, dtype=np.int64)])
-    return start, reasons, fdigs, pdigs, sums, headers
+    train = rows[:max(0, min(len(files), n_train - start))].reshape(-1, channels)
+    sums = np.stack([train.sum(axis=0, dtype=np.int64),
+                     np.square(train, dtype=np.uint16).sum(axis=0, dtype=np.int64)])
+    recorded = None
+    if record_headers:
+        header_reasons, widths, heights, modes, grey = zip(*headers)
+        recorded = ({i: r for i, r in enumerate(header_reasons) if r is not None},
+                    np.array(widths, np.int32), np.array(heights, np.int32),
+                    np.array(modes, "<U8"), np.array(grey, bool))
+    return _Chunk(start, start + len(files), reasons, _digests(fdigs), _digests(pdigs), sums,
+                  recorded)

@@ -25,9 +25,11 @@ Bump :data:`PREPROCESS_VERSION` with any change here that changes a pixel: the c
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -37,7 +39,8 @@ from hpsearch.data_utils.own_images.records import os_reason
 from hpsearch.errors import first_line
 
 __all__ = ["FORMATS", "MAX_IMAGE_PIXELS", "MODE_RULES", "PREPROCESS_VERSION", "ImageFileError",
-           "ImageHeader", "decode_image", "is_grey", "open_image", "preprocess_image"]
+           "ImageHeader", "bomb_warnings_ignored", "decode_image", "decode_pixels", "is_grey",
+           "open_image", "preprocess_image"]
 
 PREPROCESS_VERSION = 1
 MAX_IMAGE_PIXELS = 89_478_485
@@ -97,6 +100,17 @@ def is_grey(image: Image.Image) -> bool:
     return bool((entries[:, 0] == entries[:, 1]).all() and (entries[:, 1] == entries[:, 2]).all())
 
 
+@contextlib.contextmanager
+def bomb_warnings_ignored() -> Iterator[None]:
+    """Pillow's ``DecompressionBombWarning`` silenced (the image size is checked against
+    ``max_pixels`` right after opening instead). Entered once around a loop of
+    :func:`decode_pixels` calls: entering it costs as much as a tenth of decoding a small PNG.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def open_image(source: bytes | str | os.PathLike[str], *,
                max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image file without decoding its pixels; check its declared size.
@@ -105,14 +119,17 @@ def open_image(source: bytes | str | os.PathLike[str], *,
         ImageFileError: empty, not an image of :data:`FORMATS`, unreadable, or a
             decompression bomb (more than ``max_pixels`` pixels declared).
     """
+    with bomb_warnings_ignored():
+        return _open(source, max_pixels)
+
+
+def _open(source: bytes | str | os.PathLike[str], max_pixels: int) -> Image.Image:
+    """:func:`open_image`, with Pillow's bomb warning left to the caller."""
     if isinstance(source, bytes) and not source:
         raise ImageFileError("empty file")
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above its own limit; ours is checked right after.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(fp, formats=FORMATS)
+        image = Image.open(fp, formats=FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageFileError(f"decompression bomb: {exc}") from None
     except UnidentifiedImageError:
@@ -156,11 +173,29 @@ def preprocess_image(source: bytes | str | os.PathLike[str], *, image_size: int,
 def decode_image(source: bytes | str | os.PathLike[str], *, image_size: int, channels: int,
                  max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, ImageHeader]:
     """:func:`preprocess_image` (a read-only array), also returning what the file declares."""
+    with bomb_warnings_ignored():
+        pixels, header = decode_pixels(source, image_size=image_size, channels=channels,
+                                       max_pixels=max_pixels)
+    array = np.frombuffer(pixels, dtype=np.uint8).reshape(image_size, image_size, channels)
+    return array.transpose(2, 0, 1), header
+
+
+def decode_pixels(source: bytes | str | os.PathLike[str], *, image_size: int, channels: int,
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[bytes, ImageHeader]:
+    """The work of :func:`preprocess_image`, the pixels as Pillow gives them: bytes of a
+    uint8 (image_size, image_size, channels) array (channels last), and what the file
+    declares. For a loop over many files (a cache build's chunk): no array per image, and
+    Pillow's bomb warning, for an image this function refuses anyway, is the caller's to
+    silence (:func:`bomb_warnings_ignored`).
+
+    Raises:
+        ImageFileError, ValueError: as :func:`preprocess_image`.
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size!r}")
-    image = open_image(source, max_pixels=max_pixels)
+    image = _open(source, max_pixels)
     fmt, (width, height), mode = image.format, image.size, image.mode
     try:
         with image:
@@ -171,18 +206,16 @@ def decode_image(source: bytes | str | os.PathLike[str], *, image_size: int, cha
                 ImageOps.exif_transpose(image, in_place=True)
             image = _to_mode(image, "L" if channels == 1 else "RGB")
             width, height = image.size
-            side = min(width, height)
-            box = ((width - side) / 2, (height - side) / 2, (width + side) / 2,
-                   (height + side) / 2)
             if (width, height) != (image_size, image_size):
+                side = min(width, height)
+                box = ((width - side) / 2, (height - side) / 2, (width + side) / 2,
+                       (height + side) / 2)
                 image = image.resize((image_size, image_size), RESAMPLE, box=box)
-            array = np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(
-                image_size, image_size, -1)
+            return image.tobytes(), header
     except ImageFileError:
         raise
     except Exception as exc:
         raise ImageFileError(f"{fmt + ' ' if fmt else ''}{_describe(exc)}") from None
-    return array.transpose(2, 0, 1), header
 
 
 _ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
