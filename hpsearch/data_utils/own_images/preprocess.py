@@ -199,7 +199,8 @@ def decode_pixels(source: bytes | str | os.PathLike[str], *, image_size: int, ch
     fmt, (width, height), mode = image.format, image.size, image.mode
     try:
         with image:
-            image.draft(None, (image_size, image_size))  # JPEG only; a no-op for the others
+            if min(width, height) >= 2 * image_size:  # else libjpeg would decode at 1/1
+                image.draft(None, (image_size, image_size))  # JPEG only; a no-op for others
             image.load()
             header = ImageHeader(width, height, mode, is_grey(image))
             if _may_be_oriented(image):  # reading the EXIF costs more than decoding a thumbnail
