@@ -44,7 +44,7 @@ def run(*, dataset: str | None = None, spec: str | Path | StudySpec | None = Non
     Args:
         dataset: a registered data set whose built-in study to run (``fashion_mnist``,
             ``mnist``, ``cifar10``), or the path of a folder of your own images (one
-            sub-folder per class) or of a .csv/.jsonl manifest, whose built-in study is
+            sub-folder per class) or of a .csv/.tsv/.jsonl manifest, whose built-in study is
             ``own_images`` (``hpsearch spec show own_images``); a registered name wins over
             a path of the same name. Default ``fashion_mnist`` unless ``spec`` is given.
         spec: a study spec file's path, or a :class:`~hpsearch.studies.StudySpec`.

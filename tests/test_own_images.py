@@ -207,7 +207,9 @@ def test_hidden_files_and_folders_and_non_images_are_ignored(tmp_path) -> None:
 
 @pytest.mark.parametrize("layout, message", [
     ({"train/a": 2, "other/a": 2}, "holds split folders (train/ ...) and other folders"),
-    ({"train/a": 2, "val/a": 1, "validation/a": 1}, "both val/ and validation/"),
+    ({"train/a": 2, "val/a": 1, "validation/a": 1}, "holds val/ and validation/, each a "
+                                                     "validation split; keep one"),
+    ({"train/a": 2, "valid/a": 1, "val/a": 1}, "holds val/ and valid/"),
 ])
 def test_an_ambiguous_folder_layout_is_one_clear_error(tmp_path, layout, message) -> None:
     for folder, count in layout.items():
@@ -230,6 +232,44 @@ def test_a_csv_manifest_with_relative_paths_and_a_split_column(tmp_path) -> None
     assert sum(data.counts["val"]) == 1 and sum(data.counts["train"]) == 9
     assert data.split_origin["test"] == "column" and data.split_origin["val"] == "carved"
     assert images.exists()
+
+
+def test_roboflows_valid_folder_is_the_validation_split(tmp_path) -> None:
+    root = tmp_path / "export"
+    class_tree(root, {"a": 6, "b": 6}, split="train")
+    class_tree(root, {"a": 2, "b": 1}, split="valid")
+    class_tree(root, {"a": 1, "b": 2}, split="test")
+    data = load(root, tmp_path)
+    assert data.counts == {"train": (6, 6), "val": (2, 1), "test": (1, 2)}
+    assert data.split_origin == {"train": "folders", "val": "folders", "test": "folders"}
+
+
+@pytest.mark.parametrize("suffix, delimiter, bom", [
+    (".csv", ";", False), (".csv", ";", True), (".csv", "\t", False), (".csv", "|", False),
+    (".tsv", "\t", False), (".csv", ",", True)])
+def test_a_manifests_delimiter_follows_its_header_row(tmp_path, suffix, delimiter, bom
+                                                      ) -> None:
+    class_tree(tmp_path / "files", {"x": 6, "y": 6})
+    rows = [delimiter.join(("path", "label", "split"))]
+    rows += [delimiter.join((f"files/{c}/{i}.png", c, ("Valid", "TEST", "train", "")[i % 4]))
+             for c in ("x", "y") for i in range(6)]
+    manifest = tmp_path / f"m{suffix}"
+    manifest.write_text(("\ufeff" if bom else "") + "\n".join(rows) + "\n", encoding="utf-8")
+    data = load(manifest, tmp_path)
+    assert data.class_names == ("x", "y") and data.skipped == ()
+    assert data.counts["val"] == (2, 2) and data.counts["test"] == (2, 2)
+    assert data.counts["train"] == (2, 2) and data.split_origin["val"] == "column"
+
+
+def test_a_split_cell_of_no_known_split_skips_its_row_naming_the_values(tmp_path) -> None:
+    class_tree(tmp_path / "files", {"x": 6, "y": 6})
+    rows = ["path,label,split"] + [f"files/{c}/{i}.png,{c},{'dev' if i == 5 else 'train'}"
+                                   for c in ("x", "y") for i in range(6)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    data = load(tmp_path / "m.csv", tmp_path)
+    assert [(s.path, s.reason) for s in data.skipped] == [
+        (f"files/{c}/5.png", f"line {line}: split 'dev' is not train, val (valid, validation) "
+                             "or test") for c, line in (("x", 7), ("y", 13))]
 
 
 def test_a_jsonl_manifest_with_its_own_column_names_and_numeric_labels(tmp_path) -> None:

@@ -62,7 +62,8 @@ def _options(kwargs: dict[str, Any]) -> Any:
 @main.group(short_help="Look at a folder or manifest of your own images; decode it ahead.")
 def data() -> None:
     """Your own images: a folder with one sub-folder per class (optionally under train/,
-    val/ and test/), or a CSV / JSONL manifest with path, label and optional split columns."""
+    val/ and test/), or a CSV / TSV / JSONL manifest with path, label and optional split
+    columns."""
 
 
 @data.command(short_help="Classes, splits, sizes, skipped files, leakage; no training.")

@@ -28,7 +28,7 @@ from hpsearch.studies import SpecError, load_spec
 @main.command(short_help="Search hyperparameters; track, register and resume.")
 @click.option("--dataset", default=None, help=(
     f"Data set whose built-in study to run: {', '.join(list_datasets())}, or the path of a "
-    "folder of your own images (a sub-folder per class) or of a .csv/.jsonl manifest "
+    "folder of your own images (a sub-folder per class) or of a .csv/.tsv/.jsonl manifest "
     "(default: fashion_mnist)."))
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), default=None,
               help="Your own study spec (YAML); see hpsearch/studies/*.yaml.")

@@ -143,7 +143,7 @@ class SpecFile(_Strict):
 
     dataset: str = Field(description="a registered data set (fashion_mnist, mnist, cifar10), "
                                      "or the path of a folder of your own images or of a "
-                                     ".csv/.jsonl manifest (relative to the spec file's "
+                                     ".csv/.tsv/.jsonl manifest (relative to the spec file's "
                                      "folder); a registered name wins over a path")
     epochs: int = Field(10, ge=1, description="most epochs one trial trains (Hyperband's "
                                               "max_resource)")

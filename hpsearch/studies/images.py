@@ -66,7 +66,7 @@ def resolve_dataset_key(name: str, base: Path | None) -> str:
         raise ValueError("dataset", (
             f"{name!r} is not a registered data set (one of {', '.join(registered)}) and no "
             f"file or folder of that name exists{where}; a folder of images or a "
-            ".csv/.jsonl manifest must exist")) from None
+            ".csv/.tsv/.jsonl manifest must exist")) from None
 
 
 def image_settings(file: SpecFile) -> ImageSettings:

@@ -283,7 +283,7 @@ def spec_schema() -> dict[str, Any]:
     properties = schema["properties"]
     properties["dataset"] |= {"anyOf": [
         {"enum": list_datasets()},
-        {"type": "string", "description": "a folder of images or a .csv/.jsonl manifest"}]}
+        {"type": "string", "description": "a folder of images or a .csv/.tsv/.jsonl manifest"}]}
     properties["dataset"].pop("type", None)
     properties["metric"]["enum"] = list(METRICS)
     for kind, names in (("sampler", SAMPLERS), ("pruner", PRUNERS)):

@@ -227,7 +227,7 @@ UNUSABLE = {
     "a path that does not exist": (lambda root: None, "nothing/here", "does not exist"),
     "a zip archive of the folder": (
         lambda root: (root / "photos.zip").write_bytes(b"PK\x05\x06" + bytes(18)),
-        "photos.zip", "neither a folder of images nor a manifest (a .csv or .jsonl file); "
+        "photos.zip", "neither a folder of images nor a manifest (a .csv, .tsv or .jsonl file); "
                       "an archive: unpack it and give the folder"),
 }
 

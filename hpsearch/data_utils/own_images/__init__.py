@@ -1,5 +1,5 @@
 """Your own images as a data set: a folder with one sub-folder per class (optionally under
-``train/``, ``val/``, ``test/``) or a CSV / JSONL manifest, decoded once into a cache of
+``train/``, ``val/``, ``test/``) or a CSV / TSV / JSONL manifest, decoded once into a cache of
 uint8 arrays and split without leakage. Needs numpy and Pillow, never torch.
 
 Entry points:

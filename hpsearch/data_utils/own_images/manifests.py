@@ -1,6 +1,9 @@
-"""A CSV or JSONL manifest: one image per row (JSONL: per line, a JSON object), with a path
-column, a label column and an optional split column (``train``, ``val`` or ``validation``,
-``test``; an empty cell means ``train``). Relative paths are relative to the manifest's folder.
+"""A CSV, TSV or JSONL manifest: one image per row (JSONL: per line, a JSON object), with a
+path column, a label column and an optional split column (``train``, ``val``, ``valid`` or
+``validation``, ``test``, in any case; an empty cell means ``train``). Relative paths are
+relative to the manifest's folder. A ``.csv`` file's delimiter is the comma, unless its header
+row has none and has a semicolon (a spreadsheet's export where the comma is the decimal
+mark), a tab or a ``|``; a ``.tsv`` file's is the tab.
 The formats of Ludwig (a CSV of paths) and Azure ML's AutoML for images (JSONL, with
 ``path_column="image_url"``) fit this.
 
@@ -97,7 +100,7 @@ def _check_row(folder: Path, name: str, label: str,
     if not label:
         return "empty label", "", None
     if split and split.lower() not in SPLIT_FOLDERS:
-        return f"split {split!r} is not train, val or test", "", None
+        return f"split {split!r} is not train, val (valid, validation) or test", "", None
     file = os.path.normpath(folder / name)
     try:
         st = os.stat(file)
@@ -116,13 +119,25 @@ def _check_row(folder: Path, name: str, label: str,
 def _read_csv(path: Path) -> tuple[list[Row], set[str]]:
     # utf-8-sig: spreadsheet programs start their CSV files with a byte-order mark.
     with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+        delimiter = _delimiter(path, f.readline())
+        f.seek(0)
+        reader = csv.DictReader(f, delimiter=delimiter)
         columns = {c.strip() for c in reader.fieldnames or ()}
         rows = [(reader.line_num, {k.strip(): v for k, v in row.items() if k is not None})
                 for row in reader]
     if not columns:
         raise ImageDataError(f"{path}: empty manifest (no header row)")
     return rows, columns
+
+
+def _delimiter(path: Path, header: str) -> str:
+    """The tab for a .tsv; else the comma, or the first of ``;``, tab, ``|`` found in a
+    header row without a comma."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    if "," in header:
+        return ","
+    return next((d for d in (";", "\t", "|") if d in header), ",")
 
 
 def _read_jsonl(path: Path) -> tuple[list[Row], set[str]]:

@@ -23,10 +23,12 @@ UNREAD_IMAGE_FORMATS = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".dng
                         ".cr2": "raw", ".cr3": "raw", ".nef": "raw", ".arw": "raw",
                         ".raf": "raw", ".orf": "raw", ".rw2": "raw", ".svg": "SVG",
                         ".psd": "Photoshop"}
-MANIFEST_SUFFIXES = (".csv", ".jsonl")
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
 SPLITS = ("train", "val", "test")
 """Split names; a split's code is its index here, ``-1`` for a file no split was given for."""
-SPLIT_FOLDERS = {"train": 0, "val": 1, "validation": 1, "test": 2}
+SPLIT_FOLDERS = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+"""Split folder names (and split column values, any case) -> split code; ``valid/`` is
+Roboflow's export."""
 
 
 class ImageDataError(ValueError):

@@ -5,9 +5,9 @@ Two forms:
 
 - a folder with one sub-folder per class (torchvision ``ImageFolder``'s rule: class names are
   the sorted sub-folder names, files found recursively below each), optionally split at the
-  top into ``train/``, ``val/`` (or ``validation/``) and ``test/`` folders that each hold the
-  class folders;
-- a CSV or JSONL manifest (see :mod:`.manifests`).
+  top into ``train/``, ``val/`` (or ``valid/``, ``validation/``) and ``test/`` folders that
+  each hold the class folders;
+- a CSV, TSV or JSONL manifest (see :mod:`.manifests`).
 
 Where this differs from torchvision, on purpose: names starting with ``.`` are ignored (the
 ``.ipynb_checkpoints`` folder is not a class, ``._photo.jpg`` from macOS is not a photo); a
@@ -67,7 +67,7 @@ def resolve_dataset(name: str | os.PathLike[str]) -> str | Path:
         return path.resolve()
     raise ValueError(f"unknown dataset {str(name)!r}: not a registered data set (one of "
                      f"{', '.join(registered)}) and no file or folder of that name exists; "
-                     "a folder of images or a .csv/.jsonl manifest must exist")
+                     "a folder of images or a .csv/.tsv/.jsonl manifest must exist")
 
 
 def dataset_display_name(path: str | os.PathLike[str]) -> str:
@@ -87,7 +87,7 @@ def scan_source(path: str | os.PathLike[str], *, path_column: str = "path",
 
     Args:
         path: a folder (one sub-folder per class, optionally under ``train/``, ``val/``,
-            ``test/``) or a ``.csv`` / ``.jsonl`` manifest.
+            ``test/``) or a ``.csv`` / ``.tsv`` / ``.jsonl`` manifest.
         path_column, label_column, split_column: a manifest's column (JSONL: key) names; an
             absent split column means no split is given.
 
@@ -108,9 +108,9 @@ def scan_source(path: str | os.PathLike[str], *, path_column: str = "path",
                                split_column=split_column)
     else:
         archive = root.name.lower().endswith(_ARCHIVE_SUFFIXES)
-        raise ImageDataError(f"{root}: neither a folder of images nor a manifest (a .csv or "
-                             ".jsonl file)" + ("; an archive: unpack it and give the folder"
-                                               if archive else ""))
+        raise ImageDataError(f"{root}: neither a folder of images nor a manifest (a .csv, "
+                             ".tsv or .jsonl file)"
+                             + ("; an archive: unpack it and give the folder" if archive else ""))
     _check_usable(source)
     return _with_digest(source)
 
@@ -150,8 +150,10 @@ def _scan_folder(root: Path) -> Source:
             raise ImageDataError(f"{root}: holds split folders (train/ ...) and other folders "
                                  f"({', '.join(o + '/' for o in others)}); put class folders "
                                  "inside train/, val/ and test/ only")
-        if {"val", "validation"} <= split_folders:
-            raise ImageDataError(f"{root}: holds both val/ and validation/; keep one")
+        vals = sorted(name for name in split_folders if SPLIT_FOLDERS[name] == 1)
+        if len(vals) > 1:
+            raise ImageDataError(f"{root}: holds {' and '.join(v + '/' for v in vals)}, "
+                                 "each a validation split; keep one")
         parts = [(root / name, name + "/", SPLIT_FOLDERS[name]) for name in sorted(folders)]
     else:
         parts = [(root, "", -1)]
