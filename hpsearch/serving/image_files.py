@@ -52,6 +52,7 @@ whatever anyone sends. Measured growth of a process's peak memory in ``preproces
 an 81 MP transparent PNG of 337 KB, 3.7 GB (the alpha path composites in 32-bit copies);
 at 24 MP, 1.1 GB transparent (105 KB), 0.44 GB 16-bit grey, 0.12 GB RGB, and 3 MB as a JPEG
 (decoded at 1/8 scale)."""
+_URL_SAFE = str.maketrans("-_", "+/")
 _DATA_URL = "data:"  # "data:image/png;base64,...", as a browser's FileReader gives
 
 
@@ -103,8 +104,9 @@ def files_to_pixels(files: Sequence[Any], preprocessing: Preprocessing, *,
     """Decode a request's image files into the pixels of the model.
 
     Args:
-        files: per image, the file's bytes base64-encoded (standard alphabet, line breaks
-            and a ``data:...;base64,`` prefix allowed) as a string, or the raw bytes.
+        files: per image, the file's bytes base64-encoded (the standard or the URL-safe
+            alphabet, padded or not; line breaks and a ``data:...;base64,`` prefix allowed)
+            as a string, or the raw bytes.
         preprocessing: the model's image size, channels and pixel limit.
         max_batch: most images.
         max_image_bytes: most bytes of one file (after base64 decoding).
@@ -178,9 +180,12 @@ def _file_bytes(value: Any, index: int) -> bytes:
                             f"{got}")
     if value.startswith(_DATA_URL):
         value = value.partition(",")[2]
-    try:  # line breaks are fine (base64 tools wrap); other characters outside the alphabet
-        # are an error, not silently dropped
-        content = base64.b64decode("".join(value.split()), validate=True)
+    text = "".join(value.split())  # line breaks are fine: base64 tools wrap
+    if "-" in text or "_" in text:  # the URL- and file-name-safe alphabet (RFC 4648, 5)
+        text = text.translate(_URL_SAFE)
+    text += "=" * (-len(text) % 4)  # the padding, which base64url often leaves out
+    try:  # other characters outside the alphabet are an error, not silently dropped
+        content = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidImages(f"image {index}: not base64-encoded ({exc})") from None
     if not content:
