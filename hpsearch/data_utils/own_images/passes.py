@@ -38,6 +38,7 @@ __all__ = ["Probe", "decode_files", "load_probe", "probe_source", "save_probe"]
 
 PROBE_VERSION = 3  # 3: file digests are SHA-256's (were BLAKE2b's)
 SAMPLE = 256  # files whose headers decide a first build's guess
+CHUNK_BYTES = 8 << 20  # decoded pixels per chunk, at most 1,024 files: few results to collect
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,8 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
     n = len(files)
     shape = (n, channels, image_size, image_size)
     cache_files.create_images_file(target, shape)
-    chunks = chunked(range(n), pool.workers)
+    row_bytes = channels * image_size * image_size
+    chunks = chunked(range(n), pool.workers, most=max(16, min(1024, CHUNK_BYTES // row_bytes)))
     tasks = [(str(target), shape, max_pixels, record_headers, n_train, rows.start,
               list(files[rows.start:rows.stop])) for rows in chunks]
     decoded = Decoded({}, np.zeros((n, 16), np.uint8), np.zeros(n, bool),
