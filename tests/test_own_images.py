@@ -193,6 +193,18 @@ def test_split_folders_give_the_splits_and_a_missing_one_is_carved(tmp_path) -> 
     assert all(f.startswith("validation/") for f in data.files["val"])
 
 
+def test_every_extension_pillow_gives_the_decoded_formats_is_an_image(tmp_path) -> None:
+    root = tmp_path / "p"
+    kinds = {".jfif": "JPEG", ".JPE": "JPEG", ".mpo": "JPEG", ".pbm": "PPM", ".pnm": "PPM",
+             ".apng": "PNG", ".Tif": "TIFF", ".webp": "WEBP"}
+    for i, (suffix, fmt) in enumerate(kinds.items()):
+        for label in ("a", "b"):
+            mode = "1" if suffix == ".pbm" else "RGB"
+            write(root / label / f"{i}{suffix}", noise("RGB", (20, 16)).convert(mode), fmt)
+    data = load(root, tmp_path, val_fraction=0.25, test_fraction=0.25)
+    assert data.skipped == () and sum(len(f) for f in data.files.values()) == 2 * len(kinds)
+
+
 def test_hidden_files_and_folders_and_non_images_are_ignored(tmp_path) -> None:
     root = class_tree(tmp_path / "p", {"a": 3, "b": 3})
     (root / ".ipynb_checkpoints").mkdir()

@@ -14,8 +14,11 @@ __all__ = ["IMAGE_EXTENSIONS", "MANIFEST_SUFFIXES", "SPLITS", "SPLIT_FOLDERS",
            "sort_labels", "unread_format_reason"]
 
 # torchvision.datasets.folder.IMG_EXTENSIONS plus .gif (the first frame of a GIF is used).
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff",
-                    ".webp")
+IMAGE_EXTENSIONS = (".apng", ".bmp", ".gif", ".jfif", ".jpe", ".jpeg", ".jpg", ".mpo", ".pbm",
+                    ".pgm", ".png", ".pnm", ".ppm", ".tif", ".tiff", ".webp")
+"""Names of the files a folder's images are (any case): Pillow's extensions for the formats
+decoded (preprocess.FORMATS), torchvision's ``IMG_EXTENSIONS`` and more (``.jfif``: a JPEG as
+Windows saves it from a browser)."""
 # Photo formats the decoder does not open (preprocess.FORMATS): skipped with a reason, from a
 # folder or a manifest (a user with a folder of iPhone photos should hear why they were left
 # out), not ignored like a .txt.
