@@ -220,7 +220,7 @@ def _manifest(text: str, name: str = "m.csv") -> Callable[[Path], None]:
 UNUSABLE = {
     "only one class": (_one_class, "", "only one class ('only'); a classifier needs at least "
                                        "two"),
-    "a folder with no images": (_no_images, "", "no image files (looked for .bmp"),
+    "a folder with no images": (_no_images, "", "no image files (looked for .apng, .bmp"),
     "a manifest without its label column": (
         _manifest("path,class\nimg/a/0.png,a\n"), "m.csv",
         "no 'label' column (columns found: class, path)"),
