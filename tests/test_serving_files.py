@@ -357,6 +357,25 @@ def test_predict_reports_each_file_it_cannot_use_on_its_own_line_and_predicts_th
     assert errors[3].startswith(f"hpsearch: error: {broken}: PNG truncated or corrupt")
 
 
+def test_predict_given_a_folder_classifies_the_images_below_it(grey_champion, tmp_path):
+    photos = tmp_path / "photos"
+    files = [write(photos / "b.png", noise("L", (30, 30), seed=1)),
+             write(photos / "cats" / "a.JPG", noise("RGB", (50, 40), seed=2), "JPEG")]
+    np.save(photos / "cats" / "c.npy", np.asarray(noise("L", (28, 28), seed=3)))
+    files.append(photos / "cats" / "c.npy")
+    (photos / "notes.txt").write_text("not an image")
+    write(photos / ".hidden" / "x.png", noise("L", (30, 30)))
+    write(photos / "._b.png", noise("L", (30, 30)))
+    (tmp_path / "empty").mkdir()
+    result = predict(grey_champion, str(photos), str(tmp_path / "empty"), "--model",
+                     grey_champion.name)
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()] == sorted(
+        str(f) for f in files)
+    assert result.stderr.splitlines()[1].startswith(
+        f"hpsearch: error: {tmp_path / 'empty'}: a folder holding no image file (looked for")
+
+
 def test_predict_exits_2_when_no_image_could_be_classified(grey_champion, tmp_path):
     text = tmp_path / "a.png"
     text.write_text("text")

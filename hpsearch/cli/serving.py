@@ -27,14 +27,14 @@ model_option = click.option(
 
 
 @main.command(short_help="Classify image files with the champion (or any logged model).")
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @model_option
 @click.option("--run", "run_id", default=None,
               help="Use the model logged in this MLflow run instead of a registered one.")
 @tracking_uri_option
 def predict(images, model, run_id, tracking_uri) -> None:
-    """Classify IMAGES (image files of any size: PNG, JPEG, WEBP, BMP, GIF, ...; or .npy
-    pixel arrays) with a registered or logged model.
+    """Classify IMAGES (image files of any size: PNG, JPEG, WEBP, BMP, GIF, ...; .npy pixel
+    arrays; or folders: the image files below them) with a registered or logged model.
 
     Prints which model answered (on stderr), then one line per image: the file, the class
     and its probability. A file that cannot be read or that the model refuses gets its own

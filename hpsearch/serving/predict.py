@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from hpsearch.data_utils.own_images.records import IMAGE_EXTENSIONS
 from hpsearch.errors import HpsearchError, first_line
 from hpsearch.redact import redact_url
 from hpsearch.serving.image_files import IMAGE_COLUMN, MAX_IMAGE_BYTES, MAX_REQUEST_BYTES
@@ -110,7 +111,8 @@ def describe_model(uri: str, tracking_uri: str) -> str:
 
 def predict_files(paths: Sequence[str], uri: str,
                   tracking_uri: str | None = None) -> Predictions:
-    """Classify the files in ``paths`` with the model at ``uri``.
+    """Classify the files in ``paths`` with the model at ``uri``; a folder stands for the
+    image files (and ``.npy`` files) below it, in sorted order, hidden ones left out.
 
     Image files (any name but ``.npy``) are sent as base64-encoded files in column
     ``image``, as a client of the server sends them, and preprocessed by the model; a
@@ -134,8 +136,10 @@ def predict_files(paths: Sequence[str], uri: str,
     limit = int(meta.get("max_image_bytes", MAX_IMAGE_BYTES))
     shapes = [tuple(s) for s in meta.get("accepted_image_shapes", [])]
     items: list[_Item | Refusal] = []
-    for path in paths:
-        if Path(path).suffix.lower() == ".npy":
+    for path in _files(paths):
+        if isinstance(path, Refusal):
+            items.append(path)
+        elif Path(path).suffix.lower() == ".npy":
             items += _npy_items(path, shapes)
         elif takes_files:
             items.append(_file_item(path, limit))
@@ -150,6 +154,23 @@ def predict_files(paths: Sequence[str], uri: str,
             answers.update(_predict_chunk(model, chunk))
     results = [answers[i] if isinstance(item, _Item) else item for i, item in enumerate(items)]
     return Predictions(describe_model(uri, tracking_uri), results)
+
+
+def _files(paths: Sequence[str]) -> Iterator[str | Refusal]:
+    """``paths`` with each folder replaced by the image and ``.npy`` files below it."""
+    for path in paths:
+        if not os.path.isdir(path):
+            yield path
+            continue
+        found = sorted(
+            os.path.join(folder, name) for folder, folders, names in os.walk(path)
+            for name in names if not name.startswith(".")
+            and name.lower().endswith((*IMAGE_EXTENSIONS, ".npy"))
+            and not any(part.startswith(".") for part in Path(folder).relative_to(path).parts))
+        if not found:
+            yield Refusal(path, "a folder holding no image file (looked for "
+                                f"{', '.join(IMAGE_EXTENSIONS)}, .npy)")
+        yield from found
 
 
 def _file_item(path: str, limit: int) -> _Item | Refusal:
