@@ -376,6 +376,29 @@ def test_predict_given_a_folder_classifies_the_images_below_it(grey_champion, tm
         f"hpsearch: error: {tmp_path / 'empty'}: a folder holding no image file (looked for")
 
 
+def test_predict_reads_a_requests_worth_of_files_at_a_time(grey_model, tmp_path,
+                                                          monkeypatch):
+    """A folder of thousands of photos is never held in memory at once: the files of the
+    next request are read only after the previous request was answered."""
+    import hpsearch.serving.predict as predict_module
+
+    files = [write(tmp_path / f"{i}.png", noise("L", (30, 30), seed=i)) for i in range(5)]
+    events: list[str] = []
+    read, answer = predict_module._file_item, predict_module._predict_chunk
+    monkeypatch.setattr(predict_module, "_file_item", lambda path, limit: (
+        events.append(f"read {Path(path).stem}"), read(path, limit))[1])
+    monkeypatch.setattr(predict_module, "_predict_chunk", lambda model, chunk: (
+        events.append(f"sent {len(chunk)}"), answer(model, chunk))[1])
+    meta = grey_model.metadata.metadata
+    monkeypatch.setitem(meta, "max_batch", 2)
+    results = list(predict_module._results(grey_model, [str(f) for f in files]))
+    assert events == ["read 0", "read 1", "read 2", "sent 2", "read 3", "read 4", "sent 2",
+                      "sent 1"]
+    assert [r.source for r in results] == [str(f) for f in files]
+    assert [r.label for r in results] == list(grey_model.predict(
+        {"image": [encoded(f.read_bytes()) for f in files]}))
+
+
 def test_predict_exits_2_when_no_image_could_be_classified(grey_champion, tmp_path):
     text = tmp_path / "a.png"
     text.write_text("text")

@@ -55,14 +55,17 @@ def predict(images, model, run_id, tracking_uri) -> None:
     except HpsearchError as exc:
         fail(str(exc))
     click.echo(f"model: {predictions.model}", err=True)
-    answered = [r for r in predictions.results if isinstance(r, Prediction)]
-    width = max((len(p.source) for p in answered), default=0)
-    for result in predictions.results:
-        if isinstance(result, Prediction):
-            click.echo(f"{result.source:<{width}}  {result.label:<12}  "
-                       f"{result.probability:.3f}")
-        else:
-            click.echo(f"hpsearch: error: {result.source}: {result.reason}", err=True)
+    width, answered = predictions.width, 0
+    try:
+        for result in predictions.results:  # printed as each request is answered
+            if isinstance(result, Prediction):
+                answered += 1
+                click.echo(f"{result.source:<{width}}  {result.label:<12}  "
+                           f"{result.probability:.3f}")
+            else:
+                click.echo(f"hpsearch: error: {result.source}: {result.reason}", err=True)
+    except HpsearchError as exc:
+        fail(str(exc))
     if not answered:
         sys.exit(2)
 

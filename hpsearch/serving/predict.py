@@ -55,16 +55,14 @@ class Predictions:
     Attributes:
         model: which model answered, e.g. ``hpsearch-photos version 3 (alias champion,
             run 0f1e...)``.
-        results: one entry per image, in the order of the files given.
+        results: one entry per image, in the order of the files given, produced as the
+            files are read and sent, a request's worth at a time (a folder of thousands of
+            photos is never held in memory at once).
     """
 
     model: str
-    results: list[Prediction | Refusal]
-
-    @property
-    def answered(self) -> int:
-        return sum(isinstance(r, Prediction) for r in self.results)
-
+    results: Iterator[Prediction | Refusal]
+    width: int = 0  # characters of the longest file name, to align the answers
 
 @dataclass
 class _Item:
@@ -130,30 +128,52 @@ def predict_files(paths: Sequence[str], uri: str,
     """
     tracking_uri = resolve_tracking_uri(tracking_uri)
     model = load_serving_model(uri, tracking_uri)
+    files = list(_files(paths))
+    width = max((len(f) for f in files if isinstance(f, str)), default=0)
+    return Predictions(describe_model(uri, tracking_uri), _results(model, files), width)
+
+
+def _results(model, files: list[str | Refusal]) -> Iterator[Prediction | Refusal]:
+    """Each image's answer in order; the files are read a request's worth at a time."""
     meta = model.metadata.metadata or {}
     schema = model.metadata.get_input_schema()
     takes_files = schema is not None and IMAGE_COLUMN in schema.input_names()
     limit = int(meta.get("max_image_bytes", MAX_IMAGE_BYTES))
     shapes = [tuple(s) for s in meta.get("accepted_image_shapes", [])]
-    items: list[_Item | Refusal] = []
-    for path in _files(paths):
+    max_batch = int(meta.get("max_batch", MAX_BATCH))
+    max_bytes = int(meta.get("max_request_bytes", MAX_REQUEST_BYTES))
+    pending: list[_Item | Refusal] = []  # in order; the items are the next request
+    sent: list[_Item] = []
+    size = 0
+    for path in files:
         if isinstance(path, Refusal):
-            items.append(path)
+            items: list[_Item | Refusal] = [path]
         elif Path(path).suffix.lower() == ".npy":
-            items += _npy_items(path, shapes)
+            items = _npy_items(path, shapes)
         elif takes_files:
-            items.append(_file_item(path, limit))
+            items = [_file_item(path, limit)]
         else:
-            items.append(_preprocessed_item(path, meta))
-    answers: dict[int, Prediction | Refusal] = {}
-    sendable = [(i, item) for i, item in enumerate(items) if isinstance(item, _Item)]
-    for column in (IMAGE_COLUMN, PIXELS_COLUMN):
-        batch = [(i, item) for i, item in sendable if item.column == column]
-        for chunk in _chunks(batch, int(meta.get("max_batch", MAX_BATCH)),
-                             int(meta.get("max_request_bytes", MAX_REQUEST_BYTES))):
-            answers.update(_predict_chunk(model, chunk))
-    results = [answers[i] if isinstance(item, _Item) else item for i, item in enumerate(items)]
-    return Predictions(describe_model(uri, tracking_uri), results)
+            items = [_preprocessed_item(path, meta)]
+        for item in items:
+            if isinstance(item, _Item) and sent and (
+                    item.column != sent[0].column or len(sent) == max_batch
+                    or size + item.size > max_bytes):
+                yield from _answered(model, pending, sent)
+                pending, sent, size = [], [], 0
+            pending.append(item)
+            if isinstance(item, _Item):
+                sent.append(item)
+                size += item.size
+    yield from _answered(model, pending, sent)
+
+
+def _answered(model, pending: list[_Item | Refusal], sent: list[_Item]
+              ) -> list[Prediction | Refusal]:
+    """``pending`` with its items (``sent``, one request) answered by ``model``."""
+    answers = _predict_chunk(model, list(enumerate(sent))) if sent else {}
+    position = {id(item): i for i, item in enumerate(sent)}
+    return [answers[position[id(item)]] if isinstance(item, _Item) else item
+            for item in pending]
 
 
 def _files(paths: Sequence[str]) -> Iterator[str | Refusal]:
@@ -214,21 +234,6 @@ def _npy_items(path: str, image_shapes: list[tuple[int, ...]]) -> list[_Item | R
     if len(batch) == 1:
         return [_Item(path, PIXELS_COLUMN, batch[0])]
     return [_Item(f"{path}[{i}]", PIXELS_COLUMN, image) for i, image in enumerate(batch)]
-
-
-def _chunks(batch: list[tuple[int, _Item]], max_batch: int,
-            max_bytes: int) -> Iterator[list[tuple[int, _Item]]]:
-    """``batch`` in requests within the model's limits of images and bytes."""
-    chunk: list[tuple[int, _Item]] = []
-    size = 0
-    for entry in batch:
-        if chunk and (len(chunk) == max_batch or size + entry[1].size > max_bytes):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(entry)
-        size += entry[1].size
-    if chunk:
-        yield chunk
 
 
 def _predict_chunk(model, chunk: list[tuple[int, _Item]]) -> dict[int, Prediction | Refusal]:
