@@ -191,10 +191,17 @@ def test_with_figures_off_a_trial_logs_the_numbers_and_no_png(monkeypatch) -> No
         confusion = np.eye(2, dtype=np.int64)
         accuracy = 1.0
 
-    for value, expected in (("0", ["confusion_matrix.json"]),
-                            ("1", ["confusion_matrix.json", "confusion_matrix.png"])):
+    drawn: list[str] = []
+    draw = runs.confusion_matrix_figure
+    monkeypatch.setattr(runs, "confusion_matrix_figure",
+                        lambda *args, **kwargs: (drawn.append("figure"), draw(*args, **kwargs))[1])
+    for value, expected, figures in (("0", ["confusion_matrix.json"], []),
+                                     ("1", ["confusion_matrix.json", "confusion_matrix.png"],
+                                      ["figure"])):
         monkeypatch.setenv(defaults.FIGURES_ENV, value)
         client = Client()
+        drawn.clear()
         runs.log_confusion(client, "run", Result(), ["a", "b"], split="validation",
                            name="confusion_matrix", title="t", epoch=1)
         assert client.logged == expected
+        assert drawn == figures  # off: not even drawn

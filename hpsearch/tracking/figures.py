@@ -8,7 +8,7 @@ matplotlib as it was.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,11 +25,13 @@ __all__ = ["anytime_figure", "class_distribution_figure", "confusion_matrix_figu
            "image_grid_figure", "learning_curves_figure", "log_figure", "originals_figure"]
 
 
-def log_figure(client: MlflowClient, run_id: str, figure: Figure, name: str) -> None:
-    """Log ``figure`` as the artifact ``name`` (PNG), unless ``$HPSEARCH_FIGURES`` is 0
-    (:func:`hpsearch.defaults.figures`)."""
+def log_figure(client: MlflowClient, run_id: str, build: Callable[[], Figure],
+               name: str) -> None:
+    """Log the figure ``build()`` draws as the artifact ``name`` (PNG); with
+    ``$HPSEARCH_FIGURES`` 0 (:func:`hpsearch.defaults.figures`) nothing is drawn or logged
+    (a confusion matrix takes about 20 ms to build)."""
     if defaults.figures():
-        client.log_figure(run_id, figure, name)
+        client.log_figure(run_id, build(), name)
 
 
 def confusion_matrix_figure(

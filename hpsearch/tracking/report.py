@@ -60,7 +60,8 @@ def log_study_report(client: MlflowClient, run_id: str, study: optuna.Study) -> 
     curve = anytime(study)
     if not curve.empty:
         metric = study.user_attrs.get("hpsearch.metric", "objective value")
-        log_figure(client, run_id, anytime_figure(curve, metric=metric), "study/anytime.png")
+        log_figure(client, run_id, lambda: anytime_figure(curve, metric=metric),
+                   "study/anytime.png")
     for name, plot in STUDY_PLOTS.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
@@ -74,7 +75,7 @@ def log_study_report(client: MlflowClient, run_id: str, study: optuna.Study) -> 
             warnings.simplefilter("ignore")  # the slice plot's colour bar resists tight_layout
             figure.tight_layout()
         try:
-            log_figure(client, run_id, figure, f"study/{name}")
+            log_figure(client, run_id, lambda figure=figure: figure, f"study/{name}")
         finally:
             plt.close(figure)  # Optuna draws through pyplot, which keeps its figures
 
@@ -98,7 +99,7 @@ def log_prediction_grid(client: MlflowClient, run_id: str, images: np.ndarray,
         chosen = np.arange(min(GRID_SIZE, len(images)))
     captions = [f"true {class_names[labels[i]]}\npred {class_names[predicted[i]]} "
                 f"{confidence[i]:.2f}" for i in chosen]
-    log_figure(client, run_id, image_grid_figure(images[chosen], captions, title=title),
+    log_figure(client, run_id, lambda: image_grid_figure(images[chosen], captions, title=title),
                artifact_file)
 
 
@@ -120,7 +121,7 @@ def log_data_report(client: MlflowClient, run_id: str, splits: Mapping[str, Any]
     ratio = max(train) / min(train) if min(train) else None  # None: a class has no image
     client.log_dict(run_id, {"class_names": list(class_names), "images_per_class": counts,
                              "imbalance_ratio": ratio}, "data/class_distribution.json")
-    log_figure(client, run_id, class_distribution_figure(counts, class_names),
+    log_figure(client, run_id, lambda: class_distribution_figure(counts, class_names),
                "data/class_distribution.png")
     train = next(iter(splits.values()))
     rows = [np.flatnonzero(train.labels == c) for c in range(n)]
@@ -131,9 +132,9 @@ def log_data_report(client: MlflowClient, run_id: str, splits: Mapping[str, Any]
     chosen = np.concatenate(rows)
     captions = [class_names[train.labels[i]] if j == 0 else ""
                 for row in rows for j, i in enumerate(row)]
-    log_figure(client, run_id, image_grid_figure(train.images[chosen], captions,
-                                                 title="training images per class",
-                                                 columns=per_class),
+    log_figure(client, run_id, lambda: image_grid_figure(train.images[chosen], captions,
+                                                         title="training images per class",
+                                                         columns=per_class),
                "data/samples_per_class.png")
 
 
@@ -169,7 +170,8 @@ def log_image_report(client: MlflowClient, run_id: str, images: Any,
         "originals": inspected.get("originals", {}),
     }
     client.log_dict(run_id, summary, "data/own_images.json")
-    log_figure(client, run_id, originals_figure(summary["originals"]), "data/originals.png")
+    log_figure(client, run_id, lambda: originals_figure(summary["originals"]),
+               "data/originals.png")
     client.log_text(run_id, _csv(("path", "reason"),
                                  ((s.path, s.reason) for s in images.skipped)),
                     "data/skipped.csv")

@@ -277,9 +277,9 @@ class TrialRun:
                           name="confusion_matrix", title=f"validation, epoch {last.epoch}",
                           epoch=last.epoch)
             self._log_per_class(per_class_report(last.val.confusion, class_names), last.epoch)
-            fig = learning_curves_figure(history, title=f"{state.lower()} after "
-                                                        f"{last.epoch} epoch(s)")
-            log_figure(self.client, self.run_id, fig, "learning_curves.png")
+            title = f"{state.lower()} after {last.epoch} epoch(s)"
+            log_figure(self.client, self.run_id,
+                       lambda: learning_curves_figure(history, title=title), "learning_curves.png")
         run_tags = [RunTag("optuna.state", state), RunTag("epochs_run", str(len(history)))]
         if reason:
             run_tags.append(RunTag("hpsearch.reason", reason[:4000]))
@@ -389,7 +389,7 @@ def log_confusion(client: MlflowClient, run_id: str, result: EvalResult,
         "columns": "predicted class",
     }
     client.log_dict(run_id, payload, f"{name}.json")
-    log_figure(client, run_id, confusion_matrix_figure(counts, class_names, title=title),
+    log_figure(client, run_id, lambda: confusion_matrix_figure(counts, class_names, title=title),
                f"{name}.png")
 
 
