@@ -53,14 +53,19 @@ def _aten_grads(grad_out, x, weight, stride, padding, dilation, groups, mask):
                                                dilation, False, [0, 0], groups, mask)
 
 
-class _DenseSmallOutput(torch.autograd.Function):
-    """``F.conv2d`` (groups 1) whose weight gradient is ``grad_out^T @ unfold(x)``."""
+class _SmallConv(torch.autograd.Function):
+    """``F.conv2d`` keeping what a backward below needs; the groups follow from the shapes
+    (input channels over the weight's input channels: 1 dense, C depthwise)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation):
         ctx.save_for_backward(x, weight)
         ctx.conv = (stride, padding, dilation, bias is not None)
-        return F.conv2d(x, weight, bias, stride, padding, dilation)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, x.shape[1] // weight.shape[1])
+
+
+class _DenseSmallOutput(_SmallConv):
+    """``F.conv2d`` (groups 1) whose weight gradient is ``grad_out^T @ unfold(x)``."""
 
     @staticmethod
     @once_differentiable
@@ -82,14 +87,8 @@ class _DenseSmallOutput(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-class _DepthwiseSmallInput(torch.autograd.Function):
+class _DepthwiseSmallInput(_SmallConv):
     """A depthwise ``F.conv2d`` whose weight gradient is a batched product per channel."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding, dilation, bias is not None)
-        return F.conv2d(x, weight, bias, stride, padding, dilation, x.shape[1])
 
     @staticmethod
     @once_differentiable
