@@ -171,9 +171,8 @@ def _answered(model, pending: list[_Item | Refusal], sent: list[_Item]
               ) -> list[Prediction | Refusal]:
     """``pending`` with its items (``sent``, one request) answered by ``model``."""
     answers = _predict_chunk(model, list(enumerate(sent))) if sent else {}
-    position = {id(item): i for i, item in enumerate(sent)}
-    return [answers[position[id(item)]] if isinstance(item, _Item) else item
-            for item in pending]
+    in_order = (answers[i] for i in range(len(sent)))
+    return [next(in_order) if isinstance(item, _Item) else item for item in pending]
 
 
 def _files(paths: Sequence[str]) -> Iterator[str | Refusal]:

@@ -179,9 +179,10 @@ class Decoded:
 
     Attributes:
         reasons: row -> why the row's file was skipped (rows not listed were decoded).
-        file_digests, pixel_digests: uint8 (N, 16), :func:`file_digest` of each file's
-            bytes and of its decoded pixels (channels last), where ``has_file_digest`` /
-            ``has_pixel_digest`` (bool (N,)) say they are known.
+        file_digests: uint8 (N, 16), :func:`file_digest` of each file's bytes, where
+            ``has_file_digest`` (bool (N,)) says it is known (the file could be read).
+        pixel_digests: uint8 (N, 16), :func:`file_digest` of each decoded row's pixels
+            (channels last); zeros for the rows in ``reasons``.
         sums: int64 (2, C): per channel, the sum and the sum of squares of the pixel values
             (0-255) of the training rows (rows below ``n_train``; failed rows add nothing).
         probe: the headers seen, in row order (only when asked for).
@@ -191,7 +192,6 @@ class Decoded:
     file_digests: np.ndarray
     has_file_digest: np.ndarray
     pixel_digests: np.ndarray
-    has_pixel_digest: np.ndarray
     sums: np.ndarray
     probe: Probe | None
 
@@ -216,8 +216,7 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
     tasks = [(str(target), shape, max_pixels, record_headers, n_train, rows.start,
               list(files[rows.start:rows.stop])) for rows in chunks]
     decoded = Decoded({}, np.zeros((n, 16), np.uint8), np.zeros(n, bool),
-                      np.zeros((n, 16), np.uint8), np.zeros(n, bool),
-                      np.zeros((2, channels), np.int64),
+                      np.zeros((n, 16), np.uint8), np.zeros((2, channels), np.int64),
                       Probe.empty(n) if record_headers else None)
     progress = Progress("decoding images", n, stream)
     for result in pool.map_chunks(decode_chunk, tasks, size=n, progress=progress,
@@ -225,7 +224,7 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
         rows = slice(result.start, result.stop)
         decoded.reasons.update({result.start + i: r for i, r in result.reasons.items()})
         decoded.file_digests[rows], decoded.has_file_digest[rows] = result.file_digests
-        decoded.pixel_digests[rows], decoded.has_pixel_digest[rows] = result.pixel_digests
+        decoded.pixel_digests[rows] = result.pixel_digests
         decoded.sums[...] += result.sums
         if decoded.probe is not None:
             _record(decoded.probe, result)
@@ -252,7 +251,8 @@ class _Chunk:
     Attributes:
         start, stop: its rows.
         reasons: index in the chunk -> why that file was skipped.
-        file_digests, pixel_digests: (uint8 (K, 16), bool (K,) known).
+        file_digests: (uint8 (K, 16), bool (K,) known).
+        pixel_digests: uint8 (K, 16), zeros for the files in ``reasons``.
         sums: int64 (2, C), see :class:`Decoded`.
         headers: when recorded, as a header probe reads them: (index -> why the header is
             unusable, widths int32 (K,), heights int32 (K,), modes str (K,), grey bool (K,)).
@@ -262,7 +262,7 @@ class _Chunk:
     stop: int
     reasons: dict[int, str]
     file_digests: tuple[np.ndarray, np.ndarray]
-    pixel_digests: tuple[np.ndarray, np.ndarray]
+    pixel_digests: np.ndarray
     sums: np.ndarray
     headers: tuple[dict[int, str], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
 
@@ -337,5 +337,5 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int
         recorded = ({i: r for i, r in enumerate(header_reasons) if r is not None},
                     np.array(widths, np.int32), np.array(heights, np.int32),
                     np.array(modes, "<U8"), np.array(grey, bool))
-    return _Chunk(start, start + len(files), reasons, _digests(fdigs), _digests(pdigs), sums,
-                  recorded)
+    return _Chunk(start, start + len(files), reasons, _digests(fdigs), _digests(pdigs)[0],
+                  sums, recorded)
