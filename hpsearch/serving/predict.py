@@ -181,11 +181,12 @@ def _files(paths: Sequence[str]) -> Iterator[str | Refusal]:
         if not os.path.isdir(path):
             yield path
             continue
-        found = sorted(
-            os.path.join(folder, name) for folder, folders, names in os.walk(path)
-            for name in names if not name.startswith(".")
-            and name.lower().endswith((*IMAGE_EXTENSIONS, ".npy"))
-            and not any(part.startswith(".") for part in Path(folder).relative_to(path).parts))
+        found = []
+        for folder, folders, names in os.walk(path):
+            folders[:] = [f for f in folders if not f.startswith(".")]  # .git is not walked
+            found += [os.path.join(folder, name) for name in names if not name.startswith(".")
+                      and name.lower().endswith((*IMAGE_EXTENSIONS, ".npy"))]
+        found.sort()
         if not found:
             yield Refusal(path, "a folder holding no image file (looked for "
                                 f"{', '.join(IMAGE_EXTENSIONS)}, .npy)")
