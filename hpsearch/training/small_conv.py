@@ -54,7 +54,7 @@ def _aten_grads(grad_out, x, weight, stride, padding, dilation, groups, mask):
 
 
 class _SmallConv(torch.autograd.Function):
-    """``F.conv2d`` keeping what a backward below needs; the groups follow from the shapes
+    """``F.conv2d`` keeping what :func:`_backward` needs; the groups follow from the shapes
     (input channels over the weight's input channels: 1 dense, C depthwise)."""
 
     @staticmethod
@@ -64,27 +64,51 @@ class _SmallConv(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride, padding, dilation, x.shape[1] // weight.shape[1])
 
 
+def _backward(ctx, grad_out, weight_grad):
+    """The gradients of a :class:`_SmallConv`: the input's from aten, the weight's from
+    ``weight_grad(grad_out, x, weight, stride, padding, dilation)``."""
+    x, weight = ctx.saved_tensors
+    stride, padding, dilation, has_bias = ctx.conv
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _aten_grads(grad_out, x, weight, stride, padding, dilation,
+                             x.shape[1] // weight.shape[1], [True, False, False])[0]
+    if ctx.needs_input_grad[1]:
+        grad_w = weight_grad(grad_out, x, weight, stride, padding, dilation)
+    if has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
+    return grad_x, grad_w, grad_b, None, None, None
+
+
+def _dense_weight_grad(grad_out, x, weight, stride, padding, dilation):
+    """``grad_out^T @ unfold(x)``: one matrix product (im2col)."""
+    n, out_channels, height, width = grad_out.shape
+    columns = F.unfold(x, weight.shape[2:], dilation, padding, stride)  # (N, C*k*k, L)
+    columns = columns.transpose(1, 2).reshape(n * height * width, -1)
+    rows = grad_out.permute(0, 2, 3, 1).reshape(n * height * width, out_channels)
+    return (rows.t() @ columns).view(weight.shape).to(weight.dtype)
+
+
+def _depthwise_weight_grad(grad_out, x, weight, stride, padding, dilation):
+    """Per channel, output positions against input positions (a batched product), each pair
+    then added to the kernel tap linking them (:func:`_tap_matrix`)."""
+    n, channels, height, width = x.shape
+    out_h, out_w = grad_out.shape[2:]
+    inputs = x.permute(1, 0, 2, 3).reshape(channels, n, height * width).contiguous()
+    grads = grad_out.permute(1, 2, 3, 0).reshape(channels, out_h * out_w, n).contiguous()
+    pairs = torch.bmm(grads, inputs)  # (C, out positions, in positions)
+    taps = _tap_matrix((height, width), (out_h, out_w), tuple(weight.shape[2:]), stride,
+                       padding, dilation)
+    return (pairs.view(channels, -1) @ taps).view(weight.shape)
+
+
 class _DenseSmallOutput(_SmallConv):
     """``F.conv2d`` (groups 1) whose weight gradient is ``grad_out^T @ unfold(x)``."""
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation, has_bias = ctx.conv
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _aten_grads(grad_out, x, weight, stride, padding, dilation, 1,
-                                 [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            n, out_channels, height, width = grad_out.shape
-            columns = F.unfold(x, weight.shape[2:], dilation, padding, stride)  # (N, C*k*k, L)
-            columns = columns.transpose(1, 2).reshape(n * height * width, -1)
-            rows = grad_out.permute(0, 2, 3, 1).reshape(n * height * width, out_channels)
-            grad_w = (rows.t() @ columns).view(weight.shape).to(weight.dtype)
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
-        return grad_x, grad_w, grad_b, None, None, None
+        return _backward(ctx, grad_out, _dense_weight_grad)
 
 
 class _DepthwiseSmallInput(_SmallConv):
@@ -93,24 +117,7 @@ class _DepthwiseSmallInput(_SmallConv):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation, has_bias = ctx.conv
-        n, channels, height, width = x.shape
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _aten_grads(grad_out, x, weight, stride, padding, dilation, channels,
-                                 [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            out_h, out_w = grad_out.shape[2:]
-            inputs = x.permute(1, 0, 2, 3).reshape(channels, n, height * width).contiguous()
-            grads = grad_out.permute(1, 2, 3, 0).reshape(channels, out_h * out_w, n).contiguous()
-            pairs = torch.bmm(grads, inputs)  # (C, out positions, in positions)
-            taps = _tap_matrix((height, width), (out_h, out_w), tuple(weight.shape[2:]),
-                               stride, padding, dilation)
-            grad_w = (pairs.view(channels, -1) @ taps).view(weight.shape)
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None
+        return _backward(ctx, grad_out, _depthwise_weight_grad)
 
 
 @functools.lru_cache(maxsize=64)
