@@ -334,6 +334,78 @@ def test_dedupe_drops_leaked_copies_from_val_and_test_only(tmp_path) -> None:
     assert deduped.cache_dir == plain.cache_dir  # dedupe is applied on loading, not cached
 
 
+def leaky_tree(root: Path) -> Path:
+    """train/ and val/ of two classes; val/a/0.png is train/a/1.png's bytes, val/b/9.png
+    train/b/9.png's pixels in other bytes."""
+    class_tree(root, {"a": 4, "b": 4}, split="train")
+    class_tree(root, {"a": 2, "b": 2}, split="val")
+    (root / "val" / "a" / "0.png").write_bytes((root / "train" / "a" / "1.png").read_bytes())
+    image = noise("RGB", (20, 16), seed=9)
+    write(root / "train" / "b" / "9.png", image)
+    write(root / "val" / "b" / "9.png", image, compress_level=0)
+    return root
+
+
+LEAKS = [("identical files", (("train", "train/a/1.png"), ("val", "val/a/0.png"))),
+         ("identical pixels", (("train", "train/b/9.png"), ("val", "val/b/9.png")))]
+
+
+def test_rows_sharing_a_fingerprint_are_compared_before_any_leakage_is_reported(
+        tmp_path, monkeypatch) -> None:
+    from hpsearch.data_utils.own_images import passes
+
+    root = leaky_tree(tmp_path / "p")
+    # Every row gets the same fingerprint: only the comparison of the rows themselves
+    # (and of the files' bytes) can tell the two true leaks from the other 12 images.
+    monkeypatch.setattr(passes, "pixel_fingerprints", lambda rows: np.zeros(len(rows),
+                                                                            np.uint64))
+    data = load(root, tmp_path, test_fraction=0.0)
+    assert [(g.kind, g.files) for g in data.leakage.groups] == LEAKS
+
+
+def test_a_first_builds_remembered_headers_still_show_byte_identical_leakage(tmp_path) -> None:
+    from hpsearch.data_utils.own_images import inspect_images
+
+    root = leaky_tree(tmp_path / "p")
+    data = load(root, tmp_path, test_fraction=0.0)
+    assert [(g.kind, g.files) for g in data.leakage.groups] == LEAKS
+    # Another image size has no cache: inspect reads the headers (and file digests) the
+    # build remembered, without reading the files' headers again.
+    report = inspect_images(root, ImageOptions(image_size=8, test_fraction=0.0),
+                            cache_dir=tmp_path / "cache")
+    assert not report["cache"]["exists"]
+    assert report["leakage"]["groups"] == [
+        {"kind": "identical files", "files": [["train", "train/a/1.png"],
+                                              ["val", "val/a/0.png"]]}]
+
+
+def test_pixel_fingerprints_are_equal_exactly_for_equal_rows() -> None:
+    from hpsearch.data_utils.own_images.passes import pixel_fingerprints
+
+    rng = np.random.default_rng(0)
+    for shape in ((6, 1, 5, 5), (6, 3, 8, 8)):  # 25 bytes (padded to whole words), 192
+        rows = rng.integers(0, 256, shape, dtype=np.uint8)
+        rows[3] = rows[1]
+        rows[5] = rows[1]
+        rows[5, 0, 4, 4] ^= 1  # one bit apart
+        prints = pixel_fingerprints(rows)
+        assert prints.dtype == np.uint64 and prints.shape == (6,)
+        assert prints[1] == prints[3] and len(set(prints.tolist())) == 5
+
+
+def test_channel_sums_are_exact() -> None:
+    from hpsearch.data_utils.own_images.passes import channel_sums
+
+    rng = np.random.default_rng(1)
+    for shape in ((7, 3, 9, 9), (2, 1, 300, 300)):  # 300 px: beyond 32-bit sums of squares
+        rows = rng.integers(0, 256, shape, dtype=np.uint8)
+        rows[0] = 255
+        wide = rows.astype(np.int64)
+        np.testing.assert_array_equal(channel_sums(rows), np.stack([
+            wide.sum(axis=(0, 2, 3)), (wide**2).sum(axis=(0, 2, 3))]))
+    assert channel_sums(np.zeros((0, 3, 4, 4), np.uint8)).tolist() == [[0, 0, 0]] * 2
+
+
 # --- the cache ---------------------------------------------------------------------------------
 
 def test_cached_pixels_are_the_preprocessing_of_the_file_bit_for_bit(tmp_path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 import hpsearch.data_utils.own_images.cache as cache_files
+from hpsearch.data_utils.own_images.headers import file_digest, read_file
 from hpsearch.data_utils.own_images.passes import (
     Decoded,
     Probe,
@@ -44,25 +45,40 @@ def build_cache(plan: Plan) -> cache_files.CacheEntry:
     started = time.perf_counter()
     try:
         target = temp / "images.npy"
-        if plan.probe is None:
+        recorded = plan.probe is None  # the headers are recorded on the way, then remembered
+        if recorded:
             decoded = _decode_guessing(plan, rows, files, target, n_train)
         else:
             decoded = decode_files(files, target, n_train=n_train, image_size=plan.image_size,
                                    channels=plan.channels, max_pixels=plan.options.max_pixels,
                                    pool=plan.pool, stream=plan.stream, record_headers=False)
         plan.pool.close()  # the workers' memory maps end before the file is cut
-        meta = _finish(plan, rows, decoded, temp) | {
-            "built": {"seconds": round(time.perf_counter() - started, 2),
-                      "host": socket.gethostname(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+        meta, file_digests = _finish(plan, rows, files, decoded, temp)
+        meta["built"] = {"seconds": round(time.perf_counter() - started, 2),
+                         "host": socket.gethostname(),
+                         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         cache_files.finish(temp, plan.final, meta)
     except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
         if isinstance(exc, Exception) and not isinstance(exc, DiskFull) and is_disk_full(exc):
             raise _disk_full(plan.root) from exc  # a worker's ENOSPC names no file
         raise
+    if recorded:
+        _remember_probe(plan, rows, file_digests)
     entry = cache_files.open_cache(plan.final, plan.stream)
     assert entry is not None, plan.final
     return entry
+
+
+def _remember_probe(plan: Plan, rows: np.ndarray, file_digests: dict[int, bytes]) -> None:
+    """Remember the headers a first build recorded, with the digests its leakage check took
+    (rows ``rows``): every file with a byte-identical twin has one, as a header probe's."""
+    probe = plan.probe
+    assert probe is not None
+    for row, digest in file_digests.items():
+        probe.digests[rows[row]] = np.frombuffer(digest, np.uint8)
+        probe.has_digest[rows[row]] = True
+    save_probe(plan.root, plan.source, plan.options.max_pixels, probe)
 
 
 def _disk_full(root: Path) -> DiskFull:
@@ -76,7 +92,8 @@ def _disk_full(root: Path) -> DiskFull:
 def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str], target: Path,
                      n_train: int) -> Decoded:
     """Decode with settings guessed from a sample of headers; decode again if every file's
-    header, recorded on the way, says otherwise. Resolves ``plan``."""
+    header, recorded on the way, says otherwise. Resolves ``plan`` (its probe: the recorded
+    headers)."""
     options = plan.options
     sample = sample_headers(plan.source, options.max_pixels)
     guess_probe = Probe.empty(len(sample))
@@ -89,9 +106,7 @@ def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str], target: Pat
                            max_pixels=options.max_pixels, pool=plan.pool, stream=plan.stream,
                            record_headers=True)
     assert decoded.probe is not None
-    probe = _in_source_order(decoded.probe, rows)
-    save_probe(plan.root, plan.source, options.max_pixels, probe)
-    plan.resolve(probe)
+    plan.resolve(_in_source_order(decoded.probe, rows))
     if (plan.image_size, plan.channels) != guess:
         if plan.stream is not None:
             print(f"the sample suggested {guess[0]} px, {guess[1]} channel(s); all headers say "
@@ -112,8 +127,10 @@ def _in_source_order(probe: Probe, rows: np.ndarray) -> Probe:
     return ordered
 
 
-def _finish(plan: Plan, rows: np.ndarray, decoded: Decoded, temp: Path) -> dict[str, Any]:
-    """Cut the failed rows, write the labels; the metadata (mean, std, leakage, files)."""
+def _finish(plan: Plan, rows: np.ndarray, files: list[str], decoded: Decoded, temp: Path
+            ) -> tuple[dict[str, Any], dict[int, bytes]]:
+    """Cut the failed rows, write the labels; the metadata (mean, std, leakage, files), and
+    the file digests the leakage check took (see :func:`_leakage`)."""
     size, channels = plan.image_size, plan.channels
     keep = decoded.decoded
     cache_files.drop_rows(temp / "images.npy", (len(rows), channels, size, size), keep)
@@ -127,6 +144,7 @@ def _finish(plan: Plan, rows: np.ndarray, decoded: Decoded, temp: Path) -> dict[
     pixels = max(1, int((splits == 0).sum()) * size * size)
     mean = train_sums[0] / pixels
     std = np.sqrt(np.maximum(train_sums[1] / pixels - mean**2, 0.0))
+    leakage, file_digests = _leakage(decoded, keep, splits, names, files, temp / "images.npy")
     return {
         "format": cache_files.CACHE_FORMAT, "preprocess_version": PREPROCESS_VERSION,
         "key": plan.key, "source": str(plan.source.path), "kind": plan.source.kind,
@@ -141,24 +159,35 @@ def _finish(plan: Plan, rows: np.ndarray, decoded: Decoded, temp: Path) -> dict[
                   for code, name in enumerate(SPLITS)},
         "skipped": [[plan.source.names[r], reason] for r, reason in
                     sorted((int(rows[row]), reason) for row, reason in decoded.reasons.items())],
-        "leakage": [{"kind": g.kind, "files": [list(f) for f in g.files]}
-                    for g in _leakage(decoded, keep, splits, names)],
+        "leakage": [{"kind": g.kind, "files": [list(f) for f in g.files]} for g in leakage],
         "mean": (mean / 255).round(6).tolist(), "std": (std / 255).round(6).tolist(),
-    }
+    }, file_digests
 
 
-def _leakage(decoded: Decoded, keep: np.ndarray, splits: np.ndarray, names: list[str]
-             ) -> tuple[LeakGroup, ...]:
-    """:func:`find_leakage` of the decoded rows (``keep``), given only the rows whose pixel
-    digest another row shares: the rest cannot leak, and a Python loop over every row cost
-    more than the rest of finishing a build."""
-    pixel_digests = decoded.pixel_digests[keep]
-    _, inverse, counts = np.unique(pixel_digests.view(np.dtype((np.void, 16))).ravel(),
-                                   return_inverse=True, return_counts=True)
+def _leakage(decoded: Decoded, keep: np.ndarray, splits: np.ndarray, names: list[str],
+             files: list[str], images: Path) -> tuple[tuple[LeakGroup, ...], dict[int, bytes]]:
+    """:func:`find_leakage` of the decoded rows (``keep``), exactly, from their fingerprints:
+    only rows whose fingerprint another row shares can leak, and only these are hashed, their
+    pixels (read back from ``images``, the cut file) and their files' bytes (read again).
+
+    Returns:
+        The groups, and the file digest of each hashed row (by its index among all rows):
+        with the undecodable files' ones, every file with a byte-identical twin has one.
+    """
+    kept = np.flatnonzero(keep)
+    _, inverse, counts = np.unique(decoded.fingerprints[kept], return_inverse=True,
+                                   return_counts=True)
     shared = np.flatnonzero(counts[inverse.ravel()] > 1)
     if not len(shared):
-        return ()
-    file_digests = decoded.file_digests[keep][shared]
-    return find_leakage(splits[shared], [names[i] for i in shared.tolist()],
-                        [bytes(d) for d in file_digests],
-                        [bytes(d) for d in pixel_digests[shared]])
+        return (), {}
+    pixels = np.load(images, mmap_mode="r")
+    pixel_digests = [file_digest(np.ascontiguousarray(pixels[i])) for i in shared.tolist()]
+    file_digests: dict[int, bytes] = {}
+    for i in kept[shared].tolist():
+        try:
+            file_digests[i] = file_digest(read_file(files[i]))
+        except OSError:  # removed since: its pixels still count
+            continue
+    groups = find_leakage(splits[shared], [names[i] for i in shared.tolist()],
+                          [file_digests.get(i) for i in kept[shared].tolist()], pixel_digests)
+    return groups, file_digests
