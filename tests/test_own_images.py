@@ -449,6 +449,49 @@ def test_an_unchanged_folder_finds_its_cache_and_a_change_builds_a_new_one(tmp_p
     assert resized.cache_dir != touched.cache_dir and resized.train.images.shape[-1] == 8
 
 
+def test_a_new_folder_is_decoded_before_any_stat_and_keyed_as_stat_gives_it(
+        tmp_path, monkeypatch) -> None:
+    from hpsearch.data_utils.own_images import cache as cache_files
+    from hpsearch.data_utils.own_images import plan as plans
+    from hpsearch.data_utils.own_images import sources
+    from hpsearch.data_utils.own_images.sources import scan_source
+
+    root = class_tree(tmp_path / "p", {"a": 5, "b": 5})
+    os.utime(root / "a" / "1.png", ns=(5, 123_456_789_012))  # a time of its own
+    cache = tmp_path / "cache"
+    taken: list[int] = []
+    stat_of = sources.stat_of
+    monkeypatch.setattr(sources, "stat_of", lambda f: taken.append(1) or stat_of(f))
+    plan = plans.Plan.make(root, ImageOptions(), cache, None, None, defer_stats=True)
+    assert plan.stats_deferred and not taken  # nothing known of this folder: no stat pass
+    first = load(root, tmp_path)
+    assert not taken  # the build took each file's size and time while reading it
+    expected = scan_source(root)  # the stat pass
+    assert json.loads((first.cache_dir / "meta.json").read_text())["manifest_digest"] == (
+        expected.digest)
+    again = plans.Plan.make(root, ImageOptions(), cache, None, None, defer_stats=True)
+    assert not again.stats_deferred and again.source.digest == expected.digest
+    assert again.probe is not None and again.final == first.cache_dir
+    # Without the listing remembered, a cache named for the folder still means: stat first.
+    for memo in (cache / "listings").iterdir():
+        memo.unlink()
+    assert cache_files.listing_known(cache, expected.listing, "p")
+    assert not plans.Plan.make(root, ImageOptions(), cache, None, None,
+                               defer_stats=True).stats_deferred
+
+
+def test_a_builder_waiting_on_a_new_folder_finds_the_cache_another_built(tmp_path) -> None:
+    from hpsearch.data_utils.own_images import plan as plans
+
+    root = class_tree(tmp_path / "p", {"a": 4, "b": 4})
+    cache = tmp_path / "cache"
+    waiting = plans.Plan.make(root, ImageOptions(), cache, None, None, defer_stats=True)
+    assert waiting.stats_deferred
+    built = load(root, tmp_path)  # another process, meanwhile
+    waiting.recheck()  # what load_images does once it holds the build lock
+    assert not waiting.stats_deferred and waiting.final == built.cache_dir
+
+
 def test_a_first_build_reads_each_file_once_and_records_the_headers_a_probe_reads(
         tmp_path, monkeypatch) -> None:
     from image_files import truncated

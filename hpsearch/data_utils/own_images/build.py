@@ -93,7 +93,7 @@ def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str], target: Pat
                      n_train: int) -> Decoded:
     """Decode with settings guessed from a sample of headers; decode again if every file's
     header, recorded on the way, says otherwise. Resolves ``plan`` (its probe: the recorded
-    headers)."""
+    headers; the files' sizes and times too, where it had none)."""
     options = plan.options
     sample = sample_headers(plan.source, options.max_pixels)
     guess_probe = Probe.empty(len(sample))
@@ -104,8 +104,12 @@ def _decode_guessing(plan: Plan, rows: np.ndarray, files: list[str], target: Pat
     decoded = decode_files(files, target, n_train=n_train, image_size=guess[0],
                            channels=guess[1],
                            max_pixels=options.max_pixels, pool=plan.pool, stream=plan.stream,
-                           record_headers=True)
+                           record_headers=True, take_stats=plan.stats_deferred)
     assert decoded.probe is not None
+    if decoded.stats is not None:  # in the source's order: row r is file rows[r]
+        stats = np.empty_like(decoded.stats)
+        stats[rows] = decoded.stats
+        plan.take_stats(stats)
     plan.resolve(_in_source_order(decoded.probe, rows))
     if (plan.image_size, plan.channels) != guess:
         if plan.stream is not None:

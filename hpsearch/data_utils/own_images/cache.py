@@ -83,6 +83,28 @@ class CacheEntry:
     meta: dict[str, Any]
 
 
+def remember_listing(root: Path, listing: str) -> None:
+    """Note that a listing (:attr:`Source.listing`) was seen, with its files' sizes and times
+    taken (a probe remembered, a cache built): its next load takes them before looking for a
+    cache. A memo only: where it cannot be written, nothing is kept."""
+    with contextlib.suppress(OSError):
+        folder = root / "listings"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / listing[:32]).touch()
+
+
+def listing_known(root: Path, listing: str, prefix: str) -> bool:
+    """Whether a cache may exist for this listing: it was remembered, or some cache folder's
+    name starts with ``prefix`` (the data set's name, as cache folders are named)."""
+    if (root / "listings" / listing[:32]).exists():
+        return True
+    try:
+        with os.scandir(root) as entries:
+            return any(e.name.startswith(prefix + "-") for e in entries)
+    except OSError:
+        return False
+
+
 def open_cache(folder: Path, stream: IO[str] | None = None) -> CacheEntry | None:
     """The cache in ``folder``, or None when there is none or it is not complete (then it is
     moved aside to ``.corrupt-*``, for a new build)."""

@@ -23,7 +23,8 @@ from hpsearch.data_utils.own_images.preprocess import (
     open_image,
 )
 
-__all__ = ["HEAD_BYTES", "file_digest", "header_of", "probe_file", "read_file", "read_header"]
+__all__ = ["HEAD_BYTES", "file_digest", "header_of", "probe_file", "read_file", "read_file_stat",
+           "read_header", "stat_of"]
 
 HEAD_BYTES = 65536  # a JPEG's EXIF and ICC segments come before its frame header
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,16 +95,45 @@ def read_file(path: str, limit: int | None = None) -> bytes:
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        parts, size, ask = [], 0, HEAD_BYTES
-        while limit is None or size < limit:
-            more = os.read(fd, ask if limit is None else min(ask, limit - size))
-            if not more:
-                break
-            parts.append(more)
-            size, ask = size + len(more), 1 << 22
-        return b"".join(parts)
+        return _read_to_end(fd, limit)
     finally:
         os.close(fd)
+
+
+def read_file_stat(path: str) -> tuple[bytes, int, int]:
+    """A file's bytes, size (bytes) and modification time (ns), the last two from ``fstat``
+    of the open file (the values ``stat`` of its path gives, symlinks followed).
+
+    Raises:
+        OSError: as ``open`` would.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        return _read_to_end(fd, None), st.st_size, st.st_mtime_ns
+    finally:
+        os.close(fd)
+
+
+def stat_of(path: str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a path, symlinks followed; (-1, -1) where
+    ``stat`` fails."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+def _read_to_end(fd: int, limit: int | None) -> bytes:
+    parts, size, ask = [], 0, HEAD_BYTES
+    while limit is None or size < limit:
+        more = os.read(fd, ask if limit is None else min(ask, limit - size))
+        if not more:
+            break
+        parts.append(more)
+        size, ask = size + len(more), 1 << 22
+    return b"".join(parts)
 
 
 def probe_file(path: str, size: int, want_digest: bool, max_pixels: int

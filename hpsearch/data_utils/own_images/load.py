@@ -27,8 +27,10 @@ def load_images(path: str | os.PathLike[str], options: ImageOptions | None = Non
     """Load a folder or manifest of images, decoding them into the cache on first use.
 
     An unchanged folder with the same settings finds its cache from ``stat`` alone (no image
-    is opened); a changed file, label, split or setting builds a new cache. Concurrent
-    calls for the same data (processes, machines sharing the cache folder) build it once.
+    is opened); a changed file, label, split or setting builds a new cache. A folder seen
+    for the first time is decoded without a ``stat`` pass first (see :meth:`Plan.make`).
+    Concurrent calls for the same data (processes, machines sharing the cache folder) build
+    it once.
 
     Args:
         path: a folder (one sub-folder per class, optionally under train/ val/ test/) or a
@@ -50,7 +52,8 @@ def load_images(path: str | os.PathLike[str], options: ImageOptions | None = Non
             names the path and the reason. With ``build`` False: no cache of this data and
             these settings exists.
     """
-    plan = Plan.make(path, options or ImageOptions(), cache_dir, workers, progress)
+    plan = Plan.make(path, options or ImageOptions(), cache_dir, workers, progress,
+                     defer_stats=build)
     if not build:
         entry = cache_files.open_cache(plan.final, progress) if plan.probe else None
         if entry is None:
@@ -62,7 +65,7 @@ def load_images(path: str | os.PathLike[str], options: ImageOptions | None = Non
         entry = cache_files.open_cache(plan.final, progress) if plan.probe else None
         if entry is None:
             with cache_files.build_lock(plan.root, plan.lock_key(), progress):
-                plan.reload_probe()  # another process may have built it meanwhile
+                plan.recheck()  # another process may have built it meanwhile
                 entry = cache_files.open_cache(plan.final, progress) if plan.probe else None
                 if entry is None:
                     entry = build_cache(plan)

@@ -25,7 +25,14 @@ from typing import IO, Any
 import numpy as np
 
 import hpsearch.data_utils.own_images.cache as cache_files
-from hpsearch.data_utils.own_images.headers import file_digest, header_of, probe_file, read_file
+from hpsearch.data_utils.own_images.headers import (
+    file_digest,
+    header_of,
+    probe_file,
+    read_file,
+    read_file_stat,
+    stat_of,
+)
 from hpsearch.data_utils.own_images.preprocess import (
     ImageFileError,
     _os_error_reason,
@@ -122,6 +129,8 @@ def save_probe(root: Path, source: Source, max_pixels: int, probe: Probe) -> Non
     except OSError:
         with contextlib.suppress(OSError):
             temp.unlink()
+        return
+    cache_files.remember_listing(root, source.listing)
 
 
 def probe_source(source: Source, *, root: Path, max_pixels: int, pool: WorkerPool,
@@ -189,6 +198,8 @@ class Decoded:
         sums: int64 (2, C): per channel, the sum and the sum of squares of the pixel values
             (0-255) of the training rows (rows below ``n_train``; failed rows add nothing).
         probe: the headers seen, in row order (only when asked for).
+        stats: int64 (N, 2), each file's size and modification time as read (only when
+            asked for; -1, -1 where the file could not be stat-ed).
     """
 
     reasons: dict[int, str]
@@ -197,6 +208,7 @@ class Decoded:
     fingerprints: np.ndarray
     sums: np.ndarray
     probe: Probe | None
+    stats: np.ndarray | None = None
 
     @property
     def decoded(self) -> np.ndarray:
@@ -208,19 +220,21 @@ class Decoded:
 
 def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size: int,
                  channels: int, max_pixels: int, pool: WorkerPool, stream: IO[str] | None,
-                 record_headers: bool) -> Decoded:
+                 record_headers: bool, take_stats: bool = False) -> Decoded:
     """Decode ``files`` into the rows of a new ``images.npy`` at ``target``; the first
-    ``n_train`` are the training rows (their pixel sums give the mean and std)."""
+    ``n_train`` are the training rows (their pixel sums give the mean and std). With
+    ``take_stats``, each file's size and time too (``fstat`` of the open file)."""
     n = len(files)
     shape = (n, channels, image_size, image_size)
     cache_files.create_images_file(target, shape)
     row_bytes = channels * image_size * image_size
     chunks = chunked(range(n), pool.workers, most=max(16, min(1024, CHUNK_BYTES // row_bytes)))
-    tasks = [(str(target), shape, max_pixels, record_headers, n_train, rows.start,
+    tasks = [(str(target), shape, max_pixels, record_headers, take_stats, n_train, rows.start,
               list(files[rows.start:rows.stop])) for rows in chunks]
     decoded = Decoded({}, np.zeros((n, 16), np.uint8), np.zeros(n, bool),
                       np.zeros(n, np.uint64), np.zeros((2, channels), np.int64),
-                      Probe.empty(n) if record_headers else None)
+                      Probe.empty(n) if record_headers else None,
+                      np.full((n, 2), -1, np.int64) if take_stats else None)
     progress = Progress("decoding images", n, stream)
     for result in pool.map_chunks(decode_chunk, tasks, size=n, progress=progress,
                                   count=lambda r: r.stop - r.start):
@@ -229,6 +243,8 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
         decoded.file_digests[rows], decoded.has_file_digest[rows] = result.file_digests
         decoded.fingerprints[rows] = result.fingerprints
         decoded.sums[...] += result.sums
+        if decoded.stats is not None:
+            decoded.stats[rows] = result.stats
         if decoded.probe is not None:
             _record(decoded.probe, result)
     skipped = len(decoded.reasons)
@@ -259,6 +275,7 @@ class _Chunk:
         sums: int64 (2, C), see :class:`Decoded`.
         headers: when recorded, as a header probe reads them: (index -> why the header is
             unusable, widths int32 (K,), heights int32 (K,), modes str (K,), grey bool (K,)).
+        stats: when taken, int64 (K, 2): see :class:`Decoded`.
     """
 
     start: int
@@ -268,6 +285,7 @@ class _Chunk:
     fingerprints: np.ndarray
     sums: np.ndarray
     headers: tuple[dict[int, str], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
+    stats: np.ndarray | None
 
 
 def _digests(digests: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -277,8 +295,8 @@ def _digests(digests: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(joined, np.uint8).reshape(-1, 16), known
 
 
-def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int, list[str]]
-                 ) -> _Chunk:
+def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, bool, int, int,
+                             list[str]]) -> _Chunk:
     """Decode consecutive files into rows ``start, start + 1, ...`` of the cache being built.
 
     Each file's pixels stay Pillow's bytes (channels last) until the chunk's rows are joined,
@@ -289,22 +307,29 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int
     Returns:
         The chunk's :class:`_Chunk`.
     """
-    target, shape, max_pixels, record_headers, n_train, start, files = task
+    target, shape, max_pixels, record_headers, take_stats, n_train, start, files = task
     channels, image_size = shape[1], shape[2]
     blank = bytes(channels * image_size * image_size)  # a failed file's row: zeros
     parts: list[bytes] = []
     reasons: dict[int, str] = {}
     fdigs: list[bytes | None] = []
     headers: list[tuple] = []
+    stats: list[tuple[int, int]] = []
     with bomb_warnings_ignored():
         for i, file in enumerate(files):
             header, header_reason, reason, fdig, pixels = None, None, None, None, blank
             try:
-                data = read_file(file)
+                if take_stats:
+                    data, size, mtime = read_file_stat(file)
+                    stats.append((size, mtime))
+                else:
+                    data = read_file(file)
                 pixels, header = decode_pixels(data, image_size=image_size, channels=channels,
                                                max_pixels=max_pixels)
             except OSError as exc:
                 reason = header_reason = _os_error_reason(exc)
+                if take_stats and len(stats) == i:  # not opened: stat the path
+                    stats.append(stat_of(file))
             except ImageFileError as exc:
                 reason = exc.reason
                 fdig = file_digest(data)
@@ -325,7 +350,8 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, int, int
     cache_files.write_rows(Path(target), shape, start, rows)
     return _Chunk(start, start + len(files), reasons, _digests(fdigs),
                   pixel_fingerprints(rows), channel_sums(rows[:max(0, n_train - start)]),
-                  _headers(headers) if record_headers else None)
+                  _headers(headers) if record_headers else None,
+                  np.array(stats, np.int64).reshape(-1, 2) if take_stats else None)
 
 
 def _headers(headers: list[tuple]) -> tuple:

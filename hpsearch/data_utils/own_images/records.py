@@ -67,11 +67,14 @@ class Source:
         names: the same files as shown to the user (relative to the folder or manifest).
         labels: int64-able class indices.
         splits: split codes (0 train, 1 val, 2 test), -1 where none was given.
-        sizes: file sizes in bytes.
-        mtimes: modification times in nanoseconds.
+        sizes: file sizes in bytes (empty until taken, see ``digest``).
+        mtimes: modification times in nanoseconds (as ``sizes``).
         skipped: files left out at this stage, with the reason.
         ignored: files ignored silently (not images by their extension, hidden files).
         split_origin: ``"folders"``, ``"column"`` or ``""`` (no split given anywhere).
+        listing: digest of the listing alone (names, labels, splits, class names).
+        digest: digest of the listing and each file's size and modification time (the
+            cache's key on the files); empty until the sizes and times are taken.
     """
 
     path: Path
@@ -86,6 +89,7 @@ class Source:
     skipped: tuple[SkippedFile, ...] = ()
     ignored: int = 0
     split_origin: str = ""
+    listing: str = field(default="", compare=False)
     digest: str = field(default="", compare=False)
 
     def __len__(self) -> int:

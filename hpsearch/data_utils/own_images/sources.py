@@ -22,10 +22,12 @@ import hashlib
 import operator
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from hpsearch.data_utils.own_images.headers import stat_of
 from hpsearch.data_utils.own_images.manifests import scan_manifest
 from hpsearch.data_utils.own_images.records import (
     IMAGE_EXTENSIONS,
@@ -40,7 +42,8 @@ from hpsearch.data_utils.own_images.records import (
 )
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLITS", "ImageDataError", "SkippedFile", "Source",
-           "dataset_display_name", "is_path_dataset", "resolve_dataset", "scan_source"]
+           "dataset_display_name", "is_path_dataset", "resolve_dataset", "scan_source",
+           "with_stats"]
 
 def is_path_dataset(name: str | os.PathLike[str]) -> bool:
     """Whether ``name`` is taken as a path: it is not a registered data set name and a file
@@ -79,7 +82,8 @@ def dataset_display_name(path: str | os.PathLike[str]) -> str:
 
 
 def scan_source(path: str | os.PathLike[str], *, path_column: str = "path",
-                label_column: str = "label", split_column: str | None = "split") -> Source:
+                label_column: str = "label", split_column: str | None = "split",
+                stat_files: bool = True) -> Source:
     """List a folder or manifest's image files with their labels, splits, sizes and times.
 
     Class names are the sorted class folder names, or the sorted labels of a manifest (by
@@ -90,9 +94,14 @@ def scan_source(path: str | os.PathLike[str], *, path_column: str = "path",
             ``test/``) or a ``.csv`` / ``.tsv`` / ``.jsonl`` manifest.
         path_column, label_column, split_column: a manifest's column (JSONL: key) names; an
             absent split column means no split is given.
+        stat_files: take each file's size and modification time (a ``stat`` call per file, most
+            of the time a folder's listing takes); False: a folder's files are listed from
+            the directory entries alone, without sizes, times or ``digest`` (see
+            :func:`with_stats`). A manifest's files are always checked with ``stat``.
 
     Returns:
-        The :class:`Source`, its ``digest`` set.
+        The :class:`Source`, its ``listing`` digest set, and its ``digest`` when it has the
+        files' sizes and times.
 
     Raises:
         ImageDataError: the path does not exist, is neither a folder nor a manifest, or
@@ -112,7 +121,30 @@ def scan_source(path: str | os.PathLike[str], *, path_column: str = "path",
                              ".tsv or .jsonl file)"
                              + ("; an archive: unpack it and give the folder" if archive else ""))
     _check_usable(source)
-    return _with_digest(source)
+    object.__setattr__(source, "listing", _digest(source, with_stats=False))
+    return with_stats(source) if stat_files or source.kind == "manifest" else source
+
+
+def with_stats(source: Source, stats: np.ndarray | None = None) -> Source:
+    """``source`` with each file's size and modification time, and its ``digest``.
+
+    Args:
+        source: a :class:`Source`; returned as it is when it has them already.
+        stats: int64 (N, 2), each file's size (bytes) and modification time (ns) as the
+            caller found them (a cache build takes them with ``fstat`` while reading the
+            files); None: a ``stat`` call per file here. -1, -1 for a file that could not be
+            stat-ed: it stays listed (its decoding reports why it is skipped).
+    """
+    if source.digest:
+        return source
+    if stats is None and len(source.sizes) != len(source.files):  # a manifest has them
+        stats = np.array([stat_of(file) for file in source.files], dtype=np.int64).reshape(
+            -1, 2)
+    if stats is not None:
+        source = replace(source, sizes=tuple(stats[:, 0].tolist()),
+                         mtimes=tuple(stats[:, 1].tolist()))
+    object.__setattr__(source, "digest", _digest(source, with_stats=True))
+    return source
 
 
 def _check_usable(source: Source) -> None:
@@ -128,17 +160,18 @@ def _check_usable(source: Source) -> None:
             "least two" + (" (one sub-folder per class)" if source.kind == "folder" else ""))
 
 
-def _with_digest(source: Source) -> Source:
+def _digest(source: Source, *, with_stats: bool) -> str:
     """The digest of everything that decides the cache's content except the settings: each
-    file's name, size and modification time, its label (by name) and given split. Hashed as
-    a few large buffers: a line per file would cost as much as the ``stat`` calls."""
+    file's name, size and modification time, its label (by name) and given split; without
+    the sizes and times, the digest of the listing alone. Hashed as a few large buffers: a
+    line per file would cost as much as the ``stat`` calls."""
     digest = hashlib.sha256(source.kind.encode())
     for strings in (source.class_names, source.names):
         digest.update("\0".join(strings).encode("utf-8", "surrogateescape") + b"\1")
-    for numbers in (source.sizes, source.mtimes, source.labels, source.splits):
+    columns = (source.sizes, source.mtimes) if with_stats else ()
+    for numbers in (*columns, source.labels, source.splits):
         digest.update(np.asarray(numbers, dtype=np.int64).tobytes())
-    object.__setattr__(source, "digest", digest.hexdigest())
-    return source
+    return digest.hexdigest()
 
 
 def _scan_folder(root: Path) -> Source:
@@ -169,7 +202,7 @@ def _scan_folder(root: Path) -> Source:
     index = {name: i for i, name in enumerate(class_names)}
     return Source(
         path=root, kind="folder", class_names=class_names, names=tuple(walker.names),
-        files=tuple(walker.files), sizes=tuple(walker.sizes), mtimes=tuple(walker.mtimes),
+        files=tuple(walker.files), sizes=(), mtimes=(),
         labels=tuple(index[c] for c in walker.labels), splits=tuple(walker.splits),
         skipped=tuple(walker.skipped), ignored=walker.ignored,
         split_origin="folders" if parts[0][2] >= 0 else "")
@@ -187,11 +220,21 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    """A regular file (through a symlink too), from the entry's type where the file system
+    gives it (no system call)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 class _Walker:
     """Walks class folders (following symlinks, skipping loops), collecting image files in
-    columns, and what it skipped or ignored on the way. Written for speed: at 100,000 files
-    the Python work per file costs as much as its ``stat``; a file whose name is not an
-    image's is never ``stat``-ed, and shown paths are built as strings on the way down."""
+    columns, and what it skipped or ignored on the way. Written for speed: an image file is
+    known regular from its directory entry (no ``stat``, except through a symlink), a file
+    whose name is not an image's is ``stat``-ed only to tell a folder, and shown paths are
+    built as strings on the way down."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -199,8 +242,6 @@ class _Walker:
         self.ignored = 0
         self.names: list[str] = []
         self.files: list[str] = []
-        self.sizes: list[int] = []
-        self.mtimes: list[int] = []
         self.labels: list[str] = []
         self.splits: list[int] = []
         self.per_class: dict[str, int] = {}  # class folder -> image files, over every split
@@ -234,24 +275,14 @@ class _Walker:
         except OSError as exc:
             self.skipped.append(SkippedFile(prefix, os_reason(exc)))
             return
-        names, files, sizes, mtimes = self.names, self.files, self.sizes, self.mtimes
+        names, files = self.names, self.files
         for entry in entries:
             name = entry.name
             if name.startswith("."):
                 self.ignored += 1
-            elif name.lower().endswith(IMAGE_EXTENSIONS):
-                try:
-                    st = entry.stat()  # follows symlinks
-                except OSError as exc:
-                    self.skipped.append(SkippedFile(prefix + name, os_reason(exc)))
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    names.append(prefix + name)
-                    files.append(entry.path)
-                    sizes.append(st.st_size)
-                    mtimes.append(st.st_mtime_ns)
-                else:
-                    self._other(entry, prefix, ancestors)
+            elif name.lower().endswith(IMAGE_EXTENSIONS) and _is_file(entry):
+                names.append(prefix + name)
+                files.append(entry.path)
             else:
                 self._other(entry, prefix, ancestors)
 
@@ -261,7 +292,8 @@ class _Walker:
         try:
             st = entry.stat()
         except OSError as exc:
-            if entry.is_symlink():  # a broken link or a loop, whatever its name
+            # a broken link or a loop, whatever its name; an image that cannot be stat-ed
+            if entry.is_symlink() or name.lower().endswith(IMAGE_EXTENSIONS):
                 self.skipped.append(SkippedFile(prefix + name, os_reason(exc)))
             else:
                 self.ignored += 1
