@@ -70,6 +70,23 @@ def test_preprocess_same_size_is_the_pixels_unchanged_and_bytes_equal_path(tmp_p
                                                         channels=1))
 
 
+def test_small_images_resized_together_get_each_ones_own_pixels() -> None:
+    from hpsearch.data_utils.own_images.preprocess import resize_group, resize_square
+
+    rng = np.random.default_rng(3)
+    cases = [((28, 28), 24), ((20, 30), 16), ((30, 20), 16), ((24, 30), 24), ((30, 24), 24),
+             ((24, 24), 32), ((17, 33), 9)]  # both passes, one pass only, upscaled, odd
+    for (width, height), size in cases:
+        for channels in (1, 3):
+            arrays = rng.integers(0, 256, (5, height, width, channels), dtype=np.uint8)
+            images = [Image.fromarray(a[..., 0] if channels == 1 else a) for a in arrays]
+            together = resize_group(images, size)
+            assert together.shape == (5, size, size, channels)
+            for image, row in zip(images, together):
+                alone = np.asarray(resize_square(image, size)).reshape(size, size, channels)
+                np.testing.assert_array_equal(row, alone, err_msg=f"{width}x{height}")
+
+
 def test_grey_in_a_colour_data_set_is_repeated_and_colour_in_grey_becomes_luma() -> None:
     grey = preprocess_image(image_bytes(Image.new("L", (4, 4), 77)), image_size=4, channels=3)
     assert (grey == 77).all() and grey.shape == (3, 4, 4)
@@ -413,6 +430,8 @@ def test_cached_pixels_are_the_preprocessing_of_the_file_bit_for_bit(tmp_path) -
     for i in range(4):
         write(root / "a" / f"{i}.jpg", noise("RGB", (70, 50)), "JPEG")
         write(root / "b" / f"{i}.png", noise("RGB", (50, 90)))
+        write(root / "a" / f"small{i}.png", noise("RGB", (20, 30), seed=i))  # resized together
+        write(root / "b" / f"small{i}.png", noise("L", (30, 28), seed=i))
     data = load(root, tmp_path, image_size=24, val_fraction=0.25, test_fraction=0.25)
     for split in ("train", "val", "test"):
         arrays = getattr(data, split)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from PIL import Image
 
 import hpsearch.data_utils.own_images.cache as cache_files
 from hpsearch.data_utils.own_images.headers import (
@@ -34,10 +35,13 @@ from hpsearch.data_utils.own_images.headers import (
     stat_of,
 )
 from hpsearch.data_utils.own_images.preprocess import (
+    GROUP_PIXELS,
     ImageFileError,
     _os_error_reason,
     bomb_warnings_ignored,
-    decode_pixels,
+    decode_unresized,
+    resize_group,
+    resize_square,
 )
 from hpsearch.data_utils.own_images.records import Source
 from hpsearch.data_utils.own_images.workers import Progress, WorkerPool, chunked
@@ -302,7 +306,8 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, bool, in
     Each file's pixels stay Pillow's bytes (channels last) until the chunk's rows are joined,
     moved to channels first in one array operation for RGB, and written with one
     ``os.pwrite`` (an array per image, or writing row by row through a memory map of the new
-    sparse file, cost up to a third of decoding a small PNG).
+    sparse file, cost up to a third of decoding a small PNG). Small images to resize are
+    resized after the loop, those of one size together (:func:`resize_group`).
 
     Returns:
         The chunk's :class:`_Chunk`.
@@ -310,7 +315,8 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, bool, in
     target, shape, max_pixels, record_headers, take_stats, n_train, start, files = task
     channels, image_size = shape[1], shape[2]
     blank = bytes(channels * image_size * image_size)  # a failed file's row: zeros
-    parts: list[bytes] = []
+    parts: list[bytes | np.ndarray] = []
+    small: dict[tuple[int, int], list[tuple[int, Image.Image]]] = {}  # size -> (index, image)
     reasons: dict[int, str] = {}
     fdigs: list[bytes | None] = []
     headers: list[tuple] = []
@@ -324,8 +330,13 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, bool, in
                     stats.append((size, mtime))
                 else:
                     data = read_file(file)
-                pixels, header = decode_pixels(data, image_size=image_size, channels=channels,
-                                               max_pixels=max_pixels)
+                image, header = decode_unresized(data, image_size=image_size,
+                                                 channels=channels, max_pixels=max_pixels)
+                if image.width * image.height <= GROUP_PIXELS and image.size != (
+                        image_size, image_size):
+                    small.setdefault(image.size, []).append((i, image))
+                else:
+                    pixels = resize_square(image, image_size).tobytes()
             except OSError as exc:
                 reason = header_reason = _os_error_reason(exc)
                 if take_stats and len(stats) == i:  # not opened: stat the path
@@ -344,6 +355,10 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, bool, in
             if record_headers:
                 headers.append((header_reason, 0, 0, "", False) if header is None else
                                (None, header.width, header.height, header.mode, header.grey))
+    for group in small.values():  # small images of one size: resized together
+        for (i, _), row in zip(group, resize_group([image for _, image in group],
+                                                   image_size)):
+            parts[i] = row
     rows = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(
         len(files), image_size, image_size, channels)
     rows = np.ascontiguousarray(rows.transpose(0, 3, 1, 2))  # a view for one channel

@@ -14,11 +14,15 @@ serving alike (so a served photo gets exactly the cached pixels of the same file
 4. applies the EXIF orientation, so a photo is used as a viewer shows it;
 5. converts the colour mode (see :data:`MODE_RULES`) to grey (``L``) for a one-channel data
    set and to ``RGB`` for a three-channel one;
-6. resizes the centred square of side ``min(width, height)`` to ``image_size`` pixels, in
-   one resampling step (the same as resizing the shorter side, then centre-cropping), with
-   Pillow's antialiased bilinear filter: torchvision's ``Resize`` default, so pixels match
-   what a torchvision pipeline gives; it has no ringing (LANCZOS and BICUBIC overshoot at
-   edges) and it is the fastest of Pillow's antialiased filters.
+6. resizes the centred square of side ``min(width, height)`` to ``image_size`` pixels
+   (close to resizing the shorter side, then centre-cropping) with Pillow's antialiased
+   bilinear filter, torchvision's ``Resize`` default: it has no ringing (LANCZOS and BICUBIC
+   overshoot at edges) and it is the fastest of Pillow's antialiased filters. It runs as two
+   explicit passes, horizontal then vertical (one Pillow resize call each, exactly the two
+   passes one call makes, whose order Pillow would choose by the image's shape), so that a
+   cache build can resize many small images of one size together (:func:`resize_group`: one
+   tall image for the horizontal pass, one wide image for the vertical pass) and get the
+   pixels of :func:`resize_square`, bit for bit.
 
 Bump :data:`PREPROCESS_VERSION` with any change here that changes a pixel: the cache keys on it.
 """
@@ -29,7 +33,7 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -38,11 +42,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from hpsearch.data_utils.own_images.records import os_reason
 from hpsearch.errors import first_line
 
-__all__ = ["FORMATS", "MAX_IMAGE_PIXELS", "MODE_RULES", "PREPROCESS_VERSION", "ImageFileError",
-           "ImageHeader", "bomb_warnings_ignored", "decode_image", "decode_pixels", "is_grey",
-           "open_image", "preprocess_image"]
+__all__ = ["FORMATS", "GROUP_PIXELS", "MAX_IMAGE_PIXELS", "MODE_RULES", "PREPROCESS_VERSION",
+           "ImageFileError", "ImageHeader", "bomb_warnings_ignored", "decode_image",
+           "decode_pixels", "decode_unresized", "is_grey", "open_image", "preprocess_image",
+           "resize_group", "resize_square"]
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: the resize's passes in a fixed order (1: Pillow's choice)
 MAX_IMAGE_PIXELS = 89_478_485
 """Most pixels (width x height) an image may declare: Pillow's own warning threshold, about
 a 9,500 x 9,500 photo, 0.25 GiB decoded as RGB."""
@@ -191,32 +196,118 @@ def decode_pixels(source: bytes | str | os.PathLike[str], *, image_size: int, ch
     Raises:
         ImageFileError, ValueError: as :func:`preprocess_image`.
     """
+    image, header = decode_unresized(source, image_size=image_size, channels=channels,
+                                     max_pixels=max_pixels)
+    return resize_square(image, image_size).tobytes(), header
+
+
+def decode_unresized(source: bytes | str | os.PathLike[str], *, image_size: int,
+                     channels: int, max_pixels: int = MAX_IMAGE_PIXELS
+                     ) -> tuple[Image.Image, ImageHeader]:
+    """Steps 1 to 5 of :func:`preprocess_image`: the decoded image in ``L`` or ``RGB``, not
+    resized yet (:func:`resize_square` is step 6), and what the file declares.
+
+    Raises:
+        ImageFileError, ValueError: as :func:`preprocess_image`.
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size!r}")
+    if not isinstance(source, bytes):  # from bytes, nothing is left open
+        try:
+            with open(source, "rb") as f:
+                source = f.read()
+        except OSError as exc:
+            raise ImageFileError(_os_error_reason(exc)) from None
     image = _open(source, max_pixels)
     fmt, (width, height), mode = image.format, image.size, image.mode
     try:
-        with image:
-            if min(width, height) >= 2 * image_size:  # else libjpeg would decode at 1/1
-                image.draft(None, (image_size, image_size))  # JPEG only; a no-op for others
-            image.load()
-            header = ImageHeader(width, height, mode, is_grey(image))
-            if _may_be_oriented(image):  # reading the EXIF costs more than decoding a thumbnail
-                ImageOps.exif_transpose(image, in_place=True)
-            image = _to_mode(image, "L" if channels == 1 else "RGB")
-            width, height = image.size
-            if (width, height) != (image_size, image_size):
-                side = min(width, height)
-                box = ((width - side) / 2, (height - side) / 2, (width + side) / 2,
-                       (height + side) / 2)
-                image = image.resize((image_size, image_size), RESAMPLE, box=box)
-            return image.tobytes(), header
+        if min(width, height) >= 2 * image_size:  # else libjpeg would decode at 1/1
+            image.draft(None, (image_size, image_size))  # JPEG only; a no-op for others
+        image.load()
+        header = ImageHeader(width, height, mode, is_grey(image))
+        if _may_be_oriented(image):  # reading the EXIF costs more than decoding a thumbnail
+            ImageOps.exif_transpose(image, in_place=True)
+        return _to_mode(image, "L" if channels == 1 else "RGB"), header
     except ImageFileError:
         raise
     except Exception as exc:
         raise ImageFileError(f"{fmt + ' ' if fmt else ''}{_describe(exc)}") from None
+
+
+GROUP_PIXELS = 64 * 64
+"""Images of at most this many pixels (width x height) are worth resizing in groups
+(:func:`resize_group`): below it, a Pillow call's fixed cost is most of a resize."""
+
+
+def _boxes(width: int, height: int) -> tuple[tuple[float, float] | None,
+                                             tuple[float, float] | None]:
+    """The centred square's (left, right) and (top, bottom) edges, each None where that
+    pass would copy the image unchanged."""
+    side = min(width, height)
+    across = None if width == side else ((width - side) / 2, (width + side) / 2)
+    down = None if height == side else ((height - side) / 2, (height + side) / 2)
+    return across, down
+
+
+def resize_square(image: Image.Image, image_size: int) -> Image.Image:
+    """Step 6 of :func:`preprocess_image`: the centred square of side ``min(width, height)``
+    resized to ``image_size`` (an ``L`` or ``RGB`` image), horizontal pass, then vertical."""
+    width, height = image.size
+    if (width, height) == (image_size, image_size):
+        return image
+    across, down = _boxes(width, height)
+    if across is not None or width != image_size:
+        left, right = across or (0, width)
+        image = image.resize((image_size, height), RESAMPLE, box=(left, 0, right, height))
+    if down is not None or height != image_size:
+        top, bottom = down or (0, height)
+        image = image.resize((image_size, image_size), RESAMPLE,
+                             box=(0, top, image_size, bottom))
+    return image
+
+
+def resize_group(images: Sequence[Image.Image], image_size: int) -> np.ndarray:
+    """:func:`resize_square` of images of one size and mode (``L`` or ``RGB``) at once, bit
+    for bit.
+
+    The horizontal pass of each image treats each row on its own, so it runs on the images
+    pasted one below the other as one tall image; the vertical pass treats each column on
+    its own, so it runs on the results side by side as one wide image: two Pillow calls
+    instead of two per image (a 28 px grey image to 24 px: 7 us against 21 us).
+
+    Returns:
+        uint8 (len(images), S, S, channels), channels last.
+    """
+    count, (width, height), mode = len(images), images[0].size, images[0].mode
+    channels = len(mode)
+    across, down = _boxes(width, height)
+    horizontal = across is not None or width != image_size
+    vertical = down is not None or height != image_size
+    if horizontal:
+        left, right = across or (0, width)
+        strip = Image.new(mode, (width, count * height))
+        for i, image in enumerate(images):
+            strip.paste(image, (0, i * height))
+        strip = strip.resize((image_size, count * height), RESAMPLE,
+                             box=(left, 0, right, count * height))
+        rows = np.frombuffer(strip.tobytes(), np.uint8).reshape(count, height, image_size,
+                                                                 channels)
+        if vertical:  # side by side: (height, count, S, C)
+            strip = Image.frombytes(mode, (count * image_size, height),
+                                    np.ascontiguousarray(rows.transpose(1, 0, 2, 3)).tobytes())
+    else:
+        strip = Image.new(mode, (count * width, height))
+        for i, image in enumerate(images):
+            strip.paste(image, (i * width, 0))
+    if vertical:
+        top, bottom = down or (0, height)
+        strip = strip.resize((count * image_size, image_size), RESAMPLE,
+                             box=(0, top, count * image_size, bottom))
+        rows = np.frombuffer(strip.tobytes(), np.uint8).reshape(
+            image_size, count, image_size, channels).transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(rows)
 
 
 _ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
