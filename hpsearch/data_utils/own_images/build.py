@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,12 @@ def build_cache(plan: Plan) -> cache_files.CacheEntry:
             decoded = decode_files(files, target, n_train=n_train, image_size=plan.image_size,
                                    channels=plan.channels, max_pixels=plan.options.max_pixels,
                                    pool=plan.pool, stream=plan.stream, record_headers=False)
-        plan.pool.close()  # the workers' memory maps end before the file is cut
-        meta, file_digests = _finish(plan, rows, files, decoded, temp)
+        plan.pool.close(wait=False)  # every row is written; the workers exit meanwhile
+        meta, file_digests, flushed = _finish(plan, rows, files, decoded, temp)
         meta["built"] = {"seconds": round(time.perf_counter() - started, 2),
                          "host": socket.gethostname(),
                          "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        cache_files.finish(temp, plan.final, meta)
+        cache_files.finish(temp, plan.final, meta, images_flushed=flushed)
     except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
         if isinstance(exc, Exception) and not isinstance(exc, DiskFull) and is_disk_full(exc):
@@ -132,12 +133,14 @@ def _in_source_order(probe: Probe, rows: np.ndarray) -> Probe:
 
 
 def _finish(plan: Plan, rows: np.ndarray, files: list[str], decoded: Decoded, temp: Path
-            ) -> tuple[dict[str, Any], dict[int, bytes]]:
-    """Cut the failed rows, write the labels; the metadata (mean, std, leakage, files), and
-    the file digests the leakage check took (see :func:`_leakage`)."""
+            ) -> tuple[dict[str, Any], dict[int, bytes], Callable[[], None]]:
+    """Cut the failed rows, start flushing the images to disk, write the labels; the
+    metadata (mean, std, leakage, files), the file digests the leakage check took (see
+    :func:`_leakage`), and the wait for the flush."""
     size, channels = plan.image_size, plan.channels
     keep = decoded.decoded
     cache_files.drop_rows(temp / "images.npy", (len(rows), channels, size, size), keep)
+    flushed = cache_files.flush_in_background(temp / "images.npy")
     labels = np.asarray(plan.source.labels, dtype=np.int64)[rows][keep]
     np.save(temp / "labels.npy", labels)
     splits = plan.splits[rows][keep]
@@ -165,7 +168,7 @@ def _finish(plan: Plan, rows: np.ndarray, files: list[str], decoded: Decoded, te
                     sorted((int(rows[row]), reason) for row, reason in decoded.reasons.items())],
         "leakage": [{"kind": g.kind, "files": [list(f) for f in g.files]} for g in leakage],
         "mean": (mean / 255).round(6).tolist(), "std": (std / 255).round(6).tolist(),
-    }, file_digests
+    }, file_digests, flushed
 
 
 def _leakage(decoded: Decoded, keep: np.ndarray, splits: np.ndarray, names: list[str],

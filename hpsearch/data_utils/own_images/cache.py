@@ -29,9 +29,10 @@ import os
 import shutil
 import socket
 import struct
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -246,17 +247,50 @@ def drop_rows(path: Path, shape: tuple[int, int, int, int], keep: np.ndarray) ->
     return kept
 
 
-def finish(temp: Path, final: Path, meta: dict[str, Any]) -> Path:
+def flush_in_background(path: Path) -> Callable[[], None]:
+    """Start flushing a file to disk (``fsync``) in a thread; the returned function waits
+    for it and raises what it raised (a full disk: ``OSError`` ENOSPC). The images of a
+    cache take tens of milliseconds, which the rest of the finishing can use."""
+    errors: list[OSError] = []
+
+    def flush() -> None:
+        try:
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as exc:  # handed to the waiting thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=flush, name="hpsearch-cache-flush", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    return wait
+
+
+def finish(temp: Path, final: Path, meta: dict[str, Any], *,
+           images_flushed: Callable[[], None] | None = None) -> Path:
     """Write ``meta.json``, flush every file to disk, rename ``temp`` to ``final``.
+
+    Args:
+        images_flushed: where ``images.npy`` is being flushed already, waits for it
+            (:func:`flush_in_background`).
 
     Returns ``final``; if another builder got there first, its cache stays and ``temp`` is
     removed.
     """
     (temp / "owner").unlink(missing_ok=True)
     (temp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False))
-    for name in ("images.npy", "labels.npy", "meta.json"):
+    names = ("labels.npy", "meta.json") if images_flushed else (
+        "images.npy", "labels.npy", "meta.json")
+    for name in names:
         with open(temp / name, "rb+") as f:
             os.fsync(f.fileno())
+    if images_flushed is not None:
+        images_flushed()
     try:
         os.rename(temp, final)
     except OSError:

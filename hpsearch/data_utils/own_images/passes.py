@@ -232,7 +232,8 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
     shape = (n, channels, image_size, image_size)
     cache_files.create_images_file(target, shape)
     row_bytes = channels * image_size * image_size
-    chunks = chunked(range(n), pool.workers, most=max(16, min(1024, CHUNK_BYTES // row_bytes)))
+    chunks = _tapered(chunked(range(n), pool.workers,
+                              most=max(16, min(1024, CHUNK_BYTES // row_bytes))), pool.workers)
     tasks = [(str(target), shape, max_pixels, record_headers, take_stats, n_train, rows.start,
               list(files[rows.start:rows.stop])) for rows in chunks]
     decoded = Decoded({}, np.zeros((n, 16), np.uint8), np.zeros(n, bool),
@@ -254,6 +255,18 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
     skipped = len(decoded.reasons)
     progress.close(f"{skipped} skipped" if skipped else "")
     return decoded
+
+
+def _tapered(chunks: list[range], workers: int) -> list[range]:
+    """``chunks`` with the last ``2 * workers`` cut in quarters: a worker that finishes
+    first waits at most a quarter chunk for the others (a whole one of 96 px JPEGs, 90 ms,
+    was a tenth of building 10,000 of them on two cores)."""
+    tail = 2 * workers
+    if len(chunks) <= tail:
+        return chunks
+    pieces = [range(c.start + i * len(c) // 4, c.start + (i + 1) * len(c) // 4)
+              for c in chunks[-tail:] for i in range(4)]
+    return chunks[:-tail] + [p for p in pieces if len(p)]
 
 
 def _record(probe: Probe, result: _Chunk) -> None:

@@ -105,10 +105,11 @@ class WorkerPool:
             progress.advance(count(result))
             yield result
 
-    def close(self, *, cancel: bool = False) -> None:
-        """Stop the workers (``cancel``: drop the work not started yet)."""
+    def close(self, *, cancel: bool = False, wait: bool = True) -> None:
+        """Stop the workers (``cancel``: drop the work not started yet; ``wait``: until they
+        have exited, else they exit while this process goes on)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool.shutdown(wait=wait, cancel_futures=cancel)
             self._pool = None
 
     def __enter__(self) -> WorkerPool:
