@@ -110,7 +110,10 @@ def read_file_stat(path: str) -> tuple[bytes, int, int]:
     fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(fd)
-        return _read_to_end(fd, None), st.st_size, st.st_mtime_ns
+        data = os.read(fd, st.st_size) if st.st_size else b""  # most files: one read
+        if len(data) < st.st_size or not data:  # a short read, or a file stat sizes at 0
+            data += _read_to_end(fd, None)
+        return data, st.st_size, st.st_mtime_ns
     finally:
         os.close(fd)
 

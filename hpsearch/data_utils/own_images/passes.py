@@ -345,8 +345,9 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, bool, in
                     data = read_file(file)
                 image, header = decode_unresized(data, image_size=image_size,
                                                  channels=channels, max_pixels=max_pixels)
-                if image.width * image.height <= GROUP_PIXELS and image.size != (
-                        image_size, image_size):
+                if image.size == (image_size, image_size):
+                    pixels = image.tobytes()
+                elif image.width * image.height <= GROUP_PIXELS:
                     small.setdefault(image.size, []).append((i, image))
                 else:
                     pixels = resize_square(image, image_size).tobytes()

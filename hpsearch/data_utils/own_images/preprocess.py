@@ -314,12 +314,16 @@ _ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adob
 
 
 def _may_be_oriented(image: Image.Image) -> bool:
-    """Whether a loaded image holds anything ``Image.getexif`` reads an orientation from."""
-    return hasattr(image, "tag_v2") or not _ORIENTATION_SOURCES.isdisjoint(image.info)
+    """Whether a loaded image holds anything ``Image.getexif`` reads an orientation from
+    (its info, or a TIFF's tags: ``tag_v2``, which only Pillow's TIFF plug-in of
+    :data:`FORMATS` has)."""
+    return not _ORIENTATION_SOURCES.isdisjoint(image.info) or image.format == "TIFF"
 
 
 def _to_mode(image: Image.Image, target: str) -> Image.Image:
     mode = image.mode
+    if mode == target and "transparency" not in image.info:
+        return image
     if mode == "I" or mode.startswith("I;16"):
         values = np.asarray(image).astype(np.int64)
         grey = ((np.clip(values, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
