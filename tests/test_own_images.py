@@ -397,7 +397,7 @@ def test_a_first_builds_remembered_headers_still_show_byte_identical_leakage(tmp
 
 
 def test_pixel_fingerprints_are_equal_exactly_for_equal_rows() -> None:
-    from hpsearch.data_utils.own_images.passes import pixel_fingerprints
+    from hpsearch.data_utils.own_images.rows import pixel_fingerprints
 
     rng = np.random.default_rng(0)
     for shape in ((6, 1, 5, 5), (6, 3, 8, 8)):  # 25 bytes (padded to whole words), 192
@@ -411,7 +411,7 @@ def test_pixel_fingerprints_are_equal_exactly_for_equal_rows() -> None:
 
 
 def test_channel_sums_are_exact() -> None:
-    from hpsearch.data_utils.own_images.passes import channel_sums
+    from hpsearch.data_utils.own_images.rows import channel_sums
 
     rng = np.random.default_rng(1)
     for shape in ((7, 3, 9, 9), (2, 1, 300, 300)):  # 300 px: beyond 32-bit sums of squares
