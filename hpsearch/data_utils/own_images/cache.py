@@ -106,14 +106,17 @@ def listing_known(root: Path, listing: str, prefix: str) -> bool:
         return False
 
 
-def open_cache(folder: Path, stream: IO[str] | None = None) -> CacheEntry | None:
+def open_cache(folder: Path, stream: IO[str] | None = None, *,
+               meta: dict[str, Any] | None = None) -> CacheEntry | None:
     """The cache in ``folder``, or None when there is none or it is not complete (then it is
-    moved aside to ``.corrupt-*``, for a new build)."""
+    moved aside to ``.corrupt-*``, for a new build). ``meta``: its ``meta.json`` as the
+    build that just wrote it has it (not read again)."""
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        if meta is None:
+            meta = json.loads(meta_path.read_text())
         if meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"cache format {meta.get('format')!r}")
         images = np.load(folder / "images.npy", mmap_mode="r")
