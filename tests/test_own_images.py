@@ -575,6 +575,25 @@ def test_an_inspected_folder_builds_without_guessing(tmp_path, monkeypatch) -> N
     assert str(data.cache_dir) == report["cache"]["folder"]
 
 
+def test_the_last_chunks_are_cut_finer_and_every_row_is_in_one_chunk() -> None:
+    from hpsearch.data_utils.own_images.passes import _tapered
+    from hpsearch.data_utils.own_images.workers import chunked
+
+    chunks = chunked(range(10_000), 2, most=625)
+    tapered = _tapered(chunks, 2)
+    assert [r for c in tapered for r in c] == list(range(10_000))  # in order, each once
+    assert [len(c) for c in tapered[-16:]] == [156, 156, 156, 157] * 4  # last 4 in quarters
+    assert tapered[:-16] == chunks[:-4]
+    assert _tapered(chunks[:3], 2) == chunks[:3]  # too few to cut
+
+
+def test_a_background_flush_hands_its_error_to_the_waiting_build(tmp_path) -> None:
+    (tmp_path / "written").write_bytes(b"rows")
+    cache_files.flush_in_background(tmp_path / "written")()  # flushed, no error
+    with pytest.raises(FileNotFoundError):
+        cache_files.flush_in_background(tmp_path / "missing")()
+
+
 def test_a_failed_build_leaves_no_cache_and_the_next_one_succeeds(tmp_path,
                                                                    monkeypatch) -> None:
     root = class_tree(tmp_path / "p", {"a": 3, "b": 3})
