@@ -193,10 +193,6 @@ class Decoded:
 
     Attributes:
         reasons: row -> why the row's file was skipped (rows not listed were decoded).
-        file_digests: uint8 (N, 16), :func:`file_digest` of the bytes of each file that was
-            read but could not be decoded, where ``has_file_digest`` (bool (N,)) says so (a
-            decoded file is hashed only when its pixels are another row's, see
-            :func:`pixel_fingerprints`).
         fingerprints: uint64 (N,), :func:`pixel_fingerprints` of the rows (0 for the rows in
             ``reasons``): rows with identical pixels share one.
         sums: int64 (2, C): per channel, the sum and the sum of squares of the pixel values
@@ -207,8 +203,6 @@ class Decoded:
     """
 
     reasons: dict[int, str]
-    file_digests: np.ndarray
-    has_file_digest: np.ndarray
     fingerprints: np.ndarray
     sums: np.ndarray
     probe: Probe | None
@@ -217,7 +211,7 @@ class Decoded:
     @property
     def decoded(self) -> np.ndarray:
         """bool (N,): the row holds its file's pixels."""
-        ok = np.ones(len(self.file_digests), dtype=bool)
+        ok = np.ones(len(self.fingerprints), dtype=bool)
         ok[list(self.reasons)] = False
         return ok
 
@@ -236,8 +230,7 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
                               most=max(16, min(1024, CHUNK_BYTES // row_bytes))), pool.workers)
     tasks = [(str(target), shape, max_pixels, record_headers, take_stats, n_train, rows.start,
               list(files[rows.start:rows.stop])) for rows in chunks]
-    decoded = Decoded({}, np.zeros((n, 16), np.uint8), np.zeros(n, bool),
-                      np.zeros(n, np.uint64), np.zeros((2, channels), np.int64),
+    decoded = Decoded({}, np.zeros(n, np.uint64), np.zeros((2, channels), np.int64),
                       Probe.empty(n) if record_headers else None,
                       np.full((n, 2), -1, np.int64) if take_stats else None)
     progress = Progress("decoding images", n, stream)
@@ -245,7 +238,6 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
                                   count=lambda r: r.stop - r.start):
         rows = slice(result.start, result.stop)
         decoded.reasons.update({result.start + i: r for i, r in result.reasons.items()})
-        decoded.file_digests[rows], decoded.has_file_digest[rows] = result.file_digests
         decoded.fingerprints[rows] = result.fingerprints
         decoded.sums[...] += result.sums
         if decoded.stats is not None:
@@ -287,7 +279,9 @@ class _Chunk:
     Attributes:
         start, stop: its rows.
         reasons: index in the chunk -> why that file was skipped.
-        file_digests: (uint8 (K, 16), bool (K,) known), see :class:`Decoded`.
+        file_digests: (uint8 (K, 16), bool (K,) known): :func:`file_digest` of each file
+            read but not decodable (a decoded file is hashed only when its pixels are
+            another row's, see the build's leakage check); kept in a recorded probe.
         fingerprints: uint64 (K,), :func:`pixel_fingerprints` of the rows.
         sums: int64 (2, C), see :class:`Decoded`.
         headers: when recorded, as a header probe reads them: (index -> why the header is
