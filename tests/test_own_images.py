@@ -499,6 +499,27 @@ def test_a_new_folder_is_decoded_before_any_stat_and_keyed_as_stat_gives_it(
                                defer_stats=True).stats_deferred
 
 
+def test_a_file_removed_after_the_listing_is_skipped_as_removed_not_as_a_broken_link(
+        tmp_path, monkeypatch) -> None:
+    from hpsearch.data_utils.own_images import build
+
+    root = class_tree(tmp_path / "p", {"a": 4, "b": 4})
+    (root / "b" / "link.png").symlink_to(root / "b" / "0.png")
+    decode_files = build.decode_files
+
+    def removing(*args: object, **kwargs: object):
+        (root / "a" / "1.png").unlink()  # after the listing, before the decoding
+        (root / "b" / "0.png").unlink()  # the link's target too
+        return decode_files(*args, **kwargs)
+
+    monkeypatch.setattr(build, "decode_files", removing)
+    data = load(root, tmp_path, test_fraction=0.0)
+    assert {(s.path, s.reason) for s in data.skipped} == {
+        ("a/1.png", "no longer exists (removed after it was listed)"),
+        ("b/0.png", "no longer exists (removed after it was listed)"),
+        ("b/link.png", "broken symlink (its target does not exist)")}
+
+
 def test_a_builder_waiting_on_a_new_folder_finds_the_cache_another_built(tmp_path) -> None:
     from hpsearch.data_utils.own_images import plan as plans
 

@@ -109,6 +109,8 @@ def os_reason(exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
         return "symlink loop"
     if exc.errno == errno.ENOENT:
+        if exc.filename is not None and not os.path.islink(exc.filename):
+            return "no longer exists (removed after it was listed)"
         return "broken symlink (its target does not exist)"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "cannot be read: permission denied"
