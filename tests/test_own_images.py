@@ -75,7 +75,8 @@ def test_small_images_resized_together_get_each_ones_own_pixels() -> None:
 
     rng = np.random.default_rng(3)
     cases = [((28, 28), 24), ((20, 30), 16), ((30, 20), 16), ((24, 30), 24), ((30, 24), 24),
-             ((24, 24), 32), ((17, 33), 9)]  # both passes, one pass only, upscaled, odd
+             ((24, 24), 32), ((17, 33), 9), ((24, 24), 24)]
+    # both passes, one pass only, upscaled, odd, none (the pixels copied out together)
     for (width, height), size in cases:
         for channels in (1, 3):
             arrays = rng.integers(0, 256, (5, height, width, channels), dtype=np.uint8)
@@ -85,6 +86,34 @@ def test_small_images_resized_together_get_each_ones_own_pixels() -> None:
             for image, row in zip(images, together):
                 alone = np.asarray(resize_square(image, size)).reshape(size, size, channels)
                 np.testing.assert_array_equal(row, alone, err_msg=f"{width}x{height}")
+
+
+def test_a_png_or_jpeg_opened_directly_is_what_image_open_gives() -> None:
+    from hpsearch.data_utils.own_images.preprocess import FORMATS, _open_directly
+
+    picture = noise("RGB", (40, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: its info must come through
+    files = {"PNG": image_bytes(picture, "PNG"),
+             "JPEG": image_bytes(picture, "JPEG", exif=exif.tobytes()),
+             "PNG L": image_bytes(picture.convert("L"), "PNG")}
+    for name, data in files.items():
+        Image.open(io.BytesIO(data), formats=FORMATS)  # Pillow's plug-ins registered
+        direct = _open_directly(data, io.BytesIO(data), 10**6)
+        assert direct is not None, name
+        usual = Image.open(io.BytesIO(data), formats=FORMATS)
+        assert (type(direct), direct.format, direct.size, direct.mode, direct.info) == (
+            type(usual), usual.format, usual.size, usual.mode, usual.info), name
+        np.testing.assert_array_equal(np.asarray(direct), np.asarray(usual), err_msg=name)
+    corrupt = bytearray(files["PNG"])
+    corrupt[12:16] = b"XXXX"  # IHDR renamed: Pillow's PNG plug-in gives up, Image.open words it
+    for data in (image_bytes(picture, "GIF"), image_bytes(picture, "BMP"), bytes(corrupt)):
+        stream = io.BytesIO(data)
+        assert _open_directly(data, stream, 10**6) is None and stream.tell() == 0
+    too_many = 2 * Image.MAX_IMAGE_PIXELS + 1  # above Pillow's own refusal: Image.open's call
+    assert _open_directly(files["PNG"], io.BytesIO(files["PNG"]), too_many) is None
+    with pytest.raises(ImageFileError, match="not an image"):
+        preprocess_image(bytes(corrupt), image_size=8, channels=3)
 
 
 def test_grey_in_a_colour_data_set_is_repeated_and_colour_in_grey_becomes_luma() -> None:
@@ -414,7 +443,8 @@ def test_channel_sums_are_exact() -> None:
     from hpsearch.data_utils.own_images.rows import channel_sums
 
     rng = np.random.default_rng(1)
-    for shape in ((7, 3, 9, 9), (2, 1, 300, 300)):  # 300 px: beyond 32-bit sums of squares
+    # 300 px: beyond 32-bit sums of squares; 600 rows of 1 x 28 x 28: several blocks
+    for shape in ((7, 3, 9, 9), (2, 1, 300, 300), (600, 1, 28, 28), (100, 3, 100, 100)):
         rows = rng.integers(0, 256, shape, dtype=np.uint8)
         rows[0] = 255
         wide = rows.astype(np.int64)
@@ -613,6 +643,41 @@ def test_a_background_flush_hands_its_error_to_the_waiting_build(tmp_path) -> No
     cache_files.flush_in_background(tmp_path / "written")()  # flushed, no error
     with pytest.raises(FileNotFoundError):
         cache_files.flush_in_background(tmp_path / "missing")()
+
+
+def test_a_flush_during_decoding_hands_its_error_to_the_last_one(tmp_path) -> None:
+    written = cache_files.Writeback(tmp_path / "written")
+    (tmp_path / "written").write_bytes(b"rows")
+    written.kick()
+    written.kick()  # while one runs: nothing more
+    written.final()()
+    missing = cache_files.Writeback(tmp_path / "missing")
+    missing.kick()  # fails in its thread; the error waits for the last flush's wait
+    (tmp_path / "missing").write_bytes(b"rows")
+    with pytest.raises(FileNotFoundError):
+        missing.final()()
+
+
+def test_chunk_rows_hold_each_image_whether_pasted_or_copied() -> None:
+    from hpsearch.data_utils.own_images.rows import ChunkRows
+
+    rng = np.random.default_rng(5)
+    for channels, mode in ((1, "L"), (3, "RGB")):
+        arrays = rng.integers(0, 256, (4, 6, 6, channels), dtype=np.uint8)
+        images = [Image.fromarray(a[..., 0] if channels == 1 else a, mode) for a in arrays]
+        expected = arrays.transpose(0, 3, 1, 2).copy()
+        expected[2] = 0  # a failed file: zeros
+        for pasted in (True, False):
+            chunk = ChunkRows(4, 6, channels)
+            assert (chunk._paste is not None) is True  # Pillow shares the memory here
+            if not pasted:
+                chunk._paste = None  # as where Pillow's image would not share it
+            chunk.put(0, images[0])
+            chunk.put(3, images[3])
+            chunk.put_many([1], arrays[1:2])
+            rows = chunk.rows()
+            assert rows.shape == (4, channels, 6, 6) and rows.flags.c_contiguous
+            np.testing.assert_array_equal(rows, expected, err_msg=f"{mode} pasted={pasted}")
 
 
 def test_a_failed_build_leaves_no_cache_and_the_next_one_succeeds(tmp_path,

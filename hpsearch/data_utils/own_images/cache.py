@@ -250,28 +250,59 @@ def drop_rows(path: Path, shape: tuple[int, int, int, int], keep: np.ndarray) ->
     return kept
 
 
+class Writeback:
+    """Flushes a file that is being written to disk (``fdatasync``) in a thread, again each
+    time :meth:`kick` is called while no flush runs: a build kicks it as each chunk of rows
+    arrives, so that the flush before the cache's rename finds little left to write (a cache
+    of 92 MB took 45 ms of finishing otherwise). What a flush raised (a full disk: ``OSError``
+    ENOSPC) is raised by the wait that :meth:`final` returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread: threading.Thread | None = None
+        self._errors: list[OSError] = []
+
+    def kick(self) -> None:
+        """Start a flush unless one is running."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = self._start(self._flush)
+
+    def final(self) -> Callable[[], None]:
+        """Start the last flush (after the running one) in a thread; the returned function
+        waits for it and raises what any flush raised."""
+        previous = self._thread
+
+        def flush() -> None:
+            if previous is not None:
+                previous.join()
+            self._flush(full=True)
+
+        thread = self._thread = self._start(flush)
+
+        def wait() -> None:
+            thread.join()
+            if self._errors:
+                raise self._errors[0]
+
+        return wait
+
+    def _start(self, target: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=target, name="hpsearch-cache-flush", daemon=True)
+        thread.start()
+        return thread
+
+    def _flush(self, full: bool = False) -> None:
+        try:
+            with open(self.path, "rb+") as f:
+                (os.fsync if full else getattr(os, "fdatasync", os.fsync))(f.fileno())
+        except OSError as exc:  # handed to the waiting thread
+            self._errors.append(exc)
+
+
 def flush_in_background(path: Path) -> Callable[[], None]:
     """Start flushing a file to disk (``fsync``) in a thread; the returned function waits
-    for it and raises what it raised (a full disk: ``OSError`` ENOSPC). The images of a
-    cache take tens of milliseconds, which the rest of the finishing can use."""
-    errors: list[OSError] = []
-
-    def flush() -> None:
-        try:
-            with open(path, "rb+") as f:
-                os.fsync(f.fileno())
-        except OSError as exc:  # handed to the waiting thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=flush, name="hpsearch-cache-flush", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if errors:
-            raise errors[0]
-
-    return wait
+    for it and raises what it raised (a full disk: ``OSError`` ENOSPC)."""
+    return Writeback(path).final()
 
 
 def finish(temp: Path, final: Path, meta: dict[str, Any], *,

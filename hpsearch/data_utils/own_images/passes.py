@@ -43,7 +43,7 @@ from hpsearch.data_utils.own_images.preprocess import (
     resize_square,
 )
 from hpsearch.data_utils.own_images.records import Source
-from hpsearch.data_utils.own_images.rows import channel_sums, pixel_fingerprints
+from hpsearch.data_utils.own_images.rows import ChunkRows, channel_sums, pixel_fingerprints
 from hpsearch.data_utils.own_images.workers import Progress, WorkerPool, chunked
 
 __all__ = ["Probe", "decode_files", "load_probe", "probe_source", "save_probe"]
@@ -200,6 +200,7 @@ class Decoded:
         probe: the headers seen, in row order (only when asked for).
         stats: int64 (N, 2), each file's size and modification time as read (only when
             asked for; -1, -1 where the file could not be stat-ed).
+        writeback: the flushing of the rows to disk, started as they were written.
     """
 
     reasons: dict[int, str]
@@ -207,6 +208,7 @@ class Decoded:
     sums: np.ndarray
     probe: Probe | None
     stats: np.ndarray | None = None
+    writeback: cache_files.Writeback | None = None
 
     @property
     def decoded(self) -> np.ndarray:
@@ -232,10 +234,12 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
               list(files[rows.start:rows.stop])) for rows in chunks]
     decoded = Decoded({}, np.zeros(n, np.uint64), np.zeros((2, channels), np.int64),
                       Probe.empty(n) if record_headers else None,
-                      np.full((n, 2), -1, np.int64) if take_stats else None)
+                      np.full((n, 2), -1, np.int64) if take_stats else None,
+                      cache_files.Writeback(target))
     progress = Progress("decoding images", n, stream)
     for result in pool.map_chunks(decode_chunk, tasks, size=n, progress=progress,
                                   count=lambda r: r.stop - r.start):
+        decoded.writeback.kick()  # the rows written so far go to disk while decoding
         rows = slice(result.start, result.stop)
         decoded.reasons.update({result.start + i: r for i, r in result.reasons.items()})
         decoded.fingerprints[rows] = result.fingerprints
@@ -310,27 +314,26 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, bool, in
                              list[str]]) -> _Chunk:
     """Decode consecutive files into rows ``start, start + 1, ...`` of the cache being built.
 
-    Each file's pixels stay Pillow's bytes (channels last) until the chunk's rows are joined,
-    moved to channels first in one array operation for RGB, and written with one
-    ``os.pwrite`` (an array per image, or writing row by row through a memory map of the new
-    sparse file, cost up to a third of decoding a small PNG). Small images to resize are
-    resized after the loop, those of one size together (:func:`resize_group`).
+    Each image is copied once, into the chunk's rows (:class:`ChunkRows`), which are moved
+    to channels first in one array operation for RGB and written with one ``os.pwrite`` (an
+    array per image, or writing row by row through a memory map of the new sparse file, cost
+    up to a third of decoding a small PNG). Small images to resize are resized after the
+    loop, those of one size together (:func:`resize_group`).
 
     Returns:
         The chunk's :class:`_Chunk`.
     """
     target, shape, max_pixels, record_headers, take_stats, n_train, start, files = task
     channels, image_size = shape[1], shape[2]
-    blank = bytes(channels * image_size * image_size)  # a failed file's row: zeros
-    parts: list[bytes | np.ndarray] = []
-    small: dict[tuple[int, int], list[tuple[int, Image.Image]]] = {}  # size -> (index, image)
+    out = ChunkRows(len(files), image_size, channels)
+    grouped: dict[tuple[int, int], list[tuple[int, Image.Image]]] = {}  # size -> (i, image)
     reasons: dict[int, str] = {}
     fdigs: list[bytes | None] = []
     headers: list[tuple] = []
     stats: list[tuple[int, int]] = []
     with bomb_warnings_ignored():
         for i, file in enumerate(files):
-            header, header_reason, reason, fdig, pixels = None, None, None, None, blank
+            header, header_reason, reason, fdig = None, None, None, None
             try:
                 if take_stats:
                     data, size, mtime = read_file_stat(file)
@@ -339,12 +342,11 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, bool, in
                     data = read_file(file)
                 image, header = decode_unresized(data, image_size=image_size,
                                                  channels=channels, max_pixels=max_pixels)
-                if image.size == (image_size, image_size):
-                    pixels = image.tobytes()
-                elif image.width * image.height <= GROUP_PIXELS:
-                    small.setdefault(image.size, []).append((i, image))
+                if (image.width * image.height <= GROUP_PIXELS
+                        and image.size != (image_size, image_size)):
+                    grouped.setdefault(image.size, []).append((i, image))
                 else:
-                    pixels = resize_square(image, image_size).tobytes()
+                    out.put(i, resize_square(image, image_size))
             except OSError as exc:
                 reason = header_reason = _os_error_reason(exc)
                 if take_stats and len(stats) == i:  # not opened: stat the path
@@ -356,20 +358,16 @@ def decode_chunk(task: tuple[str, tuple[int, int, int, int], int, bool, bool, in
                     header = header_of(data, max_pixels=max_pixels, fallback=data)
                 except ImageFileError as header_exc:
                     header_reason = header_exc.reason
-            parts.append(pixels)
             if header_reason or reason:
                 reasons[i] = header_reason or reason
             fdigs.append(fdig)
             if record_headers:
                 headers.append((header_reason, 0, 0, "", False) if header is None else
                                (None, header.width, header.height, header.mode, header.grey))
-    for group in small.values():  # small images of one size: resized together
-        for (i, _), row in zip(group, resize_group([image for _, image in group],
-                                                   image_size)):
-            parts[i] = row
-    rows = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(
-        len(files), image_size, image_size, channels)
-    rows = np.ascontiguousarray(rows.transpose(0, 3, 1, 2))  # a view for one channel
+    for group in grouped.values():  # small images of one size: resized together
+        out.put_many([i for i, _ in group], resize_group([image for _, image in group],
+                                                         image_size))
+    rows = out.rows()
     cache_files.write_rows(Path(target), shape, start, rows)
     return _Chunk(start, start + len(files), reasons, _digests(fdigs),
                   pixel_fingerprints(rows), channel_sums(rows[:max(0, n_train - start)]),
