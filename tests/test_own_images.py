@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -653,7 +654,10 @@ def test_a_flush_during_decoding_hands_its_error_to_the_last_one(tmp_path) -> No
     written.final()()
     missing = cache_files.Writeback(tmp_path / "missing")
     missing.kick()  # fails in its thread; the error waits for the last flush's wait
-    (tmp_path / "missing").write_bytes(b"rows")
+    deadline = time.monotonic() + 30
+    while not missing._errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "missing").write_bytes(b"rows")  # the last flush itself succeeds
     with pytest.raises(FileNotFoundError):
         missing.final()()
 

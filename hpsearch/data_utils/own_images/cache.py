@@ -250,34 +250,45 @@ def drop_rows(path: Path, shape: tuple[int, int, int, int], keep: np.ndarray) ->
     return kept
 
 
+IDLE_FLUSH_S = 5.0
+"""Seconds a :class:`Writeback`'s thread waits for the next kick before it ends."""
+
+
 class Writeback:
-    """Flushes a file that is being written to disk (``fdatasync``) in a thread, again each
-    time :meth:`kick` is called while no flush runs: a build kicks it as each chunk of rows
+    """Flushes a file that is being written to disk (``fdatasync``) in a thread, again after
+    each :meth:`kick` that came while a flush ran: a build kicks it as each chunk of rows
     arrives, so that the flush before the cache's rename finds little left to write (a cache
-    of 92 MB took 45 ms of finishing otherwise). What a flush raised (a full disk: ``OSError``
-    ENOSPC) is raised by the wait that :meth:`final` returns."""
+    of 92 MB took 45 ms of finishing otherwise). One thread, started by the first kick (a
+    thread started per kick cost the collecting process 2 ms each, the cores being busy).
+    What a flush raised (a full disk: ``OSError`` ENOSPC) is raised by the wait that
+    :meth:`final` returns."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._asked = threading.Event()
+        self._stopping = False
         self._thread: threading.Thread | None = None
         self._errors: list[OSError] = []
 
     def kick(self) -> None:
-        """Start a flush unless one is running."""
+        """Ask for a flush of what is written so far (one runs now, or after the running one)."""
         if self._thread is None or not self._thread.is_alive():
-            self._thread = self._start(self._flush)
+            self._thread = self._start(self._loop)
+        self._asked.set()
 
     def final(self) -> Callable[[], None]:
-        """Start the last flush (after the running one) in a thread; the returned function
-        waits for it and raises what any flush raised."""
+        """Start the last flush (an ``fsync``, after the running one) in a thread; the
+        returned function waits for it and raises what any flush raised."""
         previous = self._thread
+        self._stopping = True
+        self._asked.set()
 
         def flush() -> None:
             if previous is not None:
                 previous.join()
             self._flush(full=True)
 
-        thread = self._thread = self._start(flush)
+        thread = self._start(flush)
 
         def wait() -> None:
             thread.join()
@@ -285,6 +296,13 @@ class Writeback:
                 raise self._errors[0]
 
         return wait
+
+    def _loop(self) -> None:
+        while self._asked.wait(timeout=IDLE_FLUSH_S):  # a build that failed kicks no more
+            self._asked.clear()
+            if self._stopping:
+                return
+            self._flush()
 
     def _start(self, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name="hpsearch-cache-flush", daemon=True)
