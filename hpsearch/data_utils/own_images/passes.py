@@ -232,14 +232,14 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
                               most=max(16, min(1024, CHUNK_BYTES // row_bytes))), pool.workers)
     tasks = [(str(target), shape, max_pixels, record_headers, take_stats, n_train, rows.start,
               list(files[rows.start:rows.stop])) for rows in chunks]
+    writeback = cache_files.Writeback(target)
     decoded = Decoded({}, np.zeros(n, np.uint64), np.zeros((2, channels), np.int64),
                       Probe.empty(n) if record_headers else None,
-                      np.full((n, 2), -1, np.int64) if take_stats else None,
-                      cache_files.Writeback(target))
+                      np.full((n, 2), -1, np.int64) if take_stats else None, writeback)
     progress = Progress("decoding images", n, stream)
     for result in pool.map_chunks(decode_chunk, tasks, size=n, progress=progress,
                                   count=lambda r: r.stop - r.start):
-        decoded.writeback.kick()  # the rows written so far go to disk while decoding
+        writeback.kick()  # the rows written so far go to disk while decoding
         rows = slice(result.start, result.stop)
         decoded.reasons.update({result.start + i: r for i, r in result.reasons.items()})
         decoded.fingerprints[rows] = result.fingerprints
