@@ -641,9 +641,9 @@ def test_the_last_chunks_are_cut_finer_and_every_row_is_in_one_chunk() -> None:
 
 def test_a_background_flush_hands_its_error_to_the_waiting_build(tmp_path) -> None:
     (tmp_path / "written").write_bytes(b"rows")
-    cache_files.flush_in_background(tmp_path / "written")()  # flushed, no error
+    cache_files.Writeback(tmp_path / "written").final()()  # flushed, no error
     with pytest.raises(FileNotFoundError):
-        cache_files.flush_in_background(tmp_path / "missing")()
+        cache_files.Writeback(tmp_path / "missing").final()()
 
 
 def test_a_flush_during_decoding_hands_its_error_to_the_last_one(tmp_path) -> None:

@@ -142,7 +142,7 @@ def _finish(plan: Plan, rows: np.ndarray, files: list[str], decoded: Decoded, te
     size, channels = plan.image_size, plan.channels
     keep = decoded.decoded
     cache_files.drop_rows(temp / "images.npy", (len(rows), channels, size, size), keep)
-    flushed = (decoded.writeback or cache_files.Writeback(temp / "images.npy")).final()
+    flushed = decoded.writeback.final()
     labels = np.asarray(plan.source.labels, dtype=np.int64)[rows][keep]
     np.save(temp / "labels.npy", labels)
     splits = plan.splits[rows][keep]

@@ -317,19 +317,13 @@ class Writeback:
             self._errors.append(exc)
 
 
-def flush_in_background(path: Path) -> Callable[[], None]:
-    """Start flushing a file to disk (``fsync``) in a thread; the returned function waits
-    for it and raises what it raised (a full disk: ``OSError`` ENOSPC)."""
-    return Writeback(path).final()
-
-
 def finish(temp: Path, final: Path, meta: dict[str, Any], *,
            images_flushed: Callable[[], None] | None = None) -> Path:
     """Write ``meta.json``, flush every file to disk, rename ``temp`` to ``final``.
 
     Args:
         images_flushed: where ``images.npy`` is being flushed already, waits for it
-            (:func:`flush_in_background`).
+            (:meth:`Writeback.final`).
 
     Returns ``final``; if another builder got there first, its cache stays and ``temp`` is
     removed.

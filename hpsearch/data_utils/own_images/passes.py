@@ -198,17 +198,17 @@ class Decoded:
         sums: int64 (2, C): per channel, the sum and the sum of squares of the pixel values
             (0-255) of the training rows (rows below ``n_train``; failed rows add nothing).
         probe: the headers seen, in row order (only when asked for).
+        writeback: the flushing of the rows to disk, started as they were written.
         stats: int64 (N, 2), each file's size and modification time as read (only when
             asked for; -1, -1 where the file could not be stat-ed).
-        writeback: the flushing of the rows to disk, started as they were written.
     """
 
     reasons: dict[int, str]
     fingerprints: np.ndarray
     sums: np.ndarray
     probe: Probe | None
+    writeback: cache_files.Writeback
     stats: np.ndarray | None = None
-    writeback: cache_files.Writeback | None = None
 
     @property
     def decoded(self) -> np.ndarray:
@@ -232,14 +232,13 @@ def decode_files(files: Sequence[str], target: Path, *, n_train: int, image_size
                               most=max(16, min(1024, CHUNK_BYTES // row_bytes))), pool.workers)
     tasks = [(str(target), shape, max_pixels, record_headers, take_stats, n_train, rows.start,
               list(files[rows.start:rows.stop])) for rows in chunks]
-    writeback = cache_files.Writeback(target)
     decoded = Decoded({}, np.zeros(n, np.uint64), np.zeros((2, channels), np.int64),
-                      Probe.empty(n) if record_headers else None,
-                      np.full((n, 2), -1, np.int64) if take_stats else None, writeback)
+                      Probe.empty(n) if record_headers else None, cache_files.Writeback(target),
+                      np.full((n, 2), -1, np.int64) if take_stats else None)
     progress = Progress("decoding images", n, stream)
     for result in pool.map_chunks(decode_chunk, tasks, size=n, progress=progress,
                                   count=lambda r: r.stop - r.start):
-        writeback.kick()  # the rows written so far go to disk while decoding
+        decoded.writeback.kick()  # the rows written so far go to disk while decoding
         rows = slice(result.start, result.stop)
         decoded.reasons.update({result.start + i: r for i, r in result.reasons.items()})
         decoded.fingerprints[rows] = result.fingerprints
