@@ -115,6 +115,9 @@ def test_a_png_or_jpeg_opened_directly_is_what_image_open_gives() -> None:
     assert _open_directly(files["PNG"], io.BytesIO(files["PNG"]), too_many) is None
     with pytest.raises(ImageFileError, match="not an image"):
         preprocess_image(bytes(corrupt), image_size=8, channels=3)
+    cut = files["JPEG"][:200]  # inside its header: Pillow's plug-in raises an OSError
+    with pytest.raises(ImageFileError, match=r"^truncated or corrupt header: "):
+        preprocess_image(cut, image_size=8, channels=3)
 
 
 def test_grey_in_a_colour_data_set_is_repeated_and_colour_in_grey_becomes_luma() -> None:

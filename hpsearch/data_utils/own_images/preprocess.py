@@ -142,8 +142,9 @@ def _open(source: bytes | str | os.PathLike[str], max_pixels: int) -> Image.Imag
         raise ImageFileError(f"decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise ImageFileError("not an image (Pillow cannot identify the file)") from None
-    except OSError as exc:
-        raise ImageFileError(_os_error_reason(exc)) from None
+    except OSError as exc:  # without an errno, a plug-in's (a JPEG cut inside its header)
+        raise ImageFileError(_os_error_reason(exc) if exc.errno is not None else
+                             f"truncated or corrupt header: {first_line(exc)}") from None
     except Exception as exc:  # Pillow's plug-ins raise many kinds on a corrupt header
         raise ImageFileError(f"corrupt header: {_describe(exc)}") from None
     width, height = image.size
